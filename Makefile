@@ -1,0 +1,47 @@
+# certbroker — the two commands: `make run` and `make test`.
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint format demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the broker on the embedded SQLite store under ./var.
+run: install
+	$(BIN)/certbroker serve
+
+## Install what the tests need (Python packages into .venv, Debian packages such as pebble) and run them.
+test: install
+	bash scripts/ensure-test-deps.sh
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format src tests bench scripts
+	$(BIN)/ruff check --fix src tests bench scripts
+
+## A full issuance against a local Pebble, no public domain needed.
+demo: install
+	bash scripts/ensure-test-deps.sh
+	$(BIN)/python scripts/demo.py
+
+## Benchmarks (not part of `make test`); figures go to docs/benchmarks.md.
+bench: install
+	bash scripts/ensure-test-deps.sh
+	$(BIN)/python bench/issuance.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

@@ -1,0 +1,3 @@
+from certbroker.cli.main import run
+
+run()

@@ -1,0 +1,415 @@
+"""ACME for one account, on top of `acme.client.ClientNetwork` (JWS signing and nonces).
+
+Orders, authorizations and challenges are read as plain JSON into small dataclasses,
+so the services never see josepy objects. badNonce is retried here (the library retries
+only once); every other failure becomes a TransientError or a PermanentError carrying
+the CA's problem document.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import requests
+from acme import challenges as acme_challenges
+from acme import errors as acme_errors
+from acme import jws as acme_jws
+from acme import messages
+from acme.client import ClientNetwork
+from cryptography import x509
+from josepy.errors import DeserializationError
+from josepy.interfaces import JSONDeSerializable
+from josepy.json_util import decode_b64jose, encode_b64jose
+
+from certbroker import __version__
+from certbroker.crypto.jwk import jwk_for
+from certbroker.crypto.keys import PrivateKey, load_private_key
+from certbroker.domain.errors import (
+    TRANSIENT_CODES,
+    AcmeProblem,
+    PermanentError,
+    TransientError,
+    UsageError,
+)
+from certbroker.ports import AccountInfo, AuthorizationInfo, ChallengeInfo, OrderInfo
+
+log = logging.getLogger("certbroker.acme")
+
+LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+DIRECTORY_PRESETS = {"letsencrypt": LETSENCRYPT, "letsencrypt-staging": LETSENCRYPT_STAGING}
+
+BAD_NONCE_RETRIES = 12
+NETWORK_TIMEOUT = 30
+T = TypeVar("T")
+
+_directories: dict[tuple[str, str | None], dict[str, Any]] = {}
+_directories_lock = threading.Lock()
+
+
+def resolve_directory(text: str) -> str:
+    url = DIRECTORY_PRESETS.get(text.strip().lower(), text.strip())
+    if not url.startswith(("https://", "http://")):
+        presets = ", ".join(DIRECTORY_PRESETS)
+        raise UsageError(
+            f"--directory {text!r} is neither an ACME directory URL (https://…) "
+            f"nor a preset ({presets})"
+        )
+    return url
+
+
+class _Json(JSONDeSerializable):
+    """A plain dict as a JWS payload."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def to_partial_json(self) -> dict[str, Any]:
+        return self.data
+
+    @classmethod
+    def from_json(cls, jobj: Any) -> _Json:
+        return cls(dict(jobj))
+
+
+def _problem(err: messages.Error) -> AcmeProblem:
+    ident = err.identifier.value if err.identifier is not None else None
+    subs = tuple(_problem(s) for s in (err.subproblems or ()))
+    return AcmeProblem(type=err.typ, detail=err.detail or "", identifier=ident, subproblems=subs)
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from datetime import UTC, datetime
+
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+class AcmeCA:
+    """One ACME account at one CA. Not shared between threads (each worker has its own)."""
+
+    def __init__(
+        self,
+        directory_url: str,
+        key: PrivateKey,
+        account_uri: str | None = None,
+        ca_bundle: str | None = None,
+    ) -> None:
+        self.directory_url = directory_url
+        self.key = key
+        self.account_uri = account_uri
+        self.ca_bundle = ca_bundle
+        jwk, alg = jwk_for(key)
+        self.jwk = jwk
+        verify: Any = ca_bundle if ca_bundle else True
+        self.net = ClientNetwork(
+            key=jwk,
+            alg=alg,
+            verify_ssl=verify,
+            user_agent=f"certbroker/{__version__}",
+            timeout=NETWORK_TIMEOUT,
+        )
+        if account_uri:
+            self.net.account = messages.RegistrationResource(
+                uri=account_uri, body=messages.Registration()
+            )
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        for attempt in range(BAD_NONCE_RETRIES):
+            try:
+                return fn()
+            except messages.Error as err:
+                if err.code == "badNonce" and attempt + 1 < BAD_NONCE_RETRIES:
+                    log.debug("badNonce on %s, retrying (%d)", what, attempt + 1)
+                    continue
+                problem = _problem(err)
+                code = problem.code
+                message = f"the CA refused to {what}: {problem}"
+                if code in TRANSIENT_CODES:
+                    raise TransientError(message, problem) from None
+                raise PermanentError(message, problem) from None
+            except acme_errors.ConflictError as err:
+                raise PermanentError(f"the CA refused to {what}: conflict at {err}") from None
+            except requests.exceptions.SSLError as err:
+                raise PermanentError(
+                    f"cannot verify the TLS certificate of the CA at {self.directory_url} "
+                    f"({_short(err)}); for a CA on a private PKI pass --ca-bundle PEM"
+                ) from None
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
+                raise TransientError(
+                    f"cannot reach the CA at {self.directory_url} to {what}: {_short(err)}"
+                ) from None
+            except acme_errors.ClientError as err:
+                response = err.args[0] if err.args else None
+                status = getattr(response, "status_code", None)
+                message = f"the CA answered {status or 'unexpectedly'} to {what}"
+                if isinstance(status, int) and status >= 500:
+                    raise TransientError(message) from None
+                raise PermanentError(message) from None
+            except (ValueError, KeyError, DeserializationError) as err:
+                raise PermanentError(
+                    f"the CA's answer to {what} is not valid ACME ({_short(err)})"
+                ) from None
+        raise AssertionError("unreachable")
+
+    def directory(self) -> dict[str, Any]:
+        cache_key = (self.directory_url, self.ca_bundle)
+        with _directories_lock:
+            cached = _directories.get(cache_key)
+        if cached is not None:
+            return cached
+
+        def fetch() -> dict[str, Any]:
+            response = self.net.get(self.directory_url)
+            data = response.json()
+            if not isinstance(data, dict) or "newOrder" not in data:
+                raise ValueError(f"{self.directory_url} is not an ACME directory")
+            return data
+
+        data = self._call("send its directory", fetch)
+        with _directories_lock:
+            _directories[cache_key] = data
+        return data
+
+    def _post(self, url: str, payload: dict[str, Any] | None) -> requests.Response:
+        obj = _Json(payload) if payload is not None else None
+        response: requests.Response = self.net.post(
+            url, obj, new_nonce_url=self.directory()["newNonce"]
+        )
+        return response
+
+    def _post_as_get(self, url: str) -> requests.Response:
+        response: requests.Response = self.net.post(
+            url, None, new_nonce_url=self.directory()["newNonce"]
+        )
+        return response
+
+    # -- account -------------------------------------------------------------------------
+
+    def terms_of_service(self) -> str | None:
+        meta = self.directory().get("meta") or {}
+        tos = meta.get("termsOfService")
+        return str(tos) if tos else None
+
+    def external_account_required(self) -> bool:
+        meta = self.directory().get("meta") or {}
+        return bool(meta.get("externalAccountRequired"))
+
+    def _account_info(self, response: requests.Response, uri: str | None = None) -> AccountInfo:
+        body = response.json()
+        location = response.headers.get("Location") or uri or self.account_uri or ""
+        return AccountInfo(
+            uri=location,
+            status=str(body.get("status", "valid")),
+            contacts=tuple(body.get("contact") or ()),
+            terms_of_service=self.terms_of_service(),
+        )
+
+    def register(
+        self, emails: Sequence[str], agree_tos: bool, eab: tuple[str, str] | None
+    ) -> AccountInfo:
+        payload: dict[str, Any] = {
+            "contact": [f"mailto:{e}" for e in emails],
+            "termsOfServiceAgreed": agree_tos,
+        }
+        directory = self.directory()
+        if eab is not None:
+            kid, hmac_key = eab
+            try:
+                binding = messages.ExternalAccountBinding.from_data(
+                    account_public_key=self.jwk.public_key(),
+                    kid=kid,
+                    hmac_key=hmac_key,
+                    directory=messages.Directory.from_json(directory),
+                )
+            except (ValueError, TypeError) as err:
+                raise UsageError(
+                    f"--eab-hmac-key is not a base64url key ({_short(err)}); "
+                    "copy it exactly as the CA shows it"
+                ) from None
+            payload["externalAccountBinding"] = binding
+
+        def do() -> AccountInfo:
+            self.net.account = None
+            response = self._post(directory["newAccount"], payload)
+            info = self._account_info(response)
+            self._set_account(info.uri)
+            return info
+
+        return self._call("register the account", do)
+
+    def _set_account(self, uri: str) -> None:
+        self.account_uri = uri
+        self.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
+
+    def find_account(self) -> AccountInfo:
+        def do() -> AccountInfo:
+            self.net.account = None
+            response = self._post(self.directory()["newAccount"], {"onlyReturnExisting": True})
+            info = self._account_info(response)
+            self._set_account(info.uri)
+            return info
+
+        return self._call("find the account for this key", do)
+
+    def _require_account(self) -> str:
+        if not self.account_uri:
+            raise UsageError("this account has no URL at the CA; register or import it first")
+        return self.account_uri
+
+    def query_account(self) -> AccountInfo:
+        uri = self._require_account()
+        return self._call("show the account", lambda: self._account_info(self._post(uri, {}), uri))
+
+    def update_contacts(self, emails: Sequence[str]) -> AccountInfo:
+        uri = self._require_account()
+        payload = {"contact": [f"mailto:{e}" for e in emails]}
+        return self._call(
+            "update the account", lambda: self._account_info(self._post(uri, payload), uri)
+        )
+
+    def deactivate(self) -> AccountInfo:
+        uri = self._require_account()
+        payload = {"status": "deactivated"}
+        return self._call(
+            "deactivate the account", lambda: self._account_info(self._post(uri, payload), uri)
+        )
+
+    def change_key(self, new_key_pem: bytes) -> None:
+        """RFC 8555 section 7.3.5: the inner JWS is signed by the new key, the outer by the old."""
+        uri = self._require_account()
+        new_key = load_private_key(new_key_pem, "new account key")
+        new_jwk, new_alg = jwk_for(new_key)
+        url = self.directory().get("keyChange")
+        if not url:
+            raise PermanentError("this CA does not support account key rollover (no keyChange)")
+        inner_payload = json.dumps(
+            {"account": uri, "oldKey": self.jwk.public_key().to_partial_json()}
+        ).encode()
+
+        def do() -> None:
+            inner = acme_jws.JWS.sign(inner_payload, key=new_jwk, alg=new_alg, nonce=None, url=url)
+            self.net.post(url, inner, new_nonce_url=self.directory()["newNonce"])
+
+        self._call("change the account key", do)
+        self.key = new_key
+        self.jwk = new_jwk
+        self.net.key = new_jwk
+        self.net.alg = new_alg
+
+    # -- orders --------------------------------------------------------------------------
+
+    def _order_info(self, response: requests.Response, url: str | None = None) -> OrderInfo:
+        body = response.json()
+        error = body.get("error")
+        return OrderInfo(
+            url=response.headers.get("Location") or url or "",
+            status=str(body["status"]),
+            authorizations=tuple(body.get("authorizations") or ()),
+            finalize=str(body["finalize"]),
+            certificate=body.get("certificate"),
+            error=AcmeProblem.from_json(error) if isinstance(error, dict) else None,
+            retry_after=_retry_after(response),
+        )
+
+    def new_order(self, names: Sequence[str]) -> OrderInfo:
+        payload = {"identifiers": [{"type": "dns", "value": n} for n in names]}
+        return self._call(
+            "create the order",
+            lambda: self._order_info(self._post(self.directory()["newOrder"], payload)),
+        )
+
+    def get_order(self, url: str) -> OrderInfo:
+        return self._call("show the order", lambda: self._order_info(self._post_as_get(url), url))
+
+    def get_authorization(self, url: str) -> AuthorizationInfo:
+        def do() -> AuthorizationInfo:
+            response = self._post_as_get(url)
+            body = response.json()
+            chals = []
+            for ch in body.get("challenges") or ():
+                err = ch.get("error")
+                chals.append(
+                    ChallengeInfo(
+                        type=str(ch.get("type")),
+                        url=str(ch.get("url")),
+                        token=str(ch.get("token", "")),
+                        status=str(ch.get("status")),
+                        error=AcmeProblem.from_json(err) if isinstance(err, dict) else None,
+                    )
+                )
+            wildcard = bool(body.get("wildcard"))
+            ident = str(body["identifier"]["value"])
+            return AuthorizationInfo(
+                url=url,
+                identifier=f"*.{ident}" if wildcard else ident,
+                wildcard=wildcard,
+                status=str(body["status"]),
+                challenges=tuple(chals),
+                retry_after=_retry_after(response),
+            )
+
+        return self._call("show the authorization", do)
+
+    def key_authorization(self, token: str) -> str:
+        chall = acme_challenges.HTTP01(token=decode_b64jose(token))
+        return str(chall.key_authorization(self.jwk))
+
+    def answer_challenge(self, url: str) -> None:
+        self._call("accept the challenge answer", lambda: self._post(url, {}))
+
+    def finalize(self, order: OrderInfo, csr_pem: bytes) -> OrderInfo:
+        csr = x509.load_pem_x509_csr(csr_pem)
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        payload = {"csr": encode_b64jose(csr.public_bytes(Encoding.DER))}
+        return self._call(
+            "finalize the order",
+            lambda: self._order_info(self._post(order.finalize, payload), order.url),
+        )
+
+    def download_certificate(self, url: str) -> str:
+        def do() -> str:
+            return self._post_as_get(url).text
+
+        return self._call("send the certificate", do)
+
+    def revoke(self, cert_pem: bytes, reason: int) -> None:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        payload = {
+            "certificate": encode_b64jose(cert.public_bytes(Encoding.DER)),
+            "reason": reason,
+        }
+        self._call(
+            "revoke the certificate", lambda: self._post(self.directory()["revokeCert"], payload)
+        )
+
+
+def _short(err: BaseException) -> str:
+    text = str(err)
+    # requests' messages nest the whole URL and a repr chain; the last part is the reason.
+    if "Caused by" in text:
+        text = text.split("Caused by", 1)[1].strip(" ()'\"")
+    return text[:300]
+
+
+def account_key_from_pem(pem: bytes) -> PrivateKey:
+    return load_private_key(pem, "account key")

@@ -1,0 +1,1 @@
+"""Challenge solvers: the HTTP-01 responder (DNS-01 comes with its issue)."""

@@ -1,0 +1,1 @@
+"""The command line: parse, call a service, render. No business logic here."""

@@ -1,0 +1,302 @@
+"""`certbroker cert`: request, list, show, export, revoke, delete certificates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from certbroker.cli.state import State, console, console_err, escape, print_json
+
+if TYPE_CHECKING:
+    from certbroker.wiring import Broker
+
+app = typer.Typer(
+    help="Certificates: request, list, show, export, revoke, delete.", no_args_is_help=True
+)
+
+KEY_TYPES = "ec-p256, ec-p384, rsa2048, rsa3072, rsa4096"
+
+
+def _progress(message: str) -> None:
+    console_err.print(f"  {escape(message)}")
+
+
+def _wait(broker: Broker, cert_id: int, as_json: bool, owner: str) -> None:
+    """Drive the certificate's order here, running the HTTP-01 responder if nobody else does."""
+    from certbroker.domain.errors import CertbrokerError
+    from certbroker.services.issuance import Outcome
+
+    responder = broker.ensure_responder()
+    if responder is not None:
+        _progress(f"answering HTTP-01 on port {responder.port} for the duration")
+    try:
+        result = broker.issuance.wait_for(cert_id, owner, _progress)
+    finally:
+        if responder is not None:
+            responder.stop()
+    details = broker.certificates.details(cert_id)
+    if as_json:
+        print_json(details)
+    if result.outcome is not Outcome.ISSUED:
+        raise CertbrokerError(f"certificate {cert_id} failed: {result.message}")
+    if not as_json:
+        console.print(
+            f"certificate {cert_id} issued for {escape(', '.join(details['names']))}; "
+            f"valid until {details['not_after']}"
+        )
+
+
+@app.command("request")
+def request(
+    ctx: typer.Context,
+    names: Annotated[list[str], typer.Argument(help="DNS names; the first is the common name.")],
+    account: Annotated[str | None, typer.Option(help="Account name or ID.")] = None,
+    challenge: Annotated[str, typer.Option(help="Validation method: http-01.")] = "http-01",
+    key_type: Annotated[str | None, typer.Option(help=f"{KEY_TYPES} (default ec-p256).")] = None,
+    subject_country: Annotated[str | None, typer.Option(help="Two-letter country code.")] = None,
+    subject_state: Annotated[str | None, typer.Option(help="State or province.")] = None,
+    subject_city: Annotated[str | None, typer.Option(help="City or locality.")] = None,
+    subject_org: Annotated[str | None, typer.Option(help="Organization.")] = None,
+    subject_ou: Annotated[str | None, typer.Option(help="Organizational unit.")] = None,
+    subject_email: Annotated[str | None, typer.Option(help="E-mail in the subject.")] = None,
+    key_policy: Annotated[str, typer.Option(help="new, reuse or imported.")] = "new",
+    key_file: Annotated[
+        Path | None, typer.Option(help="Private key PEM for --key-policy imported.")
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Obtain it now and show progress (otherwise `serve` does it)."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Request a certificate. Validates everything before anything is stored."""
+    from certbroker.crypto.csr import Subject
+    from certbroker.domain.errors import UsageError
+    from certbroker.domain.keys import KeyPolicy, KeyType
+    from certbroker.services.issuance import CertificateRequest, make_owner
+
+    try:
+        policy = KeyPolicy(key_policy)
+    except ValueError:
+        raise UsageError(
+            f"unknown --key-policy {key_policy!r}: choose new, reuse or imported"
+        ) from None
+    key_pem = None
+    if key_file is not None:
+        try:
+            key_pem = key_file.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read --key-file {key_file}: {exc.strerror or exc}") from None
+    subject = Subject(
+        country=subject_country,
+        state=subject_state,
+        city=subject_city,
+        org=subject_org,
+        ou=subject_ou,
+        email=subject_email,
+    )
+    req = CertificateRequest(
+        names=names,
+        account=account,
+        challenge=challenge,
+        key_type=KeyType.parse(key_type) if key_type else None,
+        key_policy=policy,
+        key_pem=key_pem,
+        subject=subject,
+    )
+    state: State = ctx.obj
+    broker = state.broker
+    owner = make_owner("cli") if wait else None
+    cert, order = broker.issuance.request(req, lease_owner=owner)
+    if not wait:
+        if as_json:
+            print_json(broker.certificates.details(cert.id))
+        else:
+            console.print(
+                f"certificate {cert.id} queued (order {order.id}); `certbroker serve` obtains it, "
+                f"or run `certbroker cert resume {cert.id}`"
+            )
+        return
+    if not as_json:
+        console.print(f"certificate {cert.id}: obtaining {escape(', '.join(cert.names))}")
+    _wait(broker, cert.id, as_json, owner or make_owner("cli"))
+
+
+@app.command("resume")
+def resume(
+    ctx: typer.Context,
+    cert_id: Annotated[int, typer.Argument(metavar="ID", help="Certificate ID.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Continue an interrupted or queued order now, or start a new one after a failure."""
+    from certbroker.services.issuance import make_owner
+
+    state: State = ctx.obj
+    broker = state.broker
+    broker.certificates.get(cert_id)
+    if broker.repo.active_order_of(cert_id) is None:
+        broker.issuance.new_order_for(cert_id)
+        console_err.print(f"  starting a new order for certificate {cert_id}")
+    _wait(broker, cert_id, as_json, make_owner("cli"))
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    status: Annotated[
+        str | None, typer.Option(help="pending, valid, failed, revoked or expired.")
+    ] = None,
+    expiring_within: Annotated[
+        int | None,
+        typer.Option(help="Only valid certificates expiring within DAYS.", metavar="DAYS"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List certificates."""
+    from certbroker.domain.errors import UsageError
+    from certbroker.domain.models import CertificateStatus
+
+    wanted = None
+    if status is not None:
+        try:
+            wanted = CertificateStatus(status)
+        except ValueError:
+            choices = ", ".join(s.value for s in CertificateStatus)
+            raise UsageError(f"unknown --status {status!r}: choose one of {choices}") from None
+    state: State = ctx.obj
+    svc = state.broker.certificates
+    accounts = {a.id: a for a in state.broker.accounts.all()}
+    rows = [svc.summary(c, accounts) for c in svc.search(wanted, expiring_within)]
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("id", "names", "status", "not after", "days left", "account")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            escape(", ".join(row["names"])),
+            row["status"],
+            (row["not_after"] or "-")[:16],
+            str(row["days_left"] if row["days_left"] is not None else "-"),
+            escape(row["account"]),
+        )
+    console.print(table)
+
+
+def _print_details(data: dict[str, Any]) -> None:
+    skip = {"attempts"}
+    for key, value in data.items():
+        if key in skip:
+            continue
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        console.print(f"[bold]{key:19}[/] {escape(value if value is not None else '-')}")
+    console.print("[bold]attempts[/]")
+    for attempt in data["attempts"]:
+        line = f"  #{attempt['id']} {attempt['state']} {attempt['created_at'][:19]}"
+        if attempt["order_url"]:
+            line += f" {attempt['order_url']}"
+        console.print(escape(line))
+        if attempt["error"]:
+            console.print(f"    [red]error:[/] {escape(attempt['error'])}")
+        problem = attempt.get("problem")
+        if problem:
+            console.print(f"    problem: {escape(problem['type'])}")
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    cert_id: Annotated[int, typer.Argument(metavar="ID", help="Certificate ID.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one certificate, with every attempt and the CA's error when one failed."""
+    state: State = ctx.obj
+    data = state.broker.certificates.details(cert_id)
+    if as_json:
+        print_json(data)
+    else:
+        _print_details(data)
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    cert_id: Annotated[int, typer.Argument(metavar="ID", help="Certificate ID.")],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="pem (a directory of parts), fullchain, combined, der, pkcs12, jks."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="File (or directory for pem) to write.")],
+    password: Annotated[str | None, typer.Option(help="Password for pkcs12 and jks.")] = None,
+    password_file: Annotated[
+        Path | None, typer.Option(help="Read the pkcs12/jks password from this file instead.")
+    ] = None,
+) -> None:
+    """Write the certificate (and, for some formats, its key) to files. Key files get mode 0600."""
+    from certbroker.crypto.export import ExportFormat
+    from certbroker.domain.errors import UsageError
+
+    try:
+        export_format = ExportFormat(fmt)
+    except ValueError:
+        choices = ", ".join(f.value for f in ExportFormat)
+        raise UsageError(f"unknown --format {fmt!r}: choose one of {choices}") from None
+    if password_file is not None:
+        try:
+            password = password_file.read_text().rstrip("\n")
+        except OSError as exc:
+            raise UsageError(f"cannot read --password-file: {exc.strerror or exc}") from None
+    state: State = ctx.obj
+    paths = state.broker.certificates.export(cert_id, export_format, out, password)
+    for path in paths:
+        console.print(f"wrote {escape(path)}")
+
+
+@app.command("revoke")
+def revoke(
+    ctx: typer.Context,
+    cert_id: Annotated[int, typer.Argument(metavar="ID", help="Certificate ID.")],
+    reason: Annotated[
+        str,
+        typer.Option(
+            help="unspecified, keyCompromise, superseded, cessationOfOperation, affiliationChanged."
+        ),
+    ] = "unspecified",
+) -> None:
+    """Revoke the certificate at the CA and mark it revoked here."""
+    from certbroker.domain.errors import UsageError
+    from certbroker.domain.keys import RevocationReason
+
+    try:
+        why = RevocationReason(reason)
+    except ValueError:
+        choices = ", ".join(r.value for r in RevocationReason)
+        raise UsageError(f"unknown --reason {reason!r}: choose one of {choices}") from None
+    state: State = ctx.obj
+    cert = state.broker.certificates.revoke(cert_id, why)
+    console.print(f"certificate {cert.id} (serial {cert.serial}) revoked at the CA: {why.value}")
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    cert_id: Annotated[int, typer.Argument(metavar="ID", help="Certificate ID.")],
+) -> None:
+    """Forget the certificate and its key here. It stays valid at the CA."""
+    state: State = ctx.obj
+    cert = state.broker.certificates.delete(cert_id)
+    tail = (
+        " It stays valid at the CA until it expires; `certbroker cert revoke` first if it must not."
+        if cert.cert_pem
+        else ""
+    )
+    console.print(f"certificate {cert.id} ({escape(', '.join(cert.names))}) deleted here.{tail}")

@@ -1,0 +1,95 @@
+"""`certbroker`: the command-line entry point."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from certbroker import __version__
+from certbroker.cli import accounts, certs, config_cmd
+from certbroker.cli.state import State, console_err
+
+app = typer.Typer(
+    name="certbroker",
+    help=(
+        "An ACME certificate broker: holds ACME accounts, proves control of names, "
+        "obtains, stores, exports and revokes certificates for a fleet of endpoints."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(accounts.app, name="account")
+app.add_typer(certs.app, name="cert")
+app.add_typer(config_cmd.app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"certbroker {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="TOML configuration file (default: ./certbroker.toml when present)."
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help=(
+                "Where the store, master key and files live "
+                "(env CERTBROKER_DATA_DIR; default ./var)."
+            ),
+        ),
+    ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            "--log-level", help="debug, info, warning or error (env CERTBROKER_LOG_LEVEL)."
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    ctx.obj = State(
+        config_file=config,
+        overrides={"data_dir": data_dir, "log_level": log_level},
+    )
+
+
+@app.command()
+def serve(ctx: typer.Context) -> None:
+    """Run the broker: HTTP-01 responder and issuance workers, until stopped (Ctrl-C / SIGTERM)."""
+    from certbroker.cli.serve import run_serve
+
+    run_serve(ctx.obj)
+
+
+def run() -> None:
+    from certbroker.domain.errors import CertbrokerError
+
+    try:
+        app()
+    except CertbrokerError as exc:
+        console_err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console_err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,168 @@
+"""Effective configuration: TOML file < environment (CERTBROKER_*) < command-line flags.
+
+Each setting remembers where its value came from, so `certbroker config show` can say so.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from certbroker.domain.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("certbroker.toml")
+ENV_PREFIX = "CERTBROKER_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass
+class Settings:
+    data_dir: Path = Path("var")
+    database_url: str = ""  # empty: SQLite file in the data dir
+    http01_port: int = 80
+    http01_address: str = "0.0.0.0"  # noqa: S104 - the CA must reach the responder from outside
+    listen: str = "127.0.0.1:8080"
+    workers: int = 8
+    log_level: str = "info"
+    master_key: str = ""  # empty: read or create <data_dir>/master.key
+    order_timeout: float = 300.0  # seconds one order may take before it counts as failed
+    retry_attempts: int = 4  # transient CA failures retried this many times per order
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    SECRET_KEYS = ("master_key",)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'certbroker.db').absolute()}"
+
+    def listen_address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+    def masked(self) -> dict[str, tuple[str, str]]:
+        """Every setting as (shown value, source), secrets masked."""
+        shown: dict[str, tuple[str, str]] = {}
+        for f in fields(self):
+            if f.name == "sources":
+                continue
+            value = getattr(self, f.name)
+            text = str(value)
+            if f.name in self.SECRET_KEYS and value:
+                text = "********"
+            elif f.name == "database_url":
+                text = mask_url_password(self.effective_database_url)
+            shown[f.name] = (text, self.sources.get(f.name, "default"))
+        return shown
+
+
+def mask_url_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username}:********@{parts.hostname}"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "data_dir": Path,
+    "database_url": str,
+    "http01_port": int,
+    "http01_address": str,
+    "listen": str,
+    "workers": int,
+    "log_level": str,
+    "master_key": str,
+    "order_timeout": float,
+    "retry_attempts": int,
+}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = _FIELD_TYPES[name]
+    try:
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError
+            result: Any = int(value)
+        elif kind is float:
+            result = float(value)
+        elif kind is Path:
+            result = Path(str(value)).expanduser()
+        else:
+            result = str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {name} must be {kind.__name__}, not {value!r}") from None
+    return result
+
+
+def _validate(settings: Settings) -> None:
+    if not 0 < settings.http01_port < 65536:
+        raise ConfigError(f"http01_port {settings.http01_port} is not a TCP port (1-65535)")
+    host, _, port = settings.listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"listen {settings.listen!r} must look like HOST:PORT (127.0.0.1:8080)")
+    if settings.workers < 1:
+        raise ConfigError(f"workers must be at least 1, not {settings.workers}")
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(
+            f"log_level {settings.log_level!r}: choose one of {', '.join(LOG_LEVELS)}"
+        )
+    settings.log_level = settings.log_level.lower()
+    if settings.database_url and "://" not in settings.database_url:
+        raise ConfigError(
+            f"database_url {mask_url_password(settings.database_url)!r} is not a URL "
+            "(sqlite:///path/file.db or postgresql+psycopg://user:pw@host/db)"
+        )
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the effective settings. `overrides` are the command-line flags (None = not given)."""
+    environ = os.environ if environ is None else environ
+    settings = Settings()
+    sources: dict[str, str] = {}
+
+    path = config_file
+    explicit = path is not None
+    if path is None and DEFAULT_CONFIG_FILE.is_file():
+        path = DEFAULT_CONFIG_FILE
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        for key, value in data.items():
+            if key not in _FIELD_TYPES:
+                known = ", ".join(sorted(_FIELD_TYPES))
+                raise ConfigError(f"config file {path}: unknown setting {key!r} (known: {known})")
+            setattr(settings, key, _coerce(key, value, f"config file {path}"))
+            sources[key] = f"file {path}" if explicit else f"file {path} (default location)"
+
+    for name in _FIELD_TYPES:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ and environ[env_name] != "":
+            setattr(settings, name, _coerce(name, environ[env_name], env_name))
+            sources[name] = f"env {env_name}"
+
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            setattr(settings, name, _coerce(name, value, f"--{name.replace('_', '-')}"))
+            sources[name] = "flag"
+
+    settings.sources = sources
+    _validate(settings)
+    return settings

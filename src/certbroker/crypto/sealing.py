@@ -1,0 +1,71 @@
+"""Encryption of private keys at rest with the broker's master key.
+
+The master key is a Fernet key (AES-128-CBC + HMAC-SHA256). It comes from
+CERTBROKER_MASTER_KEY or from <data_dir>/master.key, which is created on first use
+with mode 0600. Creation is atomic, so two processes starting at once agree on one key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from certbroker.domain.errors import CertbrokerError, ConfigError
+
+MASTER_KEY_FILE = "master.key"
+
+
+class Sealer:
+    """Seals and unseals secrets (private keys, DNS credentials) with the master key."""
+
+    def __init__(self, master_key: bytes) -> None:
+        try:
+            self._fernet = Fernet(master_key)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                "the master key is not a valid key (32 url-safe base64 bytes); "
+                "generate one with `certbroker config new-master-key`"
+            ) from None
+
+    def seal(self, secret: bytes) -> bytes:
+        return self._fernet.encrypt(secret)
+
+    def unseal(self, sealed: bytes) -> bytes:
+        try:
+            return self._fernet.decrypt(sealed)
+        except InvalidToken:
+            raise CertbrokerError(
+                "a stored secret cannot be decrypted with this master key; "
+                "start certbroker with the master key the store was created with"
+            ) from None
+
+
+def new_master_key() -> bytes:
+    return Fernet.generate_key()
+
+
+def load_or_create_master_key(data_dir: Path, from_env: str = "") -> bytes:
+    if from_env:
+        return from_env.strip().encode()
+    path = data_dir / MASTER_KEY_FILE
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = data_dir / f".{MASTER_KEY_FILE}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(new_master_key() + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        # link() fails if another process created the key first; then theirs wins.
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_bytes().strip()

@@ -1,0 +1,1 @@
+"""Pure domain: names, key types, states, policies and the error taxonomy. No I/O here."""

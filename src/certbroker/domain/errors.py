@@ -1,0 +1,129 @@
+"""The error taxonomy.
+
+Every error a user can see says what was wrong and what to do. The CLI maps
+`UsageError` to exit code 2 and everything else to exit code 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class CertbrokerError(Exception):
+    """Base of every error certbroker raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(CertbrokerError):
+    """The user asked for something invalid (bad name, key, file, option). Nothing was stored."""
+
+    exit_code = 2
+
+
+class NotFoundError(UsageError):
+    """A named account, certificate or order does not exist here."""
+
+
+class ConfigError(UsageError):
+    """The configuration file, environment or flags are wrong."""
+
+
+@dataclass(frozen=True)
+class AcmeProblem:
+    """An RFC 8555 / RFC 7807 problem document as the CA sent it."""
+
+    type: str
+    detail: str = ""
+    status: int | None = None
+    identifier: str | None = None
+    subproblems: tuple[AcmeProblem, ...] = field(default_factory=tuple)
+
+    @property
+    def code(self) -> str:
+        """The short ACME error code: 'badNonce' for 'urn:ietf:params:acme:error:badNonce'."""
+        prefix = "urn:ietf:params:acme:error:"
+        return self.type[len(prefix) :] if self.type.startswith(prefix) else self.type
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": self.type, "detail": self.detail}
+        if self.status is not None:
+            data["status"] = self.status
+        if self.identifier:
+            data["identifier"] = self.identifier
+        if self.subproblems:
+            data["subproblems"] = [p.to_json() for p in self.subproblems]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AcmeProblem:
+        ident = data.get("identifier")
+        if isinstance(ident, dict):
+            ident = ident.get("value")
+        return cls(
+            type=str(data.get("type", "about:blank")),
+            detail=str(data.get("detail", "")),
+            status=data.get("status"),
+            identifier=ident,
+            subproblems=tuple(cls.from_json(p) for p in data.get("subproblems") or ()),
+        )
+
+    def __str__(self) -> str:
+        text = f"{self.code}: {self.detail}" if self.detail else self.code
+        if self.identifier:
+            text = f"{self.identifier}: {text}"
+        for sub in self.subproblems:
+            text += f"; {sub}"
+        return text
+
+
+class CAError(CertbrokerError):
+    """The CA (or the network to it) failed. Carries the CA's problem when it sent one."""
+
+    def __init__(self, message: str, problem: AcmeProblem | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
+class TransientError(CAError):
+    """Worth retrying later: network trouble, 5xx, badNonce, rateLimited."""
+
+    def __init__(
+        self, message: str, problem: AcmeProblem | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, problem)
+        self.retry_after = retry_after
+
+
+class PermanentError(CAError):
+    """Retrying will not help until a person changes something."""
+
+
+# ACME error codes that retrying cannot fix.
+PERMANENT_CODES = frozenset(
+    {
+        "accountDoesNotExist",
+        "alreadyRevoked",
+        "badCSR",
+        "badPublicKey",
+        "badRevocationReason",
+        "badSignatureAlgorithm",
+        "caa",
+        "compound",
+        "externalAccountRequired",
+        "incorrectResponse",
+        "invalidContact",
+        "malformed",
+        "orderNotReady",
+        "rejectedIdentifier",
+        "unauthorized",
+        "unsupportedContact",
+        "unsupportedIdentifier",
+        "userActionRequired",
+        "dns",
+        "connection",
+        "tls",
+    }
+)
+TRANSIENT_CODES = frozenset({"badNonce", "rateLimited", "serverInternal"})

@@ -1,0 +1,58 @@
+"""Key types a user can ask for, in the user's spelling."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class KeyType(StrEnum):
+    EC_P256 = "ec-p256"
+    EC_P384 = "ec-p384"
+    RSA2048 = "rsa2048"
+    RSA3072 = "rsa3072"
+    RSA4096 = "rsa4096"
+
+    @classmethod
+    def parse(cls, text: str) -> KeyType:
+        from certbroker.domain.errors import UsageError
+
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            choices = ", ".join(k.value for k in cls)
+            raise UsageError(f"unknown key type {text!r}: choose one of {choices}") from None
+
+    @property
+    def is_rsa(self) -> bool:
+        return self.value.startswith("rsa")
+
+    @property
+    def rsa_bits(self) -> int:
+        return int(self.value[3:])
+
+
+class KeyPolicy(StrEnum):
+    """What key a certificate gets when it is (re)issued."""
+
+    NEW = "new"
+    REUSE = "reuse"
+    IMPORTED = "imported"
+
+
+class RevocationReason(StrEnum):
+    UNSPECIFIED = "unspecified"
+    KEY_COMPROMISE = "keyCompromise"
+    AFFILIATION_CHANGED = "affiliationChanged"
+    SUPERSEDED = "superseded"
+    CESSATION_OF_OPERATION = "cessationOfOperation"
+
+    @property
+    def code(self) -> int:
+        """RFC 5280 CRLReason code."""
+        return {
+            "unspecified": 0,
+            "keyCompromise": 1,
+            "affiliationChanged": 3,
+            "superseded": 4,
+            "cessationOfOperation": 5,
+        }[self.value]

@@ -1,0 +1,146 @@
+"""What the broker keeps: accounts, certificates and the orders that obtain them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from certbroker.domain.errors import AcmeProblem
+
+
+class AccountStatus(StrEnum):
+    VALID = "valid"
+    DEACTIVATED = "deactivated"
+
+
+class CertificateStatus(StrEnum):
+    PENDING = "pending"
+    VALID = "valid"
+    FAILED = "failed"
+    REVOKED = "revoked"
+    EXPIRED = "expired"  # never stored: a valid certificate past its not-after
+
+
+class OrderState(StrEnum):
+    """Steps of one order. Each is written before the next starts (see docs/architecture.md)."""
+
+    QUEUED = "queued"  # nothing sent to the CA yet
+    ORDERED = "ordered"  # the CA has the order; its URL is stored
+    PRESENTED = "presented"  # every challenge token is in the store, served by the responder
+    ANSWERED = "answered"  # the CA was told to validate
+    FINALIZING = "finalizing"  # the CSR was sent
+    VALID = "valid"  # the certificate is stored
+    FAILED = "failed"  # stopped; the error says why
+
+    @property
+    def active(self) -> bool:
+        return self not in (OrderState.VALID, OrderState.FAILED)
+
+
+ACTIVE_ORDER_STATES = tuple(s.value for s in OrderState if s.active)
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    name: str
+    directory_url: str
+    emails: tuple[str, ...]
+    key_type: str
+    uri: str | None
+    status: AccountStatus
+    terms_of_service: str | None
+    eab_kid: str | None
+    ca_bundle: str | None
+    created_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "directory": self.directory_url,
+            "emails": list(self.emails),
+            "key_type": self.key_type,
+            "uri": self.uri,
+            "status": self.status.value,
+            "terms_of_service": self.terms_of_service,
+            "eab_kid": self.eab_kid,
+            "private_ca_bundle": bool(self.ca_bundle),
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Certificate:
+    id: int
+    names: tuple[str, ...]
+    status: CertificateStatus
+    account_id: int
+    challenge: str
+    key_type: str
+    key_policy: str
+    subject: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+    serial: str | None = None
+    issuer: str | None = None
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+    fingerprint_sha256: str | None = None
+    order_url: str | None = None
+    cert_pem: str | None = None
+    chain_pem: str | None = None
+    revocation_reason: str | None = None
+    revoked_at: datetime | None = None
+
+    @property
+    def common_name(self) -> str:
+        return self.names[0]
+
+    def effective_status(self, now: datetime) -> CertificateStatus:
+        if (
+            self.status is CertificateStatus.VALID
+            and self.not_after is not None
+            and self.not_after <= now
+        ):
+            return CertificateStatus.EXPIRED
+        return self.status
+
+    def days_left(self, now: datetime) -> int | None:
+        if self.not_after is None:
+            return None
+        return int((self.not_after - now).total_seconds() // 86400)
+
+
+@dataclass(frozen=True)
+class Order:
+    """One attempt to obtain a certificate: a job for the workers and a record for the user."""
+
+    id: int
+    certificate_id: int
+    state: OrderState
+    order_url: str | None
+    created_at: datetime
+    updated_at: datetime
+    attempts: int = 0
+    error: AcmeProblem | None = None
+    error_message: str | None = None
+    finished_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    next_run_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "order_url": self.order_url,
+            "attempts": self.attempts,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "error": self.error_message,
+            "problem": self.error.to_json() if self.error else None,
+        }

@@ -1,0 +1,90 @@
+"""The small interfaces services depend on. Adapters implement them; tests use real ones."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from certbroker.domain.errors import AcmeProblem
+
+
+@dataclass(frozen=True)
+class ChallengeInfo:
+    type: str
+    url: str
+    token: str
+    status: str
+    error: AcmeProblem | None = None
+
+
+@dataclass(frozen=True)
+class AuthorizationInfo:
+    url: str
+    identifier: str
+    wildcard: bool
+    status: str
+    challenges: tuple[ChallengeInfo, ...]
+    retry_after: float | None = None
+
+    def challenge(self, kind: str) -> ChallengeInfo | None:
+        return next((c for c in self.challenges if c.type == kind), None)
+
+    @property
+    def problem(self) -> AcmeProblem | None:
+        for ch in self.challenges:
+            if ch.error is not None:
+                return AcmeProblem(
+                    type=ch.error.type,
+                    detail=ch.error.detail,
+                    status=ch.error.status,
+                    identifier=self.identifier,
+                    subproblems=ch.error.subproblems,
+                )
+        return None
+
+
+@dataclass(frozen=True)
+class OrderInfo:
+    url: str
+    status: str
+    authorizations: tuple[str, ...]
+    finalize: str
+    certificate: str | None = None
+    error: AcmeProblem | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class AccountInfo:
+    uri: str
+    status: str
+    contacts: tuple[str, ...] = field(default_factory=tuple)
+    terms_of_service: str | None = None
+
+
+class CertificateAuthority(Protocol):
+    """ACME for one account.
+
+    Retries badNonce itself; raises TransientError (worth retrying) or PermanentError;
+    never sleeps except to honour the CA's own Retry-After between badNonce retries.
+    """
+
+    def terms_of_service(self) -> str | None: ...
+    def external_account_required(self) -> bool: ...
+    def register(
+        self, emails: Sequence[str], agree_tos: bool, eab: tuple[str, str] | None
+    ) -> AccountInfo: ...
+    def find_account(self) -> AccountInfo: ...
+    def query_account(self) -> AccountInfo: ...
+    def update_contacts(self, emails: Sequence[str]) -> AccountInfo: ...
+    def deactivate(self) -> AccountInfo: ...
+    def change_key(self, new_key_pem: bytes) -> None: ...
+    def new_order(self, names: Sequence[str]) -> OrderInfo: ...
+    def get_order(self, url: str) -> OrderInfo: ...
+    def get_authorization(self, url: str) -> AuthorizationInfo: ...
+    def key_authorization(self, token: str) -> str: ...
+    def answer_challenge(self, url: str) -> None: ...
+    def finalize(self, order: OrderInfo, csr_pem: bytes) -> OrderInfo: ...
+    def download_certificate(self, url: str) -> str: ...
+    def revoke(self, cert_pem: bytes, reason: int) -> None: ...

@@ -1,0 +1,1 @@
+"""Use cases, callable from the CLI today and the API tomorrow. They take ports, not adapters."""

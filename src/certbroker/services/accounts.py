@@ -1,0 +1,226 @@
+"""ACME accounts: register, import, update, roll the key over, deactivate, forget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from certbroker.crypto.export import write_private_file
+from certbroker.crypto.jwk import private_key_to_jwk
+from certbroker.crypto.keys import (
+    PrivateKey,
+    generate_private_key,
+    key_type_of,
+    load_private_key,
+    private_key_to_pem,
+)
+from certbroker.domain.errors import CAError, UsageError
+from certbroker.domain.keys import KeyType
+from certbroker.domain.models import Account, AccountStatus
+from certbroker.services.common import ServiceContext, validate_emails
+
+
+@dataclass(frozen=True)
+class Registration:
+    directory_url: str
+    emails: list[str]
+    agree_tos: bool
+    key_type: KeyType = KeyType.EC_P256
+    name: str | None = None
+    eab_kid: str | None = None
+    eab_hmac_key: str | None = None
+    ca_bundle: str | None = None
+
+
+class AccountService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.repo = ctx.repo
+
+    def _default_name(self, directory_url: str) -> str:
+        base = urlsplit(directory_url).hostname or "account"
+        name, n = base, 2
+        while self.repo.account_name_taken(name):
+            name, n = f"{base}-{n}", n + 1
+        return name
+
+    def _check_name(self, name: str) -> str:
+        name = name.strip()
+        if not name or len(name) > 100 or name.isdigit() or any(c.isspace() for c in name):
+            raise UsageError(
+                f"account name {name!r} must be 1-100 characters, not only digits, no spaces"
+            )
+        if self.repo.account_name_taken(name):
+            raise UsageError(f"an account named {name!r} already exists; choose another --name")
+        return name
+
+    def register(self, reg: Registration) -> Account:
+        """Validate everything, ask the CA, and only then store the account and its key."""
+        emails = validate_emails(reg.emails)
+        if (reg.eab_kid is None) != (reg.eab_hmac_key is None):
+            raise UsageError("external account binding needs both --eab-kid and --eab-hmac-key")
+        name = self._check_name(reg.name) if reg.name else self._default_name(reg.directory_url)
+        key = generate_private_key(reg.key_type)
+        ca = self.ctx.ca_factory(reg.directory_url, key, None, reg.ca_bundle)
+        tos = ca.terms_of_service()
+        if not reg.agree_tos:
+            where = f" at {tos}" if tos else ""
+            raise UsageError(
+                f"read the CA's terms of service{where} and accept them with --agree-tos"
+            )
+        if ca.external_account_required() and reg.eab_kid is None:
+            raise UsageError(
+                "this CA requires external account binding: pass --eab-kid and --eab-hmac-key "
+                "from your account page at the CA"
+            )
+        eab = (reg.eab_kid, reg.eab_hmac_key) if reg.eab_kid and reg.eab_hmac_key else None
+        info = ca.register(emails, True, eab)
+        return self.repo.add_account(
+            name=name,
+            directory_url=reg.directory_url,
+            ca_bundle=reg.ca_bundle,
+            emails=emails,
+            key_type=reg.key_type.value,
+            key_sealed=self.ctx.sealer.seal(private_key_to_pem(key)),
+            uri=info.uri,
+            status=AccountStatus(
+                info.status if info.status in ("valid", "deactivated") else "valid"
+            ),
+            terms_of_service=tos,
+            eab_kid=reg.eab_kid,
+            now=self.ctx.clock(),
+        )
+
+    def import_key(
+        self, key_data: bytes, directory_url: str, name: str | None, ca_bundle: str | None
+    ) -> Account:
+        """Adopt an account that exists at the CA, found by its key (onlyReturnExisting)."""
+        key = load_private_key(key_data, "account key file")
+        key_type = key_type_of(key)
+        name = self._check_name(name) if name else self._default_name(directory_url)
+        ca = self.ctx.ca_factory(directory_url, key, None, ca_bundle)
+        try:
+            info = ca.find_account()
+        except CAError as exc:
+            if exc.problem is not None and exc.problem.code == "accountDoesNotExist":
+                raise UsageError(
+                    f"the CA at {directory_url} has no account for this key; "
+                    "register a new one with `certbroker account register`"
+                ) from None
+            raise
+        emails = [c.removeprefix("mailto:") for c in info.contacts]
+        return self.repo.add_account(
+            name=name,
+            directory_url=directory_url,
+            ca_bundle=ca_bundle,
+            emails=emails,
+            key_type=key_type.value,
+            key_sealed=self.ctx.sealer.seal(private_key_to_pem(key)),
+            uri=info.uri,
+            status=AccountStatus.DEACTIVATED
+            if info.status == "deactivated"
+            else AccountStatus.VALID,
+            terms_of_service=ca.terms_of_service(),
+            eab_kid=None,
+            now=self.ctx.clock(),
+        )
+
+    def all(self) -> list[Account]:
+        return self.repo.list_accounts()
+
+    def get(self, ref: str) -> Account:
+        return self.repo.get_account(ref)
+
+    def refresh(self, ref: str) -> Account:
+        """Ask the CA for the account's status and contacts and store what it says."""
+        account = self.repo.get_account(ref)
+        info = self.ctx.ca_for(account).query_account()
+        status = AccountStatus.DEACTIVATED if info.status != "valid" else AccountStatus.VALID
+        emails = [c.removeprefix("mailto:") for c in info.contacts]
+        return self.repo.update_account(account.id, self.ctx.clock(), status=status, emails=emails)
+
+    def _usable(self, ref: str) -> Account:
+        account = self.repo.get_account(ref)
+        if account.status is not AccountStatus.VALID:
+            raise UsageError(
+                f"account {account.name!r} is deactivated at the CA and cannot be used; "
+                "register a new account"
+            )
+        return account
+
+    def update_emails(self, ref: str, emails: list[str]) -> Account:
+        account = self._usable(ref)
+        cleaned = validate_emails(emails)
+        self.ctx.ca_for(account).update_contacts(cleaned)
+        return self.repo.update_account(account.id, self.ctx.clock(), emails=cleaned)
+
+    def rollover(self, ref: str, key_type: KeyType | None = None) -> Account:
+        """RFC 8555 key change. The new key is stored before the CA hears of it."""
+        account = self._usable(ref)
+        sealer = self.ctx.sealer
+        old_key = load_private_key(sealer.unseal(self.repo.account_key_sealed(account.id)))
+        pending = self.repo.account_next_key_sealed(account.id)
+        if pending is not None and self._key_is_current_at_ca(account, pending):
+            # An earlier rollover reached the CA but crashed before the swap: finish it.
+            return self._swap_key(account, pending)
+        new_key = generate_private_key(key_type or KeyType(account.key_type))
+        new_sealed = sealer.seal(private_key_to_pem(new_key))
+        self.repo.update_account(account.id, self.ctx.clock(), next_key_sealed=new_sealed)
+        try:
+            self.ctx.ca_for(account, old_key).change_key(private_key_to_pem(new_key))
+        except Exception:
+            self.repo.update_account(account.id, self.ctx.clock(), next_key_sealed=None)
+            raise
+        return self._swap_key(account, new_sealed)
+
+    def _key_is_current_at_ca(self, account: Account, sealed: bytes) -> bool:
+        key = load_private_key(self.ctx.sealer.unseal(sealed))
+        try:
+            info = self.ctx.ca_for(account, key).find_account()
+        except CAError:
+            return False
+        return info.uri == account.uri
+
+    def _swap_key(self, account: Account, sealed: bytes) -> Account:
+        key = load_private_key(self.ctx.sealer.unseal(sealed))
+        return self.repo.update_account(
+            account.id,
+            self.ctx.clock(),
+            key_sealed=sealed,
+            next_key_sealed=None,
+            key_type=key_type_of(key).value,
+        )
+
+    def deactivate(self, ref: str) -> Account:
+        account = self._usable(ref)
+        self.ctx.ca_for(account).deactivate()
+        return self.repo.update_account(
+            account.id, self.ctx.clock(), status=AccountStatus.DEACTIVATED
+        )
+
+    def delete(self, ref: str) -> Account:
+        account = self.repo.get_account(ref)
+        count = self.repo.count_certificates_of_account(account.id)
+        if count:
+            raise UsageError(
+                f"account {account.name!r} still has {count} certificate(s) here; "
+                "delete them first (`certbroker cert delete ID`)"
+            )
+        self.repo.delete_account(account.id)
+        return account
+
+    def account_key(self, ref: str) -> PrivateKey:
+        account = self.repo.get_account(ref)
+        return load_private_key(self.ctx.sealer.unseal(self.repo.account_key_sealed(account.id)))
+
+    def export_key(self, ref: str, out: Path, fmt: str = "pem") -> Path:
+        key = self.account_key(ref)
+        if fmt == "pem":
+            data = private_key_to_pem(key)
+        elif fmt == "jwk":
+            data = private_key_to_jwk(key)
+        else:
+            raise UsageError(f"unknown key format {fmt!r}: choose pem or jwk")
+        write_private_file(out, data)
+        return out

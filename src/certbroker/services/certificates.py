@@ -1,0 +1,125 @@
+"""The repository as users see it: list, show, export, revoke, delete."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from certbroker.crypto.export import ExportBundle, ExportFormat, write_export
+from certbroker.crypto.keys import load_private_key
+from certbroker.domain.errors import CAError, UsageError
+from certbroker.domain.keys import RevocationReason
+from certbroker.domain.models import Account, Certificate, CertificateStatus, Order
+from certbroker.services.common import ServiceContext
+
+
+class CertificateService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.repo = ctx.repo
+
+    def search(
+        self, status: CertificateStatus | None = None, expiring_within_days: int | None = None
+    ) -> list[Certificate]:
+        if expiring_within_days is not None and expiring_within_days < 0:
+            raise UsageError("--expiring-within takes a number of days, 0 or more")
+        within = None if expiring_within_days is None else timedelta(days=expiring_within_days)
+        return self.repo.list_certificates(
+            now=self.ctx.clock(), status=status, expiring_within=within
+        )
+
+    def get(self, cert_id: int) -> Certificate:
+        return self.repo.get_certificate(cert_id)
+
+    def summary(
+        self, cert: Certificate, accounts: dict[int, Account] | None = None
+    ) -> dict[str, Any]:
+        now = self.ctx.clock()
+        account = (accounts or {}).get(cert.account_id)
+        return {
+            "id": cert.id,
+            "names": list(cert.names),
+            "status": cert.effective_status(now).value,
+            "not_before": cert.not_before.isoformat() if cert.not_before else None,
+            "not_after": cert.not_after.isoformat() if cert.not_after else None,
+            "days_left": cert.days_left(now),
+            "serial": cert.serial,
+            "account": account.name if account else cert.account_id,
+        }
+
+    def details(self, cert_id: int) -> dict[str, Any]:
+        cert = self.repo.get_certificate(cert_id)
+        account = self.repo.get_account(cert.account_id)
+        orders: list[Order] = self.repo.orders_of(cert_id)
+        data = self.summary(cert, {account.id: account})
+        data.update(
+            {
+                "issuer": cert.issuer,
+                "key_type": cert.key_type,
+                "key_policy": cert.key_policy,
+                "challenge": cert.challenge,
+                "subject": cert.subject,
+                "fingerprint_sha256": cert.fingerprint_sha256,
+                "order_url": cert.order_url,
+                "revocation_reason": cert.revocation_reason,
+                "revoked_at": cert.revoked_at.isoformat() if cert.revoked_at else None,
+                "created_at": cert.created_at.isoformat(),
+                "attempts": [o.to_json() for o in orders],
+            }
+        )
+        return data
+
+    def export(
+        self, cert_id: int, fmt: ExportFormat, out: Path, password: str | None
+    ) -> list[Path]:
+        cert = self.repo.get_certificate(cert_id)
+        if cert.cert_pem is None:
+            raise UsageError(
+                f"certificate {cert_id} has not been issued ({cert.status.value}); "
+                "nothing to export yet"
+            )
+        sealed = self.repo.certificate_key_sealed(cert_id)
+        key_pem = self.ctx.sealer.unseal(sealed) if sealed is not None else None
+        bundle = ExportBundle(
+            cert_pem=cert.cert_pem.encode(),
+            chain_pem=(cert.chain_pem or "").encode(),
+            key_pem=key_pem,
+            alias=cert.common_name,
+        )
+        return write_export(bundle, fmt, out, password)
+
+    def revoke(self, cert_id: int, reason: RevocationReason) -> Certificate:
+        cert = self.repo.get_certificate(cert_id)
+        if cert.status is CertificateStatus.REVOKED:
+            raise UsageError(f"certificate {cert_id} is already revoked")
+        if cert.cert_pem is None:
+            raise UsageError(
+                f"certificate {cert_id} was never issued ({cert.status.value}); "
+                "there is nothing to revoke — use `certbroker cert delete` to forget it"
+            )
+        account = self.repo.get_account(cert.account_id)
+        if account.status.value == "valid":
+            ca = self.ctx.ca_for(account)
+        else:
+            # A deactivated account cannot sign; the certificate's own key can (RFC 8555 7.6).
+            sealed = self.repo.certificate_key_sealed(cert_id)
+            if sealed is None:
+                raise UsageError(
+                    f"account {account.name!r} is deactivated and the certificate's key is not "
+                    "held here, so nothing can sign the revocation"
+                )
+            cert_key = load_private_key(self.ctx.sealer.unseal(sealed))
+            ca = self.ctx.ca_factory(account.directory_url, cert_key, None, account.ca_bundle)
+        try:
+            ca.revoke(cert.cert_pem.encode(), reason.code)
+        except CAError as exc:
+            if exc.problem is None or exc.problem.code != "alreadyRevoked":
+                raise
+        self.repo.mark_revoked(cert_id, reason.value, self.ctx.clock())
+        return self.repo.get_certificate(cert_id)
+
+    def delete(self, cert_id: int) -> Certificate:
+        cert = self.repo.get_certificate(cert_id)
+        self.repo.delete_certificate(cert_id)
+        return cert

@@ -1,0 +1,71 @@
+"""What every service needs: the store, the sealer, the clock and a way to reach a CA."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from certbroker.crypto.keys import PrivateKey
+from certbroker.crypto.sealing import Sealer
+from certbroker.domain.errors import UsageError
+from certbroker.domain.models import Account
+from certbroker.ports import CertificateAuthority
+from certbroker.store.repository import Repository
+
+Clock = Callable[[], datetime]
+# (directory URL, account key, account URL or None, CA bundle PEM or None) -> CA client
+CAFactory = Callable[[str, PrivateKey, str | None, str | None], CertificateAuthority]
+Progress = Callable[[str], None]
+
+_EMAIL = re.compile(r"^[^@\s:]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def no_progress(_message: str) -> None:
+    return None
+
+
+@dataclass
+class ServiceContext:
+    repo: Repository
+    sealer: Sealer
+    ca_factory: CAFactory
+    clock: Clock = utcnow
+
+    def ca_for(self, account: Account, key: PrivateKey | None = None) -> CertificateAuthority:
+        from certbroker.crypto.keys import load_private_key
+
+        if key is None:
+            key = load_private_key(
+                self.sealer.unseal(self.repo.account_key_sealed(account.id)), "account key"
+            )
+        return self.ca_factory(account.directory_url, key, account.uri, account.ca_bundle)
+
+
+def validate_emails(emails: list[str]) -> list[str]:
+    cleaned = []
+    for email in emails:
+        value = email.strip().removeprefix("mailto:")
+        if not _EMAIL.match(value):
+            raise UsageError(f"{email!r} is not an e-mail address (name@example.com)")
+        cleaned.append(value)
+    return cleaned
+
+
+def read_ca_bundle(data: bytes, source: str) -> str:
+    """A PEM bundle of CA certificates, checked now rather than at the first TLS handshake."""
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise UsageError(
+            f"{source} holds no PEM certificate; give the CA's root certificate(s) in PEM"
+        ) from None
+    return "".join(c.public_bytes(Encoding.PEM).decode() for c in certs)

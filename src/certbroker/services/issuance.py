@@ -1,0 +1,472 @@
+"""Issuance: a request becomes a certificate through a persisted state machine.
+
+Every step is written to the store before the next starts, and every step is safe to
+repeat: on resume the order is read back from the CA and continued from the state the
+CA reports, so a killed process never finalizes twice nor loses the private key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from hashlib import sha256
+from typing import TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from certbroker.crypto.csr import Subject, make_csr
+from certbroker.crypto.keys import (
+    generate_private_key,
+    key_matches_certificate,
+    key_type_of,
+    load_private_key,
+    private_key_to_pem,
+)
+from certbroker.domain.errors import (
+    AcmeProblem,
+    CAError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+    UsageError,
+)
+from certbroker.domain.keys import KeyPolicy, KeyType
+from certbroker.domain.models import Account, AccountStatus, Certificate, Order, OrderState
+from certbroker.domain.names import validate_names
+from certbroker.ports import AuthorizationInfo, CertificateAuthority, OrderInfo
+from certbroker.services.common import Progress, ServiceContext, no_progress
+from certbroker.store.repository import IssuedCertificate, LeaseLost, NewCertificate
+
+log = logging.getLogger("certbroker.issuance")
+
+LEASE = timedelta(seconds=120)
+FAULT_ENV = "CERTBROKER_FAULT_KILL_AFTER"  # test hook: SIGKILL this process after a step
+CHALLENGE_TYPES = ("http-01",)
+T = TypeVar("T")
+
+
+class Outcome(StrEnum):
+    ISSUED = "issued"
+    FAILED = "failed"
+    RETRY = "retry"  # a transient failure; next_run_at says when
+    BUSY = "busy"  # another live worker holds the order
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outcome: Outcome
+    order: Order
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class CertificateRequest:
+    names: Sequence[str]
+    account: str | None = None
+    challenge: str = "http-01"
+    key_type: KeyType | None = None
+    key_policy: KeyPolicy = KeyPolicy.NEW
+    key_pem: bytes | None = None  # with KeyPolicy.IMPORTED
+    subject: Subject | None = None
+
+
+def make_owner(label: str = "") -> str:
+    """A lease owner: host and PID (so a dead local holder can be recognised) and a nonce."""
+    suffix = f":{label}" if label else ""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}{suffix}"
+
+
+def holder_is_dead(owner: str | None) -> bool:
+    """True when `owner` is a process on this host that no longer runs."""
+    if not owner:
+        return False
+    parts = owner.split(":")
+    if len(parts) < 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _fault(step: str) -> None:
+    if os.environ.get(FAULT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def split_chain(fullchain: str) -> tuple[str, str]:
+    marker = "-----END CERTIFICATE-----"
+    blocks = [b.strip() + "\n" + marker + "\n" for b in fullchain.split(marker) if b.strip()]
+    if not blocks:
+        raise PermanentError("the CA sent no certificate in PEM form")
+    return blocks[0], "".join(blocks[1:])
+
+
+def describe(cert_pem: str, chain_pem: str, order_url: str) -> IssuedCertificate:
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    return IssuedCertificate(
+        cert_pem=cert_pem,
+        chain_pem=chain_pem,
+        serial=format(cert.serial_number, "x"),
+        issuer=cert.issuer.rfc4514_string(),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        fingerprint_sha256=sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
+        order_url=order_url,
+    )
+
+
+class IssuanceService:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        *,
+        order_timeout: float = 300.0,
+        retry_attempts: int = 4,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.ctx = ctx
+        self.repo = ctx.repo
+        self.order_timeout = order_timeout
+        self.retry_attempts = retry_attempts
+        self.sleep = sleep
+
+    # -- the request -----------------------------------------------------------------------
+
+    def request(
+        self, req: CertificateRequest, lease_owner: str | None = None
+    ) -> tuple[Certificate, Order]:
+        """Validate, then store certificate + key + order at once. Nothing is stored on error."""
+        if req.challenge not in CHALLENGE_TYPES:
+            raise UsageError(
+                f"challenge {req.challenge!r} is not available; choose one of "
+                f"{', '.join(CHALLENGE_TYPES)}"
+            )
+        names = validate_names(req.names, req.challenge)
+        account = self._pick_account(req.account)
+        if req.key_policy is KeyPolicy.IMPORTED:
+            if req.key_pem is None:
+                raise UsageError("--key-policy imported needs --key-file PEM")
+            key = load_private_key(req.key_pem, "--key-file")
+            key_type = key_type_of(key)
+            if req.key_type is not None and req.key_type is not key_type:
+                raise UsageError(
+                    f"--key-file holds an {key_type.value} key but --key-type "
+                    f"{req.key_type.value} was given; drop --key-type or use a matching key"
+                )
+        else:
+            if req.key_pem is not None:
+                raise UsageError("--key-file is only used with --key-policy imported")
+            key_type = req.key_type or KeyType.EC_P256
+            key = generate_private_key(key_type)
+        subject = req.subject or Subject()
+        make_csr(key, names, subject)  # proves now that the CSR can be built
+        now = self.ctx.clock()
+        return self.repo.create_certificate(
+            NewCertificate(
+                names=names,
+                account_id=account.id,
+                challenge=req.challenge,
+                key_type=key_type.value,
+                key_policy=req.key_policy.value,
+                subject={k: v for k, v in vars(subject).items() if v},
+                key_sealed=self.ctx.sealer.seal(private_key_to_pem(key)),
+            ),
+            now,
+            lease_owner,
+            now + LEASE,
+        )
+
+    def _pick_account(self, ref: str | None) -> Account:
+        if ref is None:
+            usable = [a for a in self.repo.list_accounts() if a.status is AccountStatus.VALID]
+            if not usable:
+                raise UsageError(
+                    "no ACME account yet; register one with `certbroker account register`"
+                )
+            if len(usable) > 1:
+                names = ", ".join(a.name for a in usable)
+                raise UsageError(f"several accounts ({names}); choose one with --account")
+            return usable[0]
+        account = self.repo.get_account(ref)
+        if account.status is not AccountStatus.VALID:
+            raise UsageError(
+                f"account {account.name!r} is deactivated at the CA and cannot order "
+                "certificates; register a new account and use --account"
+            )
+        return account
+
+    def new_order_for(self, cert_id: int, lease_owner: str | None = None) -> Order:
+        """A fresh order for an existing certificate (retry after failure)."""
+        existing = self.repo.active_order_of(cert_id)
+        if existing is not None:
+            return existing
+        return self.repo.add_order(cert_id, self.ctx.clock(), lease_owner, LEASE)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def claim(self, order_id: int, owner: str) -> bool:
+        order = self.repo.get_order(order_id)
+        steal = order.lease_owner if holder_is_dead(order.lease_owner) else None
+        now = self.ctx.clock()
+        return self.repo.try_claim(order_id, owner, now, now + LEASE, steal)
+
+    # -- the state machine -------------------------------------------------------------------
+
+    def run(self, order_id: int, owner: str, progress: Progress = no_progress) -> RunResult:
+        """Advance one order as far as it goes. The caller holds the lease."""
+        order = self.repo.get_order(order_id)
+        if not order.state.active:
+            return RunResult(
+                Outcome.ISSUED if order.state is OrderState.VALID else Outcome.FAILED, order
+            )
+        try:
+            _OrderRun(self, order, owner, progress).drive()
+        except LeaseLost as exc:
+            log.info("order %d: %s", order_id, exc)
+            return RunResult(Outcome.BUSY, self.repo.get_order(order_id), str(exc))
+        except PermanentError as exc:
+            self._fail(order_id, owner, str(exc), exc.problem)
+            return RunResult(Outcome.FAILED, self.repo.get_order(order_id), str(exc))
+        except TransientError as exc:
+            return self._transient(order_id, owner, exc)
+        except CAError as exc:
+            self._fail(order_id, owner, str(exc), exc.problem)
+            return RunResult(Outcome.FAILED, self.repo.get_order(order_id), str(exc))
+        return RunResult(Outcome.ISSUED, self.repo.get_order(order_id))
+
+    def _fail(self, order_id: int, owner: str, message: str, problem: AcmeProblem | None) -> None:
+        log.warning("order %d failed: %s", order_id, message)
+        with contextlib.suppress(LeaseLost):
+            self.repo.fail_order(order_id, owner, self.ctx.clock(), message, problem)
+
+    def _transient(self, order_id: int, owner: str, exc: TransientError) -> RunResult:
+        order = self.repo.get_order(order_id)
+        attempts = order.attempts + 1
+        if attempts >= self.retry_attempts:
+            message = f"{exc} (gave up after {attempts} attempts)"
+            self._fail(order_id, owner, message, exc.problem)
+            return RunResult(Outcome.FAILED, self.repo.get_order(order_id), message)
+        delay = max(exc.retry_after or 0.0, min(300.0, 2.0**attempts))
+        delay *= 1 + secrets.randbelow(250) / 1000  # jitter, so retries spread out
+        now = self.ctx.clock()
+        try:
+            self.repo.advance_order(
+                order_id,
+                owner,
+                now,
+                now + LEASE,
+                attempts=attempts,
+                error=exc.problem,
+                error_message=str(exc),
+                next_run_at=now + timedelta(seconds=delay),
+            )
+            self.repo.release(order_id, owner)
+        except LeaseLost:
+            return RunResult(Outcome.BUSY, self.repo.get_order(order_id), str(exc))
+        log.info("order %d: %s; retrying in %.1f s", order_id, exc, delay)
+        return RunResult(Outcome.RETRY, self.repo.get_order(order_id), str(exc))
+
+    def wait_for(self, cert_id: int, owner: str, progress: Progress = no_progress) -> RunResult:
+        """Drive the certificate's active order to the end in this process (CLI --wait)."""
+        while True:
+            order = self.repo.active_order_of(cert_id)
+            if order is None:
+                orders = self.repo.orders_of(cert_id)
+                if not orders:
+                    raise NotFoundError(f"certificate {cert_id} has no order")
+                last = orders[-1]
+                outcome = Outcome.ISSUED if last.state is OrderState.VALID else Outcome.FAILED
+                return RunResult(outcome, last, last.error_message or "")
+            if not self.claim(order.id, owner):
+                progress(f"order {order.id} is being worked on by {order.lease_owner}; waiting")
+                self.sleep(1.0)
+                continue
+            result = self.run(order.id, owner, progress)
+            if result.outcome is Outcome.RETRY:
+                due = result.order.next_run_at or self.ctx.clock()
+                pause = max(0.0, (due - self.ctx.clock()).total_seconds())
+                progress(f"{result.message}; retrying in {pause:.0f} s")
+                self.sleep(pause)
+                continue
+            if result.outcome is Outcome.BUSY:
+                self.sleep(0.5)
+                continue
+            return result
+
+
+class _OrderRun:
+    """One pass over one order, holding its lease."""
+
+    def __init__(self, svc: IssuanceService, order: Order, owner: str, progress: Progress) -> None:
+        self.svc = svc
+        self.repo = svc.repo
+        self.order = order
+        self.owner = owner
+        self.progress = progress
+        self.cert = self.repo.get_certificate(order.certificate_id)
+        self.deadline = time.monotonic() + svc.order_timeout
+        self._touched = time.monotonic()
+        account = self.repo.get_account(self.cert.account_id)
+        if account.status is not AccountStatus.VALID:
+            raise PermanentError(
+                f"account {account.name!r} is deactivated at the CA; "
+                "register a new account and request the certificate with it"
+            )
+        self.ca: CertificateAuthority = svc.ctx.ca_for(account)
+
+    def record(self, **values: object) -> None:
+        now = self.svc.ctx.clock()
+        self.repo.advance_order(self.order.id, self.owner, now, now + LEASE, **values)
+        self._touched = time.monotonic()
+        if "state" in values:
+            _fault(str(values["state"]))
+
+    def drive(self) -> None:
+        info = self._current_order()
+        while True:
+            if info.status == "pending":
+                info = self._validate(info)
+            elif info.status == "ready":
+                info = self._finalize(info)
+            elif info.status == "processing":
+                info = self._poll(info, lambda i: i.status != "processing")
+            elif info.status == "valid" and info.certificate:
+                self._download(info)
+                return
+            elif info.status == "invalid":
+                problem = info.error or self._authz_problem(info)
+                why = str(problem) if problem else "no reason given"
+                raise PermanentError(f"the CA marked the order invalid: {why}", problem)
+            else:
+                raise PermanentError(f"the CA reports an unknown order status {info.status!r}")
+
+    def _current_order(self) -> OrderInfo:
+        if self.order.order_url:
+            try:
+                info = self.ca.get_order(self.order.order_url)
+                self.progress(f"resuming order {info.url} ({info.status})")
+                return info
+            except PermanentError as exc:
+                # The CA forgot the order (expired, or the CA was reset): start a new one.
+                self.progress(f"the CA no longer has order {self.order.order_url} ({exc})")
+        self.progress(f"ordering {', '.join(self.cert.names)}")
+        info = self.ca.new_order(self.cert.names)
+        self.record(state=OrderState.ORDERED, order_url=info.url)
+        self.progress(f"order {info.url} created")
+        return info
+
+    def _validate(self, info: OrderInfo) -> OrderInfo:
+        authzs = [self.ca.get_authorization(url) for url in info.authorizations]
+        pending = [a for a in authzs if a.status == "pending"]
+        rows = []
+        to_answer = []
+        for authz in pending:
+            chall = authz.challenge(self.cert.challenge)
+            if chall is None:
+                offered = ", ".join(c.type for c in authz.challenges) or "none"
+                raise PermanentError(
+                    f"the CA offers no {self.cert.challenge} challenge for {authz.identifier} "
+                    f"(offered: {offered})"
+                )
+            key_auth = self.ca.key_authorization(chall.token)
+            rows.append((chall.token, key_auth, authz.identifier, chall.type))
+            if chall.status == "pending":
+                to_answer.append((authz, chall))
+        # Present every challenge before answering any.
+        self.repo.put_challenges(self.order.id, rows, self.svc.ctx.clock())
+        self.record(state=OrderState.PRESENTED)
+        for authz in authzs:
+            if authz.status == "valid":
+                self.progress(f"{authz.identifier}: already authorized")
+            elif authz.status == "pending":
+                self.progress(f"{authz.identifier}: http-01 challenge presented")
+        for _, chall in to_answer:
+            self.ca.answer_challenge(chall.url)
+        self.record(state=OrderState.ANSWERED)
+        for authz, _ in to_answer:
+            self.progress(f"{authz.identifier}: challenge answered, the CA is validating")
+        info = self._poll(info, lambda i: i.status != "pending")
+        if info.status in ("ready", "processing", "valid"):
+            for authz in pending:
+                self.progress(f"{authz.identifier}: validated")
+        return info
+
+    def _finalize(self, info: OrderInfo) -> OrderInfo:
+        sealed = self.repo.certificate_key_sealed(self.cert.id)
+        if sealed is None:
+            raise PermanentError(f"certificate {self.cert.id} has no private key stored")
+        key = load_private_key(self.svc.ctx.sealer.unseal(sealed))
+        csr = make_csr(key, self.cert.names, Subject(**self.cert.subject))
+        self.record(state=OrderState.FINALIZING)
+        self.progress("finalizing: CSR sent")
+        return self.ca.finalize(info, csr)
+
+    def _download(self, info: OrderInfo) -> None:
+        assert info.certificate is not None
+        fullchain = self.ca.download_certificate(info.certificate)
+        _fault("downloaded")
+        cert_pem, chain_pem = split_chain(fullchain)
+        sealed = self.repo.certificate_key_sealed(self.cert.id)
+        key = load_private_key(self.svc.ctx.sealer.unseal(sealed or b""))
+        leaf = x509.load_pem_x509_certificate(cert_pem.encode())
+        if not key_matches_certificate(key, leaf):
+            raise PermanentError("the certificate the CA sent does not match the stored key")
+        issued = describe(cert_pem, chain_pem, info.url)
+        self.repo.store_issued(
+            self.cert.id, self.order.id, self.owner, issued, self.svc.ctx.clock()
+        )
+        self.progress(
+            f"certificate issued: serial {issued.serial}, valid until "
+            f"{issued.not_after:%Y-%m-%d %H:%M} UTC"
+        )
+
+    def _poll(self, info: OrderInfo, done: Callable[[OrderInfo], bool]) -> OrderInfo:
+        """Short, growing intervals that honour Retry-After; never a fixed one-second sleep."""
+        delay = 0.02
+        while True:
+            if done(info):
+                return info
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransientError(
+                    f"the CA left the order {info.status} for {self.svc.order_timeout:.0f} s"
+                )
+            pause = min(max(delay, info.retry_after or 0.0), remaining)
+            self.svc.sleep(pause)
+            delay = min(delay * 1.5, 2.0)
+            if time.monotonic() - self._touched > LEASE.total_seconds() / 4:
+                self.record()  # keep the lease while the CA works
+            info = self.ca.get_order(info.url)
+
+    def _authz_problem(self, info: OrderInfo) -> AcmeProblem | None:
+        problems = []
+        for url in info.authorizations:
+            authz: AuthorizationInfo = self.ca.get_authorization(url)
+            if authz.problem is not None:
+                problems.append(authz.problem)
+        if not problems:
+            return None
+        if len(problems) == 1:
+            return problems[0]
+        return AcmeProblem(
+            type="urn:ietf:params:acme:error:compound",
+            detail="several names failed validation",
+            subproblems=tuple(problems),
+        )

@@ -1,0 +1,70 @@
+"""The worker pool: several orders advance at once, each under a lease in the store.
+
+Workers find claimable orders in the store, not in memory, so several processes (or
+nodes) on one store share the work, and an order left by a killed process is taken
+over when its lease runs out (at once when the dead holder ran on this host).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from certbroker.services.issuance import IssuanceService, holder_is_dead, make_owner
+
+log = logging.getLogger("certbroker.workers")
+
+
+class WorkerPool:
+    def __init__(self, issuance: IssuanceService, workers: int = 8, idle_poll: float = 0.5) -> None:
+        self.issuance = issuance
+        self.workers = workers
+        self.idle_poll = idle_poll
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for n in range(self.workers):
+            thread = threading.Thread(
+                target=self._work, args=(make_owner(f"w{n}"),), name=f"worker-{n}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self) -> None:
+        """New work was queued; look now instead of at the next poll."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _next(self, owner: str) -> int | None:
+        repo = self.issuance.repo
+        now = self.issuance.ctx.clock()
+        for order_id, holder in repo.claimable_orders(now, self.workers * 4):
+            lease_free = holder is None or holder_is_dead(holder)
+            if not lease_free:
+                order = repo.get_order(order_id)
+                lease_free = order.lease_until is not None and order.lease_until <= now
+            if lease_free and self.issuance.claim(order_id, owner):
+                return order_id
+        return None
+
+    def _work(self, owner: str) -> None:
+        while not self._stop.is_set():
+            try:
+                order_id = self._next(owner)
+                if order_id is None:
+                    self._wake.wait(self.idle_poll)
+                    self._wake.clear()
+                    continue
+                result = self.issuance.run(order_id, owner)
+                log.info("order %d: %s %s", order_id, result.outcome.value, result.message)
+            except Exception:
+                # One bad order must not take a worker down; the lease lets another retry it.
+                log.exception("worker %s: unexpected error", owner)
+                self._stop.wait(1.0)

@@ -1,0 +1,1 @@
+"""Storage adapter: SQLAlchemy Core tables, Alembic migrations, the repository. No SQL elsewhere."""

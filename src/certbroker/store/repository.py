@@ -1,0 +1,553 @@
+"""The repository: typed storage for accounts, certificates, orders and challenge tokens."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from certbroker.domain.errors import AcmeProblem, NotFoundError, UsageError
+from certbroker.domain.models import (
+    ACTIVE_ORDER_STATES,
+    Account,
+    AccountStatus,
+    Certificate,
+    CertificateStatus,
+    Order,
+    OrderState,
+)
+from certbroker.store.schema import accounts, certificates, challenges, orders
+
+
+class LeaseLost(Exception):
+    """Another worker holds this order now; the current holder must stop touching it."""
+
+
+@dataclass(frozen=True)
+class NewCertificate:
+    names: Sequence[str]
+    account_id: int
+    challenge: str
+    key_type: str
+    key_policy: str
+    subject: dict[str, str]
+    key_sealed: bytes | None
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    cert_pem: str
+    chain_pem: str
+    serial: str
+    issuer: str
+    not_before: datetime
+    not_after: datetime
+    fingerprint_sha256: str
+    order_url: str
+
+
+def _new_id(result: Any) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def _account(row: Row[Any]) -> Account:
+    return Account(
+        id=row.id,
+        name=row.name,
+        directory_url=row.directory_url,
+        emails=tuple(json.loads(row.emails)),
+        key_type=row.key_type,
+        uri=row.uri,
+        status=AccountStatus(row.status),
+        terms_of_service=row.terms_of_service,
+        eab_kid=row.eab_kid,
+        ca_bundle=row.ca_bundle,
+        created_at=row.created_at,
+    )
+
+
+_CERT_COLUMNS = [c for c in certificates.c if c.name != "key_sealed"]
+
+
+def _certificate(row: Row[Any]) -> Certificate:
+    return Certificate(
+        id=row.id,
+        names=tuple(json.loads(row.names)),
+        status=CertificateStatus(row.status),
+        account_id=row.account_id,
+        challenge=row.challenge,
+        key_type=row.key_type,
+        key_policy=row.key_policy,
+        subject=json.loads(row.subject),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        serial=row.serial,
+        issuer=row.issuer,
+        not_before=row.not_before,
+        not_after=row.not_after,
+        fingerprint_sha256=row.fingerprint_sha256,
+        order_url=row.order_url,
+        cert_pem=row.cert_pem,
+        chain_pem=row.chain_pem,
+        revocation_reason=row.revocation_reason,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _order(row: Row[Any]) -> Order:
+    return Order(
+        id=row.id,
+        certificate_id=row.certificate_id,
+        state=OrderState(row.state),
+        order_url=row.order_url,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        attempts=row.attempts,
+        error=AcmeProblem.from_json(json.loads(row.error)) if row.error else None,
+        error_message=row.error_message,
+        finished_at=row.finished_at,
+        lease_owner=row.lease_owner,
+        lease_until=row.lease_until,
+        next_run_at=row.next_run_at,
+    )
+
+
+class Repository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _read(self) -> Any:
+        return self.engine.connect().execution_options(readonly=True)
+
+    # -- accounts ------------------------------------------------------------------------
+
+    def add_account(
+        self,
+        *,
+        name: str,
+        directory_url: str,
+        ca_bundle: str | None,
+        emails: Sequence[str],
+        key_type: str,
+        key_sealed: bytes,
+        uri: str | None,
+        status: AccountStatus,
+        terms_of_service: str | None,
+        eab_kid: str | None,
+        now: datetime,
+    ) -> Account:
+        try:
+            with self.engine.begin() as conn:
+                result = conn.execute(
+                    insert(accounts).values(
+                        name=name,
+                        directory_url=directory_url,
+                        ca_bundle=ca_bundle,
+                        emails=json.dumps(list(emails)),
+                        key_type=key_type,
+                        key_sealed=key_sealed,
+                        uri=uri,
+                        status=status.value,
+                        terms_of_service=terms_of_service,
+                        eab_kid=eab_kid,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                new_id = _new_id(result)
+        except IntegrityError:
+            raise UsageError(
+                f"an account named {name!r} already exists; choose another --name"
+            ) from None
+        return self.get_account(new_id)
+
+    def account_name_taken(self, name: str) -> bool:
+        with self._read() as conn:
+            return (
+                conn.execute(select(accounts.c.id).where(accounts.c.name == name)).first()
+                is not None
+            )
+
+    def get_account(self, ref: str | int) -> Account:
+        with self._read() as conn:
+            query = select(accounts)
+            if isinstance(ref, int) or str(ref).isdigit():
+                query = query.where(or_(accounts.c.id == int(ref), accounts.c.name == str(ref)))
+            else:
+                query = query.where(accounts.c.name == ref)
+            row = conn.execute(query).first()
+        if row is None:
+            raise NotFoundError(
+                f"no account {ref!r}; see `certbroker account list` or register one"
+            )
+        return _account(row)
+
+    def list_accounts(self) -> list[Account]:
+        with self._read() as conn:
+            return [_account(r) for r in conn.execute(select(accounts).order_by(accounts.c.id))]
+
+    def account_key_sealed(self, account_id: int) -> bytes:
+        with self._read() as conn:
+            value = conn.execute(
+                select(accounts.c.key_sealed).where(accounts.c.id == account_id)
+            ).scalar_one()
+        return bytes(value)
+
+    def account_next_key_sealed(self, account_id: int) -> bytes | None:
+        with self._read() as conn:
+            value = conn.execute(
+                select(accounts.c.next_key_sealed).where(accounts.c.id == account_id)
+            ).scalar_one_or_none()
+        return None if value is None else bytes(value)
+
+    def update_account(self, account_id: int, now: datetime, **values: Any) -> Account:
+        if "emails" in values:
+            values["emails"] = json.dumps(list(values["emails"]))
+        if "status" in values:
+            values["status"] = AccountStatus(values["status"]).value
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(accounts).where(accounts.c.id == account_id).values(updated_at=now, **values)
+            )
+        return self.get_account(account_id)
+
+    def count_certificates_of_account(self, account_id: int) -> int:
+        with self._read() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(certificates)
+                    .where(certificates.c.account_id == account_id)
+                ).scalar_one()
+            )
+
+    def delete_account(self, account_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(accounts).where(accounts.c.id == account_id))
+
+    # -- certificates --------------------------------------------------------------------
+
+    def create_certificate(
+        self, new: NewCertificate, now: datetime, lease_owner: str | None, lease_until: datetime
+    ) -> tuple[Certificate, Order]:
+        """The certificate, its key and its first order, in one transaction."""
+        with self.engine.begin() as conn:
+            cert_id = _new_id(
+                conn.execute(
+                    insert(certificates).values(
+                        names=json.dumps(list(new.names)),
+                        status=CertificateStatus.PENDING.value,
+                        account_id=new.account_id,
+                        challenge=new.challenge,
+                        key_type=new.key_type,
+                        key_policy=new.key_policy,
+                        subject=json.dumps(new.subject),
+                        key_sealed=new.key_sealed,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            )
+            order_id = _new_id(
+                conn.execute(
+                    insert(orders).values(
+                        certificate_id=cert_id,
+                        state=OrderState.QUEUED.value,
+                        attempts=0,
+                        lease_owner=lease_owner,
+                        lease_until=lease_until if lease_owner else None,
+                        next_run_at=now,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            )
+        return self.get_certificate(cert_id), self.get_order(order_id)
+
+    def get_certificate(self, cert_id: int) -> Certificate:
+        with self._read() as conn:
+            row = conn.execute(select(*_CERT_COLUMNS).where(certificates.c.id == cert_id)).first()
+        if row is None:
+            raise NotFoundError(f"no certificate with ID {cert_id}; see `certbroker cert list`")
+        return _certificate(row)
+
+    def certificate_key_sealed(self, cert_id: int) -> bytes | None:
+        with self._read() as conn:
+            value = conn.execute(
+                select(certificates.c.key_sealed).where(certificates.c.id == cert_id)
+            ).scalar_one_or_none()
+        return None if value is None else bytes(value)
+
+    def list_certificates(
+        self,
+        *,
+        now: datetime,
+        status: CertificateStatus | None = None,
+        expiring_within: timedelta | None = None,
+    ) -> list[Certificate]:
+        query = select(*_CERT_COLUMNS).order_by(certificates.c.id)
+        c = certificates.c
+        if status is CertificateStatus.EXPIRED:
+            query = query.where(and_(c.status == "valid", c.not_after <= now))
+        elif status is CertificateStatus.VALID:
+            query = query.where(and_(c.status == "valid", c.not_after > now))
+        elif status is not None:
+            query = query.where(c.status == status.value)
+        if expiring_within is not None:
+            query = query.where(and_(c.status == "valid", c.not_after <= now + expiring_within))
+        with self._read() as conn:
+            return [_certificate(r) for r in conn.execute(query)]
+
+    def store_issued(
+        self, cert_id: int, order_id: int, owner: str, issued: IssuedCertificate, now: datetime
+    ) -> None:
+        """Certificate, order state and token clean-up in one transaction."""
+        with self.engine.begin() as conn:
+            self._check_lease(conn, order_id, owner)
+            conn.execute(
+                update(certificates)
+                .where(certificates.c.id == cert_id)
+                .values(
+                    status=CertificateStatus.VALID.value,
+                    cert_pem=issued.cert_pem,
+                    chain_pem=issued.chain_pem,
+                    serial=issued.serial,
+                    issuer=issued.issuer,
+                    not_before=issued.not_before,
+                    not_after=issued.not_after,
+                    fingerprint_sha256=issued.fingerprint_sha256,
+                    order_url=issued.order_url,
+                    updated_at=now,
+                )
+            )
+            conn.execute(
+                update(orders)
+                .where(orders.c.id == order_id)
+                .values(
+                    state=OrderState.VALID.value,
+                    error=None,
+                    error_message=None,
+                    lease_owner=None,
+                    lease_until=None,
+                    updated_at=now,
+                    finished_at=now,
+                )
+            )
+            conn.execute(delete(challenges).where(challenges.c.order_id == order_id))
+
+    def mark_revoked(self, cert_id: int, reason: str, now: datetime) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(certificates)
+                .where(certificates.c.id == cert_id)
+                .values(
+                    status=CertificateStatus.REVOKED.value,
+                    revocation_reason=reason,
+                    revoked_at=now,
+                    updated_at=now,
+                )
+            )
+
+    def delete_certificate(self, cert_id: int) -> None:
+        with self.engine.begin() as conn:
+            order_ids = select(orders.c.id).where(orders.c.certificate_id == cert_id)
+            conn.execute(delete(challenges).where(challenges.c.order_id.in_(order_ids)))
+            conn.execute(delete(orders).where(orders.c.certificate_id == cert_id))
+            conn.execute(delete(certificates).where(certificates.c.id == cert_id))
+
+    # -- orders --------------------------------------------------------------------------
+
+    def add_order(
+        self, cert_id: int, now: datetime, lease_owner: str | None, lease: timedelta
+    ) -> Order:
+        with self.engine.begin() as conn:
+            order_id = _new_id(
+                conn.execute(
+                    insert(orders).values(
+                        certificate_id=cert_id,
+                        state=OrderState.QUEUED.value,
+                        attempts=0,
+                        lease_owner=lease_owner,
+                        lease_until=now + lease if lease_owner else None,
+                        next_run_at=now,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            )
+        return self.get_order(order_id)
+
+    def get_order(self, order_id: int) -> Order:
+        with self._read() as conn:
+            row = conn.execute(select(orders).where(orders.c.id == order_id)).first()
+        if row is None:
+            raise NotFoundError(f"no order with ID {order_id}")
+        return _order(row)
+
+    def orders_of(self, cert_id: int) -> list[Order]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(orders).where(orders.c.certificate_id == cert_id).order_by(orders.c.id)
+            )
+            return [_order(r) for r in rows]
+
+    def active_order_of(self, cert_id: int) -> Order | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(orders)
+                .where(
+                    and_(
+                        orders.c.certificate_id == cert_id, orders.c.state.in_(ACTIVE_ORDER_STATES)
+                    )
+                )
+                .order_by(orders.c.id.desc())
+            ).first()
+        return None if row is None else _order(row)
+
+    def try_claim(
+        self, order_id: int, owner: str, now: datetime, until: datetime, steal_from: str | None
+    ) -> bool:
+        """Take the lease when it is free, expired, or held by `steal_from` (a dead process)."""
+        free = or_(orders.c.lease_owner.is_(None), orders.c.lease_until <= now)
+        if steal_from is not None:
+            free = or_(free, orders.c.lease_owner == steal_from)
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(orders)
+                .where(
+                    and_(
+                        orders.c.id == order_id,
+                        orders.c.state.in_(ACTIVE_ORDER_STATES),
+                        or_(free, orders.c.lease_owner == owner),
+                    )
+                )
+                .values(lease_owner=owner, lease_until=until)
+            )
+            return bool(result.rowcount)
+
+    def claimable_orders(self, now: datetime, limit: int) -> list[tuple[int, str | None]]:
+        """Active orders whose time has come and whose lease is free or expired."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(orders.c.id, orders.c.lease_owner)
+                .where(
+                    and_(
+                        orders.c.state.in_(ACTIVE_ORDER_STATES),
+                        or_(orders.c.next_run_at.is_(None), orders.c.next_run_at <= now),
+                    )
+                )
+                .order_by(orders.c.next_run_at, orders.c.id)
+                .limit(limit)
+            )
+            return [(r.id, r.lease_owner) for r in rows]
+
+    def _check_lease(self, conn: Any, order_id: int, owner: str) -> None:
+        holder = conn.execute(
+            select(orders.c.lease_owner).where(orders.c.id == order_id)
+        ).scalar_one_or_none()
+        if holder != owner:
+            raise LeaseLost(f"order {order_id} is now held by {holder}")
+
+    def advance_order(
+        self, order_id: int, owner: str, now: datetime, lease_until: datetime, **values: Any
+    ) -> None:
+        """Record a step; refuses when the lease was lost to another worker."""
+        if "state" in values:
+            values["state"] = OrderState(values["state"]).value
+        if "error" in values and isinstance(values["error"], AcmeProblem):
+            values["error"] = json.dumps(values["error"].to_json())
+        with self.engine.begin() as conn:
+            self._check_lease(conn, order_id, owner)
+            conn.execute(
+                update(orders)
+                .where(orders.c.id == order_id)
+                .values(updated_at=now, lease_until=lease_until, **values)
+            )
+
+    def fail_order(
+        self,
+        order_id: int,
+        owner: str,
+        now: datetime,
+        message: str,
+        problem: AcmeProblem | None,
+    ) -> None:
+        with self.engine.begin() as conn:
+            self._check_lease(conn, order_id, owner)
+            cert_id = conn.execute(
+                select(orders.c.certificate_id).where(orders.c.id == order_id)
+            ).scalar_one()
+            conn.execute(
+                update(orders)
+                .where(orders.c.id == order_id)
+                .values(
+                    state=OrderState.FAILED.value,
+                    error=json.dumps(problem.to_json()) if problem else None,
+                    error_message=message,
+                    lease_owner=None,
+                    lease_until=None,
+                    updated_at=now,
+                    finished_at=now,
+                )
+            )
+            # A certificate that was never issued is failed; an issued one keeps its status.
+            conn.execute(
+                update(certificates)
+                .where(and_(certificates.c.id == cert_id, certificates.c.status == "pending"))
+                .values(status=CertificateStatus.FAILED.value, updated_at=now)
+            )
+            conn.execute(delete(challenges).where(challenges.c.order_id == order_id))
+
+    def release(self, order_id: int, owner: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(orders)
+                .where(and_(orders.c.id == order_id, orders.c.lease_owner == owner))
+                .values(lease_owner=None, lease_until=None)
+            )
+
+    # -- challenge tokens ----------------------------------------------------------------
+
+    def put_challenges(
+        self, order_id: int | None, items: Iterable[tuple[str, str, str, str]], now: datetime
+    ) -> None:
+        """(token, key authorization, identifier, type) rows; re-presenting is harmless."""
+        rows = [
+            {
+                "token": token,
+                "key_authorization": key_auth,
+                "order_id": order_id,
+                "identifier": identifier,
+                "type": kind,
+                "created_at": now,
+            }
+            for token, key_auth, identifier, kind in items
+        ]
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            tokens = [r["token"] for r in rows]
+            conn.execute(delete(challenges).where(challenges.c.token.in_(tokens)))
+            conn.execute(insert(challenges), rows)
+
+    def key_authorization(self, token: str) -> str | None:
+        with self._read() as conn:
+            value = conn.execute(
+                select(challenges.c.key_authorization).where(challenges.c.token == token)
+            ).scalar_one_or_none()
+        return None if value is None else str(value)
+
+    def delete_challenge(self, token: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(challenges).where(challenges.c.token == token))
+
+    def delete_challenges_of(self, order_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(challenges).where(challenges.c.order_id == order_id))

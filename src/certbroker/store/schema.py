@@ -1,0 +1,127 @@
+"""Tables. Any change here needs an Alembic migration in store/migrations/versions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite forgets the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC).replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("directory_url", Text, nullable=False),
+    Column("ca_bundle", Text, nullable=True),
+    Column("emails", Text, nullable=False, default="[]"),
+    Column("key_type", String(20), nullable=False),
+    Column("key_sealed", LargeBinary, nullable=False),
+    # A rollover stores the new key here before telling the CA, so a crash loses nothing.
+    Column("next_key_sealed", LargeBinary, nullable=True),
+    Column("uri", Text, nullable=True),
+    Column("status", String(20), nullable=False),
+    Column("terms_of_service", Text, nullable=True),
+    Column("eab_kid", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("names", Text, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("challenge", String(20), nullable=False),
+    Column("key_type", String(20), nullable=False),
+    Column("key_policy", String(20), nullable=False),
+    Column("subject", Text, nullable=False, default="{}"),
+    Column("key_sealed", LargeBinary, nullable=True),
+    Column("cert_pem", Text, nullable=True),
+    Column("chain_pem", Text, nullable=True),
+    Column("serial", String(80), nullable=True),
+    Column("issuer", Text, nullable=True),
+    Column("not_before", UTCDateTime, nullable=True),
+    Column("not_after", UTCDateTime, nullable=True),
+    Column("fingerprint_sha256", String(100), nullable=True),
+    Column("order_url", Text, nullable=True),
+    Column("revocation_reason", String(40), nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("renew_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_certificates_status", "status"),
+    Index("ix_certificates_renew_at", "renew_at"),
+    Index("ix_certificates_not_after", "not_after"),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("certificate_id", Integer, ForeignKey("certificates.id"), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("order_url", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("next_run_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Index("ix_orders_certificate_id", "certificate_id"),
+    Index("ix_orders_state_next_run", "state", "next_run_at"),
+)
+
+# Tokens live here, not in a process, so any process on the store answers HTTP-01.
+challenges = Table(
+    "challenges",
+    metadata,
+    Column("token", String(200), primary_key=True),
+    Column("key_authorization", Text, nullable=False),
+    Column("order_id", Integer, ForeignKey("orders.id"), nullable=True),
+    Column("identifier", String(255), nullable=False),
+    Column("type", String(20), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_challenges_order_id", "order_id"),
+)

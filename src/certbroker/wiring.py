@@ -1,0 +1,129 @@
+"""The one place that picks concrete adapters from the configuration."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from certbroker.ca.acme_client import AcmeCA
+from certbroker.challenges.http01 import Responder, bind_responder, probe
+from certbroker.config import Settings
+from certbroker.crypto.keys import PrivateKey
+from certbroker.crypto.sealing import Sealer, load_or_create_master_key
+from certbroker.domain.errors import CertbrokerError
+from certbroker.ports import CertificateAuthority
+from certbroker.services.accounts import AccountService
+from certbroker.services.certificates import CertificateService
+from certbroker.services.common import ServiceContext, utcnow
+from certbroker.services.issuance import IssuanceService
+from certbroker.store.db import make_engine, migrate
+from certbroker.store.repository import Repository
+
+log = logging.getLogger("certbroker")
+
+
+class CAClients:
+    """Hands out ACME clients, one per thread and account key, so nonces and TLS
+    connections are reused across orders without sharing a client between threads."""
+
+    def __init__(self, bundle_dir: Path) -> None:
+        self.bundle_dir = bundle_dir
+        self._local = threading.local()
+
+    def _bundle_path(self, pem: str) -> str:
+        digest = hashlib.sha256(pem.encode()).hexdigest()[:32]
+        path = self.bundle_dir / f"{digest}.pem"
+        if not path.exists():
+            self.bundle_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+            tmp.write_text(pem)
+            tmp.replace(path)
+        return str(path)
+
+    def __call__(
+        self, directory_url: str, key: PrivateKey, account_uri: str | None, ca_bundle: str | None
+    ) -> CertificateAuthority:
+        bundle = self._bundle_path(ca_bundle) if ca_bundle else None
+        if account_uri is None:
+            return AcmeCA(directory_url, key, None, bundle)
+        fingerprint = hashlib.sha256(
+            key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        ).hexdigest()
+        cache: dict[tuple[str, str, str, str | None], AcmeCA] = (
+            getattr(self._local, "clients", None) or {}
+        )
+        self._local.clients = cache
+        cache_key = (directory_url, account_uri, fingerprint, bundle)
+        client = cache.get(cache_key)
+        if client is None:
+            client = AcmeCA(directory_url, key, account_uri, bundle)
+            cache[cache_key] = client
+        return client
+
+
+@dataclass
+class Broker:
+    settings: Settings
+    repo: Repository
+    ctx: ServiceContext
+    accounts: AccountService = field(init=False)
+    issuance: IssuanceService = field(init=False)
+    certificates: CertificateService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.accounts = AccountService(self.ctx)
+        self.issuance = IssuanceService(
+            self.ctx,
+            order_timeout=self.settings.order_timeout,
+            retry_attempts=self.settings.retry_attempts,
+        )
+        self.certificates = CertificateService(self.ctx)
+
+    def bind_responder(self) -> Responder:
+        return bind_responder(
+            self.settings.http01_address, self.settings.http01_port, self.repo.key_authorization
+        )
+
+    def ensure_responder(self) -> Responder | None:
+        """Run the HTTP-01 responder here unless something already serves this store's tokens.
+
+        Returns the responder this process started (the caller stops it), or None when
+        another process (`certbroker serve`) already answers.
+        """
+        port = self.settings.http01_port
+        try:
+            return self.bind_responder().start()
+        except CertbrokerError as bind_error:
+            now = utcnow()
+            served = probe(
+                port,
+                lambda token, value: self.repo.put_challenges(
+                    None, [(token, value, "probe", "probe")], now
+                ),
+                self.repo.delete_challenge,
+            )
+            if served:
+                log.info("port %d already answers this store's challenges; using it", port)
+                return None
+            raise CertbrokerError(
+                f"{bind_error}; and what listens there does not answer certbroker's "
+                "challenges. Stop it, run `certbroker serve` there, or set "
+                "CERTBROKER_HTTP01_PORT"
+            ) from None
+
+
+def build(settings: Settings) -> Broker:
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    engine = make_engine(settings.effective_database_url)
+    migrate(engine)
+    sealer = Sealer(load_or_create_master_key(settings.data_dir, settings.master_key))
+    repo = Repository(engine)
+    ctx = ServiceContext(
+        repo=repo, sealer=sealer, ca_factory=CAClients(settings.data_dir / "ca-bundles")
+    )
+    return Broker(settings=settings, repo=repo, ctx=ctx)

@@ -1,0 +1,1 @@
+"""Shared helpers for certbroker's test suite (ports, the Pebble harness)."""
