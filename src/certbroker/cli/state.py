@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from certbroker.config import Settings
     from certbroker.wiring import Broker
 
-console = Console(highlight=False)
-console_err = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+console_err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @dataclass
@@ -48,6 +48,7 @@ def setup_logging(level: str) -> None:
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     if level != "debug":
         # The acme library's exchange is only interesting when debugging.
         logging.getLogger("acme").setLevel(logging.WARNING)

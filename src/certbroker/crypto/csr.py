@@ -42,6 +42,12 @@ class Subject:
 
     def __post_init__(self) -> None:
         self.validate()
+        if self.country is not None:
+            object.__setattr__(self, "country", self.country.upper())
+
+    def as_dict(self) -> dict[str, str]:
+        """The set fields, as stored with the certificate."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
 
     def validate(self) -> None:
         for f in fields(self):

@@ -185,7 +185,7 @@ class IssuanceService:
                 challenge=req.challenge,
                 key_type=key_type.value,
                 key_policy=req.key_policy.value,
-                subject={k: v for k, v in vars(subject).items() if v},
+                subject=subject.as_dict(),
                 key_sealed=self.ctx.sealer.seal(private_key_to_pem(key)),
             ),
             now,

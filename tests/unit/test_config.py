@@ -1,0 +1,80 @@
+"""Configuration precedence: TOML file < CERTBROKER_* environment < flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from certbroker.config import load_settings
+from certbroker.domain.errors import ConfigError
+
+
+def test_defaults_put_sqlite_in_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={})
+    assert settings.http01_port == 80
+    assert settings.listen == "127.0.0.1:8080"
+    assert settings.effective_database_url == f"sqlite:///{tmp_path / 'var' / 'certbroker.db'}"
+
+
+def test_file_then_env_then_flags(tmp_path: Path) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text('http01_port = 8081\nworkers = 3\nlisten = "0.0.0.0:9000"\n')
+    env = {"CERTBROKER_HTTP01_PORT": "8082", "CERTBROKER_WORKERS": "5"}
+    settings = load_settings(conf, env, {"workers": 7, "data_dir": None})
+    assert settings.listen == "0.0.0.0:9000"
+    assert settings.http01_port == 8082
+    assert settings.workers == 7
+    shown = settings.masked()
+    assert shown["listen"][1].startswith("file")
+    assert shown["http01_port"][1] == "env CERTBROKER_HTTP01_PORT"
+    assert shown["workers"][1] == "flag"
+
+
+def test_default_file_is_read_when_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "certbroker.toml").write_text("workers = 2\n")
+    assert load_settings(environ={}).workers == 2
+
+
+def test_secrets_are_masked(tmp_path: Path) -> None:
+    env = {
+        "CERTBROKER_MASTER_KEY": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I=",
+        "CERTBROKER_DATABASE_URL": "postgresql+psycopg://broker:hunter2@db.example:5432/cb",
+    }
+    shown = load_settings(None, env).masked()
+    assert shown["master_key"][0] == "********"
+    assert "hunter2" not in shown["database_url"][0]
+    assert "broker:********@db.example:5432" in shown["database_url"][0]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nonsense = 1\n", "unknown setting 'nonsense'"),
+        ('http01_port = "eighty"\n', "http01_port must be int"),
+        ("http01_port = 70000\n", "not a TCP port"),
+        ('listen = "8080"\n', "HOST:PORT"),
+        ('log_level = "loud"\n', "log_level 'loud'"),
+        ("workers = 0\n", "at least 1"),
+        ("this is not toml", "not valid TOML"),
+    ],
+)
+def test_bad_configuration_is_named(tmp_path: Path, text: str, message: str) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(conf, {})
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", {})
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="CERTBROKER_HTTP01_PORT"):
+        load_settings(None, {"CERTBROKER_HTTP01_PORT": "x"})
