@@ -275,7 +275,9 @@ class AcmeCA:
 
     def query_account(self) -> AccountInfo:
         uri = self._require_account()
-        return self._call("show the account", lambda: self._account_info(self._post(uri, {}), uri))
+        return self._call(
+            "show the account", lambda: self._account_info(self._post_as_get(uri), uri)
+        )
 
     def update_contacts(self, emails: Sequence[str]) -> AccountInfo:
         uri = self._require_account()

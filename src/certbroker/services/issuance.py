@@ -361,11 +361,29 @@ class _OrderRun:
         if self.order.order_url:
             try:
                 info = self.ca.get_order(self.order.order_url)
-                self.progress(f"resuming order {info.url} ({info.status})")
-                return info
             except PermanentError as exc:
                 # The CA forgot the order (expired, or the CA was reset): start a new one.
                 self.progress(f"the CA no longer has order {self.order.order_url} ({exc})")
+                return self._new_order()
+            self.progress(f"resuming order {info.url} ({info.status})")
+            interrupted = self.order.state in (OrderState.PRESENTED, OrderState.ANSWERED)
+            if info.status == "invalid" and interrupted:
+                # Validation ran while the process that answered it was gone (killed, or
+                # its responder with it). That says nothing about the names: order again,
+                # within the same attempt budget as any transient failure.
+                attempts = self.order.attempts + 1
+                if attempts >= self.svc.retry_attempts:
+                    return info
+                problem = info.error or self._authz_problem(info)
+                self.record(attempts=attempts, error=problem, error_message=str(problem))
+                self.progress(
+                    f"the interrupted order failed validation ({problem}); ordering again"
+                )
+                return self._new_order()
+            return info
+        return self._new_order()
+
+    def _new_order(self) -> OrderInfo:
         self.progress(f"ordering {', '.join(self.cert.names)}")
         info = self.ca.new_order(self.cert.names)
         self.record(state=OrderState.ORDERED, order_url=info.url)
