@@ -73,7 +73,7 @@ def test_rollover_then_issue_with_the_new_key(
     assert cli.json("account", "show", "main")["key_type"] == "rsa2048"
     # The CA now knows the account by the new key, and the old key no longer works.
     assert _account_at_pebble(pebble, account["uri"], new)["status"] == "valid"
-    with pytest.raises(Exception, match="unauthorized|accountDoesNotExist|malformed"):
+    with pytest.raises(Exception, match=r"unauthorized|accountDoesNotExist|malformed"):
         _account_at_pebble(pebble, account["uri"], old)
     details = cli.json("cert", "request", "rolled.example.com", "--wait")
     assert details["status"] == "valid"
