@@ -210,13 +210,12 @@ def normalize_name(name: str) -> str:
             f"{_show(name)} is a wildcard over fewer than two labels; a wildcard covers one "
             "level below a registered name, as in '*.example.com'"
         )
-    if len(labels) < 2:
+    encoded = [_encode_label(name, label) for label in labels]
+    if len(encoded) < 2:
         raise UsageError(
             f"{_show(name)} has only one label; give a fully qualified name such as "
-            f"{_show(labels[0] + '.example.com')}"
+            f"{_show(encoded[0] + '.example.com')}"
         )
-
-    encoded = [_encode_label(name, label) for label in labels]
     if encoded[-1].isdigit():
         raise UsageError(
             f"{_show(name)} ends in the all-numeric label {_show(encoded[-1])}; it is neither "

@@ -1,0 +1,620 @@
+"""Issuance throughput: certbroker against an in-process `acme` floor, on a local Pebble.
+
+Run with `make bench` (N=200) or `make bench BENCH_ARGS=--quick` (N=20). Every scenario
+runs in a child process of its own, with a fresh Pebble, so peak memory (ru_maxrss) and
+CPU time belong to that scenario alone. Each scenario runs in two Pebble modes:
+
+* always-valid: PEBBLE_VA_ALWAYS_VALID=1, Pebble accepts every challenge unseen;
+* http-01: Pebble's VA really fetches /.well-known/acme-challenge/<token> from the
+  client's responder on the Pebble http_port.
+
+Scenarios:
+
+* floor-1 / floor-8: the `acme` library used directly (ClientV2 + ClientNetwork), EC
+  P-256 keys, one name per certificate, 20 ms order polling; one thread, or 8 threads
+  with a client each. badNonce is retried by the loop (Pebble keeps its default 5 %
+  nonce rejection), and for http-01 a tiny in-memory ThreadingHTTPServer serves tokens.
+* cb-seq: certbroker with its SQLite store: IssuanceService.request + wait_for, one
+  certificate after the other in this process.
+* cb-pool: certbroker's WorkerPool (8 workers): all N requested first (queued, no lease
+  owner; timed separately), then the pool runs until every certificate left "pending".
+
+Figures: certificates per second (wall clock of the timed part), CPU seconds per
+certificate of the benchmark process (getrusage RUSAGE_SELF: all threads, user + sys) and
+of Pebble (+ pebble-challtestsrv, from /proc/<pid>/stat, as they are still running), and
+peak RSS (ru_maxrss) of the benchmark process. Results go to docs/benchmarks.md unless
+--no-write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import queue
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # tests.support.pebble: the real Pebble harness
+
+from tests.support.pebble import PebbleServer, start_pebble  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
+
+DOC = ROOT / "docs" / "benchmarks.md"
+MODES = ("always-valid", "http-01")
+SCENARIOS = ("floor-1", "floor-8", "cb-seq", "cb-pool")
+THREADS = 8
+WORKERS = 8
+POLL = 0.02  # the floor's order polling interval
+BAD_NONCE_RETRIES = 12  # as certbroker's CA adapter
+TARGET = 0.70  # cb-pool / floor-8
+START = "<!-- bench:results:start -->"
+END = "<!-- bench:results:end -->"
+T = TypeVar("T")
+
+
+@dataclass
+class Result:
+    mode: str
+    scenario: str
+    n: int
+    valid: int = 0
+    failures: list[str] = field(default_factory=list)
+    wall: float = 0.0
+    cpu: float = 0.0  # benchmark process, timed part
+    pebble_cpu: float = 0.0  # pebble + pebble-challtestsrv, timed part
+    maxrss_kib: int = 0
+    pebble_hwm_kib: int = 0
+    setup: dict[str, float] = field(default_factory=dict)  # untimed phases, seconds
+
+    @property
+    def rate(self) -> float:
+        return self.valid / self.wall if self.wall else 0.0
+
+
+# -- measuring ---------------------------------------------------------------------------
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _proc_cpu(pid: int | None) -> float:
+    """user + sys seconds of a running process (its own threads; it has no children)."""
+    if pid is None:
+        return 0.0
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_hwm_kib(pid: int | None) -> int:
+    if pid is None:
+        return 0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _pebble_pids(pebble: PebbleServer) -> list[int | None]:
+    helper = pebble._challtestsrv
+    return [pebble.pid, helper.pid if helper is not None else None]
+
+
+@contextlib.contextmanager
+def timed(result: Result, pebble: PebbleServer) -> Iterator[None]:
+    pids = _pebble_pids(pebble)
+    cpu0, pcpu0, t0 = _self_cpu(), sum(map(_proc_cpu, pids)), time.perf_counter()
+    try:
+        yield
+    finally:
+        result.wall = time.perf_counter() - t0
+        result.cpu = _self_cpu() - cpu0
+        result.pebble_cpu = sum(map(_proc_cpu, pids)) - pcpu0
+
+
+# -- the floor: the acme library directly ----------------------------------------------------
+
+
+class TokenServer(ThreadingHTTPServer):
+    """A minimal HTTP-01 responder over a dict, for the floor."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int) -> None:
+        self.tokens: dict[str, str] = {}
+        super().__init__(("127.0.0.1", port), _TokenHandler)
+
+
+class _TokenHandler(BaseHTTPRequestHandler):
+    server: TokenServer
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        token = self.path.rsplit("/", 1)[-1]
+        value = self.server.tokens.get(token)
+        body = value.encode() if value is not None else b"not found\n"
+        self.send_response(200 if value is not None else 404)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class Floor:
+    """One ACME account; a ClientV2 per thread (ClientNetwork is not thread-safe)."""
+
+    def __init__(self, pebble: PebbleServer, tokens: dict[str, str] | None) -> None:
+        from acme import client, messages
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from josepy import ES256, JWKEC
+
+        self.pebble = pebble
+        self.tokens = tokens
+        self.jwk = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+        net = self._net(None)
+        self.directory = client.ClientV2.get_directory(pebble.directory_url, net)
+        acme = client.ClientV2(self.directory, net)
+        reg = messages.NewRegistration.from_data(
+            email="floor@example.com", terms_of_service_agreed=True
+        )
+        self.account = retry_bad_nonce(lambda: acme.new_account(reg))
+        self._alg = ES256
+        self._local = threading.local()
+
+    def _net(self, account: Any) -> Any:
+        from acme import client
+        from josepy import ES256
+
+        return client.ClientNetwork(
+            key=self.jwk,
+            account=account,
+            alg=ES256,
+            verify_ssl=str(self.pebble.ca_bundle),
+            user_agent="certbroker-bench-floor",
+        )
+
+    def client(self) -> Any:
+        from acme import client
+
+        acme = getattr(self._local, "acme", None)
+        if acme is None:
+            acme = client.ClientV2(self.directory, self._net(self.account))
+            self._local.acme = acme
+        return acme
+
+    def issue(self, name: str) -> bool:
+        from acme import challenges, messages
+        from acme.crypto_util import make_csr
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        acme = self.client()
+        key = ec.generate_private_key(ec.SECP256R1())
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        csr_pem = make_csr(key_pem, [name])
+        orderr = retry_bad_nonce(lambda: acme.new_order(csr_pem))  # + each authorization
+        tokens = []
+        for authzr in orderr.authorizations:
+            if authzr.body.status == messages.STATUS_VALID:
+                continue
+            challb = next(
+                c for c in authzr.body.challenges if isinstance(c.chall, challenges.HTTP01)
+            )
+            response, validation = challb.response_and_validation(self.jwk)
+            if self.tokens is not None:
+                token = challb.chall.encode("token")
+                self.tokens[token] = validation
+                tokens.append(token)
+            retry_bad_nonce(lambda c=challb, r=response: acme.answer_challenge(c, r))
+
+        def order() -> Any:
+            resp = retry_bad_nonce(
+                lambda: acme.net.post(orderr.uri, None, new_nonce_url=self.directory["newNonce"])
+            )
+            return messages.Order.from_json(resp.json())
+
+        try:
+            body = order()
+            while body.status == messages.STATUS_PENDING:
+                time.sleep(POLL)
+                body = order()
+            if body.status == messages.STATUS_READY:
+                body = retry_bad_nonce(lambda: acme.begin_finalization(orderr)).body
+            while body.status == messages.STATUS_PROCESSING:
+                time.sleep(POLL)
+                body = order()
+        finally:
+            if self.tokens is not None:
+                for token in tokens:
+                    self.tokens.pop(token, None)
+        if body.status != messages.STATUS_VALID or not body.certificate:
+            raise RuntimeError(f"{name}: order ended {body.status}: {body.error}")
+        fullchain = retry_bad_nonce(
+            lambda: acme.net.post(body.certificate, None, new_nonce_url=self.directory["newNonce"])
+        ).text
+        leaf = x509.load_pem_x509_certificate(fullchain.encode())
+        return bool(leaf.public_key() == key.public_key())
+
+
+def retry_bad_nonce(fn: Callable[[], T]) -> T:
+    """Retry on badNonce like certbroker does (the library alone retries once)."""
+    from acme import messages
+
+    for attempt in range(BAD_NONCE_RETRIES):
+        try:
+            return fn()
+        except messages.Error as err:
+            if err.code != "badNonce" or attempt + 1 == BAD_NONCE_RETRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+def run_floor(result: Result, pebble: PebbleServer, names: list[str], threads: int) -> None:
+    server = None
+    if result.mode == "http-01":
+        server = TokenServer(pebble.http_port)
+        threading.Thread(target=server.serve_forever, daemon=True, name="floor-http01").start()
+    try:
+        t0 = time.perf_counter()
+        floor = Floor(pebble, server.tokens if server else None)
+        result.setup["register"] = time.perf_counter() - t0
+        work: queue.SimpleQueue[str] = queue.SimpleQueue()
+        for name in names:
+            work.put(name)
+        lock = threading.Lock()
+
+        def worker() -> None:
+            while True:
+                try:
+                    name = work.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    ok = floor.issue(name)
+                    error = "" if ok else f"{name}: certificate does not match the key"
+                except Exception as exc:
+                    ok, error = False, f"{name}: {type(exc).__name__}: {exc}"
+                with lock:
+                    if ok:
+                        result.valid += 1
+                    else:
+                        result.failures.append(error)
+
+        with timed(result, pebble):
+            pool = [threading.Thread(target=worker, name=f"floor-{i}") for i in range(threads)]
+            for thread in pool:
+                thread.start()
+            for thread in pool:
+                thread.join()
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+# -- certbroker ----------------------------------------------------------------------------
+
+
+def run_certbroker(
+    result: Result, pebble: PebbleServer, names: list[str], data_dir: Path, pool: bool
+) -> None:
+    from sqlalchemy import func, select
+
+    from certbroker.config import load_settings
+    from certbroker.domain.models import CertificateStatus
+    from certbroker.services.accounts import Registration
+    from certbroker.services.issuance import CertificateRequest, Outcome, make_owner
+    from certbroker.services.workers import WorkerPool
+    from certbroker.store.schema import certificates, orders
+    from certbroker.wiring import build
+
+    t0 = time.perf_counter()
+    settings = load_settings(
+        environ={},
+        overrides={
+            "data_dir": data_dir,
+            "http01_port": pebble.http_port,
+            "http01_address": "127.0.0.1",
+            "workers": WORKERS,
+        },
+    )
+    broker = build(settings)
+    account = broker.accounts.register(
+        Registration(
+            directory_url=pebble.directory_url,
+            emails=["bench@example.com"],
+            agree_tos=True,
+            name="bench",
+            ca_bundle=pebble.ca_bundle.read_text(),
+        )
+    )
+    result.setup["build+register"] = time.perf_counter() - t0
+    responder = broker.bind_responder().start() if result.mode == "http-01" else None
+    try:
+        if not pool:
+            owner = make_owner("bench")
+            with timed(result, pebble):
+                for name in names:
+                    cert, _ = broker.issuance.request(
+                        CertificateRequest(names=[name], account=account.name), lease_owner=owner
+                    )
+                    outcome = broker.issuance.wait_for(cert.id, owner)
+                    if outcome.outcome is not Outcome.ISSUED:
+                        result.failures.append(f"{name}: {outcome.outcome} {outcome.message}")
+        else:
+            t0 = time.perf_counter()
+            for name in names:
+                broker.issuance.request(CertificateRequest(names=[name], account=account.name))
+            result.setup["request all"] = time.perf_counter() - t0
+            workers = WorkerPool(broker.issuance, workers=WORKERS)
+            pending = select(func.count()).where(
+                certificates.c.status == CertificateStatus.PENDING.value
+            )
+            with timed(result, pebble):
+                workers.start()
+                try:
+                    while True:
+                        with broker.repo.engine.connect() as conn:
+                            left = conn.execute(pending).scalar_one()
+                        if not left:
+                            break
+                        time.sleep(0.05)
+                finally:
+                    workers.stop()
+        failed = select(certificates.c.names, orders.c.state, orders.c.error_message).join(
+            orders, orders.c.certificate_id == certificates.c.id
+        )
+        with broker.repo.engine.connect() as conn:
+            result.valid = conn.execute(
+                select(func.count()).where(
+                    certificates.c.status == CertificateStatus.VALID.value,
+                    certificates.c.cert_pem.is_not(None),
+                )
+            ).scalar_one()
+            for names_json, state, message in conn.execute(
+                failed.where(certificates.c.status != CertificateStatus.VALID.value)
+            ):
+                result.failures.append(f"{names_json}: order {state}: {message}")
+            retried = conn.execute(select(func.count()).where(orders.c.attempts > 0)).scalar_one()
+        if retried:
+            result.setup["orders retried"] = float(retried)
+    finally:
+        if responder is not None:
+            responder.stop()
+
+
+# -- one scenario (child process) -------------------------------------------------------------
+
+
+def run_child(mode: str, scenario: str, n: int, out: Path) -> None:
+    result = Result(mode=mode, scenario=scenario, n=n)
+    with tempfile.TemporaryDirectory(prefix="certbroker-bench-") as tmp:
+        work = Path(tmp)
+        os.chdir(work)  # no stray certbroker.toml from the caller's directory
+        t0 = time.perf_counter()
+        pebble = start_pebble(
+            work / "pebble", http_port=free_port(), always_valid=mode == "always-valid"
+        )
+        result.setup["pebble start"] = time.perf_counter() - t0
+        try:
+            run_id = f"{os.getpid():x}"
+            names = [f"c{i}-{scenario}-{run_id}.bench.example.com" for i in range(n)]
+            if scenario.startswith("floor-"):
+                run_floor(result, pebble, names, threads=int(scenario.split("-")[1]))
+            else:
+                run_certbroker(result, pebble, names, work / "data", pool=scenario == "cb-pool")
+            result.pebble_hwm_kib = _proc_hwm_kib(pebble.pid)
+        finally:
+            pebble.stop()
+    result.maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out.write_text(json.dumps(asdict(result)))
+
+
+def spawn_scenario(mode: str, scenario: str, n: int) -> Result:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        out = Path(handle.name)
+    try:
+        argv = [sys.executable, __file__, "--child", scenario, "--mode", mode, "--n", str(n)]
+        proc = subprocess.run([*argv, "--result", str(out)], check=False, cwd=ROOT)
+        if proc.returncode != 0 or not out.stat().st_size:
+            return Result(mode, scenario, n, failures=[f"child exited {proc.returncode}"])
+        data = json.loads(out.read_text())
+    finally:
+        out.unlink(missing_ok=True)
+    return Result(**data)
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def environment() -> dict[str, str]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    cores = len(re.findall(r"^processor\s*:", cpuinfo, re.M))
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    meminfo = Path("/proc/meminfo").read_text()
+    mem_kib = int(re.search(r"^MemTotal:\s+(\d+)", meminfo, re.M).group(1))  # type: ignore[union-attr]
+    try:
+        pebble = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", "pebble"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pebble = "unknown"
+    return {
+        "date": dt.date.today().isoformat(),
+        "cores": str(cores),
+        "cpu": model.group(1).strip() if model else platform.machine(),
+        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "pebble": pebble,
+        "python": platform.python_version(),
+        "acme": version("acme"),
+        "cryptography": version("cryptography"),
+        "sqlalchemy": version("SQLAlchemy"),
+    }
+
+
+def ratios(results: list[Result]) -> dict[str, float]:
+    """cb-pool certs/s over floor-8 certs/s, per mode."""
+    by = {(r.mode, r.scenario): r for r in results}
+    out = {}
+    for mode in MODES:
+        pool, floor = by.get((mode, "cb-pool")), by.get((mode, "floor-8"))
+        if pool and floor and floor.rate:
+            out[mode] = pool.rate / floor.rate
+    return out
+
+
+def table(results: list[Result]) -> str:
+    floors = {r.mode: r.rate for r in results if r.scenario == "floor-8"}
+    lines = [
+        "| mode | scenario | valid/N | wall s | certs/s | vs floor-8 | CPU s/cert (bench) "
+        "| CPU s/cert (Pebble) | peak RSS MiB | Pebble peak MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        vs = f"{r.rate / floors[r.mode]:.0%}" if floors.get(r.mode) else "-"
+        per = max(r.valid, 1)
+        lines.append(
+            f"| {r.mode} | {r.scenario} | {r.valid}/{r.n} | {r.wall:.2f} | {r.rate:.1f} | {vs} "
+            f"| {r.cpu / per * 1000:.1f} ms | {r.pebble_cpu / per * 1000:.1f} ms "
+            f"| {r.maxrss_kib / 1024:.0f} | {r.pebble_hwm_kib / 1024:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def report(results: list[Result], env: dict[str, str], n: int) -> str:
+    parts = [
+        f"### {env['date']}, N={n}",
+        "",
+        f"Machine: {env['cores']} cores ({env['cpu']}), {env['memory']} RAM. Pebble "
+        f"{env['pebble']}, Python {env['python']}, acme {env['acme']}, cryptography "
+        f"{env['cryptography']}, SQLAlchemy {env['sqlalchemy']}.",
+        "",
+        table(results),
+        "",
+    ]
+    for mode, ratio in ratios(results).items():
+        verdict = "met" if ratio >= TARGET else "NOT met"
+        parts.append(f"- {mode}: cb-pool / floor-8 = {ratio:.0%} (target {TARGET:.0%}: {verdict})")
+    for r in results:
+        if r.failures:
+            parts.append(f"- {r.mode} {r.scenario}: {len(r.failures)} failure(s), first: ")
+            parts[-1] += f"`{r.failures[0][:200]}`"
+        extra = ", ".join(f"{k} {v:.2f}" for k, v in r.setup.items() if k == "request all")
+        if extra:
+            parts.append(f"- {r.mode} {r.scenario}: untimed {extra} s before the pool started")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+INTRO = """# Benchmarks
+
+Generated by `bench/issuance.py`; the results section is rewritten by the script.
+"""
+
+
+def write_doc(section: str) -> None:
+    text = DOC.read_text() if DOC.exists() else f"{INTRO}\n{START}\n{END}\n"
+    if START not in text or END not in text:
+        text = text.rstrip() + f"\n\n## Results\n\n{START}\n{END}\n"
+    head, rest = text.split(START, 1)
+    body, tail = rest.split(END, 1)
+    heading = section.splitlines()[0]
+    # One section per date and N: a rerun the same day replaces it; newest first.
+    blocks = [b for b in re.split(r"(?m)^(?=### )", body.strip()) if b.strip()]
+    blocks = [b for b in blocks if b.splitlines()[0] != heading]
+    body = "\n".join(b.rstrip() + "\n" for b in [section, *blocks])
+    DOC.write_text(f"{head}{START}\n{body}{END}{tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=200, help="certificates per scenario")
+    parser.add_argument("--quick", action="store_true", help="N=20")
+    parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
+    parser.add_argument("--child", choices=SCENARIOS, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    n = 20 if args.quick else args.n
+
+    if args.child:
+        run_child(args.mode, args.child, n, args.result)
+        return 0
+
+    modes = [m for m in args.modes.split(",") if m]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    for value, known in ((modes, MODES), (scenarios, SCENARIOS)):
+        unknown = set(value) - set(known)
+        if unknown:
+            parser.error(f"unknown {', '.join(sorted(unknown))}; choose from {', '.join(known)}")
+    env = environment()
+    print(
+        f"certbroker issuance benchmark: N={n}, {env['cores']} cores, {env['memory']}, "
+        f"Pebble {env['pebble']}, Python {env['python']}, acme {env['acme']}",
+        flush=True,
+    )
+    results = []
+    for mode in modes:
+        for scenario in scenarios:
+            r = spawn_scenario(mode, scenario, n)
+            results.append(r)
+            per = max(r.valid, 1)
+            print(
+                f"{mode:>12} {scenario:<8} {r.valid:>4}/{r.n} valid  {r.wall:7.2f} s  "
+                f"{r.rate:6.1f} certs/s  CPU {r.cpu / per * 1000:6.1f} ms/cert "
+                f"(Pebble {r.pebble_cpu / per * 1000:5.1f})  peak RSS "
+                f"{r.maxrss_kib / 1024:.0f} MiB",
+                flush=True,
+            )
+            for failure in r.failures[:10]:
+                print(f"    FAILED {failure}", flush=True)
+            if len(r.failures) > 10:
+                print(f"    ... and {len(r.failures) - 10} more", flush=True)
+    for mode, ratio in ratios(results).items():
+        verdict = "met" if ratio >= TARGET else "NOT met"
+        print(f"{mode}: cb-pool / floor-8 = {ratio:.0%} (target {TARGET:.0%}: {verdict})")
+    section = report(results, env, n)
+    if not args.no_write:
+        write_doc(section)
+        print(f"wrote {DOC.relative_to(ROOT)}")
+    return 1 if any(r.failures or r.valid != r.n for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
