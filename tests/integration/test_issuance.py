@@ -163,3 +163,32 @@ def test_export_files_holding_keys_are_0600(cli: Cli, tmp_path: Path) -> None:
     cli("cert", "export", "1", "--format", "pem", "--out", str(out))
     assert stat.S_IMODE((out / "privkey.pem").stat().st_mode) == 0o600
     assert stat.S_IMODE((out / "cert.pem").stat().st_mode) == 0o644
+
+
+def test_wait_refuses_a_port_held_by_something_else(cli: Cli) -> None:
+    """The CLI answers HTTP-01 itself only if the port is free or already serves our store."""
+    import socket
+    import threading
+
+    cli.register()
+    port = int(cli.env["CERTBROKER_HTTP01_PORT"])
+    with socket.socket() as stranger:
+        stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        stranger.bind(("127.0.0.1", port))
+        stranger.listen()
+
+        def answer_garbage() -> None:
+            while True:
+                try:
+                    conn, _ = stranger.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+
+        threading.Thread(target=answer_garbage, daemon=True).start()
+        result = cli("cert", "request", "stranger.example.com", "--wait", check=False)
+    assert result.returncode == 1
+    assert "does not answer certbroker's challenges" in result.stderr
+    assert cli.json("cert", "list") == []  # nothing stored when the environment is wrong

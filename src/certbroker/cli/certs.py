@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,17 +27,27 @@ def _progress(message: str) -> None:
 
 def _wait(broker: Broker, cert_id: int, as_json: bool, owner: str) -> None:
     """Drive the certificate's order here, running the HTTP-01 responder if nobody else does."""
-    from certbroker.domain.errors import CertbrokerError
-    from certbroker.services.issuance import Outcome
+    with _responder(broker):
+        _drive(broker, cert_id, as_json, owner)
 
+
+@contextlib.contextmanager
+def _responder(broker: Broker) -> Iterator[None]:
     responder = broker.ensure_responder()
     if responder is not None:
         _progress(f"answering HTTP-01 on port {responder.port} for the duration")
     try:
-        result = broker.issuance.wait_for(cert_id, owner, _progress)
+        yield
     finally:
         if responder is not None:
             responder.stop()
+
+
+def _drive(broker: Broker, cert_id: int, as_json: bool, owner: str) -> None:
+    from certbroker.domain.errors import CertbrokerError
+    from certbroker.services.issuance import Outcome
+
+    result = broker.issuance.wait_for(cert_id, owner, _progress)
     details = broker.certificates.details(cert_id)
     if as_json:
         print_json(details)
@@ -108,9 +120,8 @@ def request(
     )
     state: State = ctx.obj
     broker = state.broker
-    owner = make_owner("cli") if wait else None
-    cert, order = broker.issuance.request(req, lease_owner=owner)
     if not wait:
+        cert, order = broker.issuance.request(req)
         if as_json:
             print_json(broker.certificates.details(cert.id))
         else:
@@ -119,9 +130,14 @@ def request(
                 f"or run `certbroker cert resume {cert.id}`"
             )
         return
-    if not as_json:
-        console.print(f"certificate {cert.id}: obtaining {escape(', '.join(cert.names))}")
-    _wait(broker, cert.id, as_json, owner or make_owner("cli"))
+    owner = make_owner("cli")
+    prepared = broker.issuance.prepare(req)  # refused before the responder starts
+    with _responder(broker):
+        # Leased to this process from the start, so a running `serve` leaves it alone.
+        cert, _ = broker.issuance.store(prepared, lease_owner=owner)
+        if not as_json:
+            console.print(f"certificate {cert.id}: obtaining {escape(', '.join(cert.names))}")
+        _drive(broker, cert.id, as_json, owner)
 
 
 @app.command("resume")

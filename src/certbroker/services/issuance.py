@@ -80,6 +80,13 @@ class CertificateRequest:
     subject: Subject | None = None
 
 
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request that passed every check, with its key already sealed."""
+
+    new: NewCertificate
+
+
 def make_owner(label: str = "") -> str:
     """A lease owner: host and PID (so a dead local holder can be recognised) and a nonce."""
     suffix = f":{label}" if label else ""
@@ -153,6 +160,10 @@ class IssuanceService:
         self, req: CertificateRequest, lease_owner: str | None = None
     ) -> tuple[Certificate, Order]:
         """Validate, then store certificate + key + order at once. Nothing is stored on error."""
+        return self.store(self.prepare(req), lease_owner)
+
+    def prepare(self, req: CertificateRequest) -> PreparedRequest:
+        """Every check a request must pass, and its key; stores nothing."""
         if req.challenge not in CHALLENGE_TYPES:
             raise UsageError(
                 f"challenge {req.challenge!r} is not available; choose one of "
@@ -177,8 +188,7 @@ class IssuanceService:
             key = generate_private_key(key_type)
         subject = req.subject or Subject()
         make_csr(key, names, subject)  # proves now that the CSR can be built
-        now = self.ctx.clock()
-        return self.repo.create_certificate(
+        return PreparedRequest(
             NewCertificate(
                 names=names,
                 account_id=account.id,
@@ -187,11 +197,14 @@ class IssuanceService:
                 key_policy=req.key_policy.value,
                 subject=subject.as_dict(),
                 key_sealed=self.ctx.sealer.seal(private_key_to_pem(key)),
-            ),
-            now,
-            lease_owner,
-            now + LEASE,
+            )
         )
+
+    def store(
+        self, prepared: PreparedRequest, lease_owner: str | None = None
+    ) -> tuple[Certificate, Order]:
+        now = self.ctx.clock()
+        return self.repo.create_certificate(prepared.new, now, lease_owner, now + LEASE)
 
     def _pick_account(self, ref: str | None) -> Account:
         if ref is None:
