@@ -2,31 +2,52 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 
 __all__ = ["free_port", "free_udp_tcp_port", "wait_for_tcp"]
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            low, high = handle.read().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago.
 
-    The port is found by binding to port 0 and closing the socket again, so
-    another process may grab it before the caller does; callers that start
-    servers should be ready to retry with a fresh port.
+    Ports come from below the kernel's ephemeral range: a port handed out by binding to
+    port 0 is an ephemeral one, and any outgoing connection (to Pebble, say) may take it
+    as its source port before the test's server binds it.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    low, _ = _ephemeral_range()
+    start = 10000 if low > 11000 else 1024
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(start, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port below the ephemeral range")
 
 
 def free_udp_tcp_port(attempts: int = 50) -> int:
     """Return a port on 127.0.0.1 that is free for both TCP and UDP (e.g. for DNS)."""
     for _ in range(attempts):
+        port = free_port()
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port: int = tcp.getsockname()[1]
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                 try:
                     udp.bind(("127.0.0.1", port))
