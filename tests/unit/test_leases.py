@@ -1,0 +1,111 @@
+"""Leases on orders in a real SQLite store: one holder at a time, expiry, dead holders."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from certbroker.domain.models import AccountStatus, OrderState
+from certbroker.services.issuance import holder_is_dead, make_owner, split_chain
+from certbroker.store.db import make_engine, migrate
+from certbroker.store.repository import LeaseLost, NewCertificate, Repository
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    migrate(engine)
+    migrate(engine)  # a second run is a no-op
+    repo = Repository(engine)
+    repo.add_account(
+        name="a",
+        directory_url="https://ca/dir",
+        ca_bundle=None,
+        emails=["a@example.com"],
+        key_type="ec-p256",
+        key_sealed=b"sealed",
+        uri="https://ca/acct/1",
+        status=AccountStatus.VALID,
+        terms_of_service=None,
+        eab_kid=None,
+        now=NOW,
+    )
+    return repo
+
+
+def _order(repo: Repository, owner: str | None = None) -> int:
+    new = NewCertificate(
+        names=["a.example.com"],
+        account_id=1,
+        challenge="http-01",
+        key_type="ec-p256",
+        key_policy="new",
+        subject={},
+        key_sealed=b"k",
+    )
+    _, order = repo.create_certificate(new, NOW, owner, NOW + timedelta(seconds=120))
+    return order.id
+
+
+def test_one_holder_at_a_time(repo: Repository) -> None:
+    order_id = _order(repo)
+    until = NOW + timedelta(seconds=120)
+    assert repo.try_claim(order_id, "w1", NOW, until, None)
+    assert not repo.try_claim(order_id, "w2", NOW, until, None)
+    assert repo.try_claim(order_id, "w1", NOW, until, None)  # re-claiming your own is fine
+    repo.advance_order(order_id, "w1", NOW, until, state=OrderState.ORDERED, order_url="u")
+    with pytest.raises(LeaseLost):
+        repo.advance_order(order_id, "w2", NOW, until, state=OrderState.PRESENTED)
+    assert repo.get_order(order_id).state is OrderState.ORDERED
+
+
+def test_expired_lease_can_be_taken_and_the_old_holder_stops(repo: Repository) -> None:
+    order_id = _order(repo, owner="w1")
+    later = NOW + timedelta(seconds=121)
+    assert repo.try_claim(order_id, "w2", later, later + timedelta(seconds=120), None)
+    with pytest.raises(LeaseLost):
+        repo.advance_order(order_id, "w1", later, later, state=OrderState.ORDERED)
+
+
+def test_a_dead_holder_can_be_replaced_at_once(repo: Repository) -> None:
+    order_id = _order(repo, owner="ghost")
+    until = NOW + timedelta(seconds=120)
+    assert not repo.try_claim(order_id, "w2", NOW, until, None)
+    assert repo.try_claim(order_id, "w2", NOW, until, "ghost")
+
+
+def test_finished_orders_cannot_be_claimed(repo: Repository) -> None:
+    order_id = _order(repo, owner="w1")
+    repo.fail_order(order_id, "w1", NOW, "boom", None)
+    assert repo.get_order(order_id).state is OrderState.FAILED
+    assert repo.get_certificate(1).status.value == "failed"
+    assert not repo.try_claim(order_id, "w2", NOW, NOW + timedelta(seconds=5), None)
+    assert repo.claimable_orders(NOW, 10) == []
+
+
+def test_holder_is_dead_only_for_gone_local_processes() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    host = socket.gethostname()
+    assert holder_is_dead(f"{host}:{child.pid}:abcd")
+    assert not holder_is_dead(f"{host}:{os.getpid()}:abcd")  # ourselves
+    assert not holder_is_dead(make_owner("x"))
+    assert not holder_is_dead(f"other-host:{child.pid}:abcd")  # cannot know: wait for expiry
+    assert not holder_is_dead(None)
+
+
+def test_split_chain_separates_leaf_and_intermediates() -> None:
+    block = "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n"
+    leaf, chain = split_chain(
+        block.format("AAA") + "\n" + block.format("BBB") + block.format("CCC")
+    )
+    assert leaf == block.format("AAA")
+    assert chain == block.format("BBB") + block.format("CCC")
