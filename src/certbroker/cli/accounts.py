@@ -54,7 +54,13 @@ def register(
     ] = False,
     eab_kid: Annotated[str | None, typer.Option(help="External account binding key ID.")] = None,
     eab_hmac_key: Annotated[
-        str | None, typer.Option(help="External account binding MAC key (base64url).")
+        str | None,
+        typer.Option(
+            envvar="CERTBROKER_EAB_HMAC_KEY",
+            show_envvar=True,
+            help="External account binding MAC key (base64url); the environment keeps it "
+            "out of the process list.",
+        ),
     ] = None,
     key_type: Annotated[str, typer.Option(help=f"Account key: {KEY_TYPES}.")] = "ec-p256",
     ca_bundle: Annotated[

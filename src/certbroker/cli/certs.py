@@ -252,7 +252,14 @@ def export(
         ),
     ],
     out: Annotated[Path, typer.Option(help="File (or directory for pem) to write.")],
-    password: Annotated[str | None, typer.Option(help="Password for pkcs12 and jks.")] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CERTBROKER_EXPORT_PASSWORD",
+            show_envvar=True,
+            help="Password for pkcs12 and jks (prefer the environment or --password-file).",
+        ),
+    ] = None,
     password_file: Annotated[
         Path | None, typer.Option(help="Read the pkcs12/jks password from this file instead.")
     ] = None,
