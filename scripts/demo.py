@@ -32,9 +32,19 @@ def main() -> int:
     }
     certbroker = [sys.executable, "-m", "certbroker"]
     steps = [
-        ["account", "register", "--directory", pebble.directory_url, "--email",
-         "ops@example.com", "--agree-tos", "--ca-bundle", str(pebble.ca_bundle),
-         "--name", "pebble"],
+        [
+            "account",
+            "register",
+            "--directory",
+            pebble.directory_url,
+            "--email",
+            "ops@example.com",
+            "--agree-tos",
+            "--ca-bundle",
+            str(pebble.ca_bundle),
+            "--name",
+            "pebble",
+        ],
         ["cert", "request", "demo.example.com", "www.demo.example.com", "--wait"],
         ["cert", "list"],
         ["cert", "show", "1"],
