@@ -5,6 +5,7 @@ Each setting remembers where its value came from, so `certbroker config show` ca
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -105,22 +106,42 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 
 def _validate(settings: Settings) -> None:
+    def refuse(name: str, problem: str) -> ConfigError:
+        # Name where the bad value came from: the file, the variable or the flag.
+        source = settings.sources.get(name, "default")
+        where = f"--{name.replace('_', '-')}" if source == "flag" else source
+        return ConfigError(f"{where}: {problem}")
+
     if not 0 < settings.http01_port < 65536:
-        raise ConfigError(f"http01_port {settings.http01_port} is not a TCP port (1-65535)")
+        raise refuse(
+            "http01_port", f"http01_port {settings.http01_port} is not a TCP port (1-65535)"
+        )
     host, _, port = settings.listen.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"listen {settings.listen!r} must look like HOST:PORT (127.0.0.1:8080)")
+        raise refuse(
+            "listen", f"listen {settings.listen!r} must look like HOST:PORT (127.0.0.1:8080)"
+        )
     if settings.workers < 1:
-        raise ConfigError(f"workers must be at least 1, not {settings.workers}")
+        raise refuse("workers", f"workers must be at least 1, not {settings.workers}")
     if settings.log_level.lower() not in LOG_LEVELS:
-        raise ConfigError(
-            f"log_level {settings.log_level!r}: choose one of {', '.join(LOG_LEVELS)}"
+        raise refuse(
+            "log_level", f"log_level {settings.log_level!r}: choose one of {', '.join(LOG_LEVELS)}"
         )
     settings.log_level = settings.log_level.lower()
+    if not 0 < settings.order_timeout < math.inf:
+        raise refuse(
+            "order_timeout",
+            f"order_timeout must be a positive number of seconds, not {settings.order_timeout:g}",
+        )
+    if settings.retry_attempts < 0:
+        raise refuse(
+            "retry_attempts", f"retry_attempts must be 0 or more, not {settings.retry_attempts}"
+        )
     if settings.database_url and "://" not in settings.database_url:
-        raise ConfigError(
+        raise refuse(
+            "database_url",
             f"database_url {mask_url_password(settings.database_url)!r} is not a URL "
-            "(sqlite:///path/file.db or postgresql+psycopg://user:pw@host/db)"
+            "(sqlite:///path/file.db or postgresql+psycopg://user:pw@host/db)",
         )
 
 
@@ -140,10 +161,15 @@ def load_settings(
         path = DEFAULT_CONFIG_FILE
     if path is not None:
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            problem = "is a directory" if path.is_dir() else "does not exist"
+            raise ConfigError(f"config file {path} {problem}; give a TOML file")
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
+        except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         for key, value in data.items():
             if key not in _FIELD_TYPES:

@@ -187,8 +187,15 @@ def test_wait_refuses_a_port_held_by_something_else(cli: Cli) -> None:
                     conn.recv(4096)
                     conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello")
 
-        threading.Thread(target=answer_garbage, daemon=True).start()
-        result = cli("cert", "request", "stranger.example.com", "--wait", check=False)
+        thread = threading.Thread(target=answer_garbage, daemon=True)
+        thread.start()
+        try:
+            result = cli("cert", "request", "stranger.example.com", "--wait", check=False)
+        finally:
+            # close() alone leaves the port listening while accept() blocks in the thread,
+            # and this is the session Pebble's HTTP-01 port: later tests need it.
+            stranger.shutdown(socket.SHUT_RDWR)
+            thread.join(timeout=10)
     assert result.returncode == 1
     assert "does not answer certbroker's challenges" in result.stderr
     assert cli.json("cert", "list") == []  # nothing stored when the environment is wrong

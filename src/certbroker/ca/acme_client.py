@@ -52,6 +52,10 @@ _directories: dict[tuple[str, str | None], dict[str, Any]] = {}
 _directories_lock = threading.Lock()
 
 
+class _NotADirectory(Exception):
+    """The directory URL answered, but not with an ACME directory."""
+
+
 def resolve_directory(text: str) -> str:
     url = DIRECTORY_PRESETS.get(text.strip().lower(), text.strip())
     if not url.startswith(("https://", "http://")):
@@ -169,6 +173,7 @@ class AcmeCA:
         raise AssertionError("unreachable")
 
     def directory(self) -> dict[str, Any]:
+        """The CA's directory, fetched once per process and CA."""
         cache_key = (self.directory_url, self.ca_bundle)
         with _directories_lock:
             cached = _directories.get(cache_key)
@@ -176,13 +181,37 @@ class AcmeCA:
             return cached
 
         def fetch() -> dict[str, Any]:
-            response = self.net.get(self.directory_url)
-            data = response.json()
+            try:
+                response = self.net.get(self.directory_url)
+            except acme_errors.ClientError as err:
+                what = err.args[0] if err.args else None
+                if isinstance(what, tuple):  # (response, why its JSON is no problem document)
+                    what = what[0]
+                status = getattr(what, "status_code", None)
+                if isinstance(status, int) and status >= 500:
+                    raise
+                # A 4xx, or a 200 that is not JSON (the library says which Content-Type).
+                raise _NotADirectory(f"it answered {status or what}") from None
+            except messages.Error as err:
+                if err.code in TRANSIENT_CODES:
+                    raise
+                raise _NotADirectory(f"it answered with the problem {err.code}") from None
+            try:
+                data = response.json()
+            except ValueError:
+                raise _NotADirectory("it answered something that is not JSON") from None
             if not isinstance(data, dict) or "newOrder" not in data:
-                raise ValueError(f"{self.directory_url} is not an ACME directory")
+                raise _NotADirectory("its JSON has no newOrder")
             return data
 
-        data = self._call("send its directory", fetch)
+        try:
+            data = self._call("send its directory", fetch)
+        except _NotADirectory as err:
+            # The user gave the wrong URL: a usage error, not a failing CA.
+            raise UsageError(
+                f"{self.directory_url} is not an ACME directory ({err}); give the CA's "
+                "directory URL, e.g. https://acme-v02.api.letsencrypt.org/directory"
+            ) from None
         with _directories_lock:
             _directories[cache_key] = data
         return data

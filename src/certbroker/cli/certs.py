@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -19,6 +19,28 @@ app = typer.Typer(
 )
 
 KEY_TYPES = "ec-p256, ec-p384, rsa2048, rsa3072, rsa4096"
+
+
+def _number(what: str) -> Callable[[str], int]:
+    """A parser that names the value it refuses (Typer's own message does not)."""
+
+    def parse(value: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not {what}") from None
+
+    return parse
+
+
+CertId = Annotated[
+    int,
+    typer.Argument(
+        metavar="ID",
+        help="Certificate ID, as `cert list` shows it.",
+        parser=_number("a certificate ID (a number, as `certbroker cert list` shows)"),
+    ),
+]
 
 
 def _progress(message: str) -> None:
@@ -113,7 +135,7 @@ def request(
         names=names,
         account=account,
         challenge=challenge,
-        key_type=KeyType.parse(key_type) if key_type else None,
+        key_type=KeyType.parse(key_type) if key_type is not None else None,
         key_policy=policy,
         key_pem=key_pem,
         subject=subject,
@@ -143,7 +165,7 @@ def request(
 @app.command("resume")
 def resume(
     ctx: typer.Context,
-    cert_id: Annotated[int, typer.Argument(metavar="ID", help="Certificate ID.")],
+    cert_id: CertId,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Continue an interrupted or queued order now, or start a new one after a failure."""
@@ -166,7 +188,11 @@ def list_(
     ] = None,
     expiring_within: Annotated[
         int | None,
-        typer.Option(help="Only valid certificates expiring within DAYS.", metavar="DAYS"),
+        typer.Option(
+            help="Only valid certificates expiring within DAYS.",
+            metavar="DAYS",
+            parser=_number("a number of days"),
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -229,7 +255,7 @@ def _print_details(data: dict[str, Any]) -> None:
 @app.command("show")
 def show(
     ctx: typer.Context,
-    cert_id: Annotated[int, typer.Argument(metavar="ID", help="Certificate ID.")],
+    cert_id: CertId,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one certificate, with every attempt and the CA's error when one failed."""
@@ -244,7 +270,7 @@ def show(
 @app.command("export")
 def export(
     ctx: typer.Context,
-    cert_id: Annotated[int, typer.Argument(metavar="ID", help="Certificate ID.")],
+    cert_id: CertId,
     fmt: Annotated[
         str,
         typer.Option(
@@ -287,7 +313,7 @@ def export(
 @app.command("revoke")
 def revoke(
     ctx: typer.Context,
-    cert_id: Annotated[int, typer.Argument(metavar="ID", help="Certificate ID.")],
+    cert_id: CertId,
     reason: Annotated[
         str,
         typer.Option(
@@ -312,7 +338,7 @@ def revoke(
 @app.command("delete")
 def delete(
     ctx: typer.Context,
-    cert_id: Annotated[int, typer.Argument(metavar="ID", help="Certificate ID.")],
+    cert_id: CertId,
 ) -> None:
     """Forget the certificate and its key here. It stays valid at the CA."""
     state: State = ctx.obj

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError
+from typer._click.exceptions import UsageError as ClickUsageError
 
 from certbroker import __version__
 from certbroker.cli import accounts, certs, config_cmd
@@ -78,17 +80,35 @@ def serve(ctx: typer.Context) -> None:
     run_serve(ctx.obj)
 
 
+def fail(message: str, exit_code: int) -> NoReturn:
+    """Print one line, `error: …`, on stderr (never read as markup) and exit."""
+    from rich.text import Text
+
+    console_err.print(Text.assemble(("error:", "bold red"), " ", " ".join(message.split())))
+    sys.exit(exit_code)
+
+
 def run() -> None:
     from certbroker.domain.errors import CertbrokerError
 
     try:
-        app()
+        code = app(standalone_mode=False)
     except CertbrokerError as exc:
-        console_err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        fail(str(exc), exc.exit_code)
+    except NoArgsIsHelpError as exc:
+        exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except ClickUsageError as exc:
+        # Typer's own rendering is a box of many lines; ours is one line that names the
+        # offending input and where the help is.
+        hint = f"; see `{exc.ctx.command_path} --help`" if exc.ctx is not None else ""
+        fail(exc.format_message().rstrip(".") + hint, exc.exit_code)
+    except typer.TyperException as exc:
+        fail(exc.format_message(), exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         console_err.print("interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

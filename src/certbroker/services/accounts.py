@@ -60,7 +60,11 @@ class AccountService:
         emails = validate_emails(reg.emails)
         if (reg.eab_kid is None) != (reg.eab_hmac_key is None):
             raise UsageError("external account binding needs both --eab-kid and --eab-hmac-key")
-        name = self._check_name(reg.name) if reg.name else self._default_name(reg.directory_url)
+        name = (
+            self._default_name(reg.directory_url)
+            if reg.name is None
+            else self._check_name(reg.name)
+        )
         key = generate_private_key(reg.key_type)
         ca = self.ctx.ca_factory(reg.directory_url, key, None, reg.ca_bundle)
         tos = ca.terms_of_service()
@@ -98,7 +102,7 @@ class AccountService:
         """Adopt an account that exists at the CA, found by its key (onlyReturnExisting)."""
         key = load_private_key(key_data, "account key file")
         key_type = key_type_of(key)
-        name = self._check_name(name) if name else self._default_name(directory_url)
+        name = self._default_name(directory_url) if name is None else self._check_name(name)
         ca = self.ctx.ca_factory(directory_url, key, None, ca_bundle)
         try:
             info = ca.find_account()

@@ -208,10 +208,17 @@ class IssuanceService:
 
     def _pick_account(self, ref: str | None) -> Account:
         if ref is None:
-            usable = [a for a in self.repo.list_accounts() if a.status is AccountStatus.VALID]
-            if not usable:
+            accounts = self.repo.list_accounts()
+            usable = [a for a in accounts if a.status is AccountStatus.VALID]
+            if not accounts:
                 raise UsageError(
                     "no ACME account yet; register one with `certbroker account register`"
+                )
+            if not usable:
+                names = ", ".join(repr(a.name) for a in accounts)
+                raise UsageError(
+                    f"every account here ({names}) is deactivated at the CA and cannot order "
+                    "certificates; register a new one with `certbroker account register`"
                 )
             if len(usable) > 1:
                 names = ", ".join(a.name for a in usable)
