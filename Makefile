@@ -4,6 +4,9 @@ PYTHON  ?= python3
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Tests run in parallel, one Pebble per worker: the suite is CPU-bound (a certbroker process per
+# CLI call), so one worker per core, at most four.
+TEST_WORKERS ?= auto
 
 .PHONY: install run test lint format demo bench clean
 
@@ -22,7 +25,7 @@ run: install
 ## Install what the tests need (Python packages into .venv, Debian packages such as pebble) and run them.
 test: install
 	bash scripts/ensure-test-deps.sh
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --maxprocesses 4 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests bench scripts

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from certbroker.ca.acme_client import AcmeCA
 from certbroker.challenges.http01 import Responder, bind_responder, probe
 from certbroker.config import Settings
 from certbroker.crypto.keys import PrivateKey
@@ -48,6 +47,10 @@ class CAClients:
     def __call__(
         self, directory_url: str, key: PrivateKey, account_uri: str | None, ca_bundle: str | None
     ) -> CertificateAuthority:
+        # Imported here: the ACME library is a third of the CLI's start-up, and most
+        # commands (list, show, export) never talk to a CA.
+        from certbroker.ca.acme_client import AcmeCA
+
         bundle = self._bundle_path(ca_bundle) if ca_bundle else None
         if account_uri is None:
             return AcmeCA(directory_url, key, None, bundle)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-import jks
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -158,6 +157,8 @@ def _pkcs12(parsed: _Parsed, key: PrivateKey, alias: str, password: str) -> byte
 
 
 def _jks(parsed: _Parsed, key: PrivateKey, alias: str, password: str) -> bytes:
+    import jks  # pyjks (and pyasn1 under it) is slow to import and rarely needed
+
     key_der = key.private_bytes(
         serialization.Encoding.DER,
         serialization.PrivateFormat.PKCS8,
