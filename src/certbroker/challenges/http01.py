@@ -67,6 +67,10 @@ class _Handler(BaseHTTPRequestHandler):
 class Responder(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver listens with a backlog of 5. A CA validates every name of every order
+    # at once, from several vantage points (Let's Encrypt: several per name); connections
+    # beyond the backlog are dropped and the CA retries a second later, or gives up.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], lookup: Lookup) -> None:
         self.lookup = lookup

@@ -241,9 +241,11 @@ class IssuanceService:
 
     # -- leases ----------------------------------------------------------------------------
 
-    def claim(self, order_id: int, owner: str) -> bool:
-        order = self.repo.get_order(order_id)
-        steal = order.lease_owner if holder_is_dead(order.lease_owner) else None
+    def claim(self, order_id: int, owner: str, holder: str | None = "") -> bool:
+        """Take the order's lease; `holder` is its owner as last seen, if the caller knows."""
+        if holder == "":
+            holder = self.repo.get_order(order_id).lease_owner
+        steal = holder if holder_is_dead(holder) else None
         now = self.ctx.clock()
         return self.repo.try_claim(order_id, owner, now, now + LEASE, steal)
 

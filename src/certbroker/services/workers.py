@@ -43,14 +43,12 @@ class WorkerPool:
             thread.join(timeout)
 
     def _next(self, owner: str) -> int | None:
-        repo = self.issuance.repo
         now = self.issuance.ctx.clock()
-        for order_id, holder in repo.claimable_orders(now, self.workers * 4):
-            lease_free = holder is None or holder_is_dead(holder)
-            if not lease_free:
-                order = repo.get_order(order_id)
-                lease_free = order.lease_until is not None and order.lease_until <= now
-            if lease_free and self.issuance.claim(order_id, owner):
+        for order_id, holder, until in self.issuance.repo.claimable_orders(now, self.workers * 4):
+            lease_free = holder is None or (until is not None and until <= now)
+            if (lease_free or holder_is_dead(holder)) and self.issuance.claim(
+                order_id, owner, holder
+            ):
                 return order_id
         return None
 

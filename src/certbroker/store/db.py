@@ -2,11 +2,16 @@
 
 SQLite runs in WAL mode with a busy timeout, and write transactions start with
 BEGIN IMMEDIATE so concurrent writers queue instead of failing on a lock upgrade.
+Within one process, writers queue on a Python lock before they ask SQLite (`write_lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import weakref
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +54,29 @@ def make_engine(url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True, pool_size=16, max_overflow=16)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise ConfigError(f"cannot use database_url: {exc}") from None
+
+
+_write_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_write_locks_guard = threading.Lock()
+
+
+def write_lock(engine: Engine) -> AbstractContextManager[Any]:
+    """What a write transaction holds, in this process, before it begins.
+
+    SQLite lets one writer in at a time, and a writer that finds the database locked
+    sleeps in SQLite's busy handler (1, 2, 5, … up to 100 ms a turn) however soon the
+    lock is free again. With eight workers that sleeping was half of their time
+    (py-spy, bench/issuance.py cb-pool), so the threads of one process queue on a Python
+    lock instead, which hands over at once; other processes still meet the busy handler.
+    PostgreSQL has row locks and needs none of this.
+    """
+    if engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    with _write_locks_guard:
+        lock = _write_locks.get(engine)
+        if lock is None:
+            lock = _write_locks[engine] = threading.Lock()
+    return lock
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from certbroker.domain.errors import AcmeProblem, NotFoundError, UsageError
@@ -21,6 +22,7 @@ from certbroker.domain.models import (
     Order,
     OrderState,
 )
+from certbroker.store.db import write_lock
 from certbroker.store.schema import accounts, certificates, challenges, orders
 
 
@@ -122,9 +124,16 @@ def _order(row: Row[Any]) -> Order:
 class Repository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._write_lock = write_lock(engine)
 
     def _read(self) -> Any:
         return self.engine.connect().execution_options(readonly=True)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction; threads of this process take turns (see `write_lock`)."""
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     # -- accounts ------------------------------------------------------------------------
 
@@ -144,7 +153,7 @@ class Repository:
         now: datetime,
     ) -> Account:
         try:
-            with self.engine.begin() as conn:
+            with self._write() as conn:
                 result = conn.execute(
                     insert(accounts).values(
                         name=name,
@@ -212,7 +221,7 @@ class Repository:
             values["emails"] = json.dumps(list(values["emails"]))
         if "status" in values:
             values["status"] = AccountStatus(values["status"]).value
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(accounts).where(accounts.c.id == account_id).values(updated_at=now, **values)
             )
@@ -229,7 +238,7 @@ class Repository:
             )
 
     def delete_account(self, account_id: int) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(delete(accounts).where(accounts.c.id == account_id))
 
     # -- certificates --------------------------------------------------------------------
@@ -238,7 +247,7 @@ class Repository:
         self, new: NewCertificate, now: datetime, lease_owner: str | None, lease_until: datetime
     ) -> tuple[Certificate, Order]:
         """The certificate, its key and its first order, in one transaction."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             cert_id = _new_id(
                 conn.execute(
                     insert(certificates).values(
@@ -309,7 +318,7 @@ class Repository:
         self, cert_id: int, order_id: int, owner: str, issued: IssuedCertificate, now: datetime
     ) -> None:
         """Certificate, order state and token clean-up in one transaction."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             self._check_lease(conn, order_id, owner)
             conn.execute(
                 update(certificates)
@@ -343,7 +352,7 @@ class Repository:
             conn.execute(delete(challenges).where(challenges.c.order_id == order_id))
 
     def mark_revoked(self, cert_id: int, reason: str, now: datetime) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(certificates)
                 .where(certificates.c.id == cert_id)
@@ -356,7 +365,7 @@ class Repository:
             )
 
     def delete_certificate(self, cert_id: int) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             order_ids = select(orders.c.id).where(orders.c.certificate_id == cert_id)
             conn.execute(delete(challenges).where(challenges.c.order_id.in_(order_ids)))
             conn.execute(delete(orders).where(orders.c.certificate_id == cert_id))
@@ -367,7 +376,7 @@ class Repository:
     def add_order(
         self, cert_id: int, now: datetime, lease_owner: str | None, lease: timedelta
     ) -> Order:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             order_id = _new_id(
                 conn.execute(
                     insert(orders).values(
@@ -418,7 +427,7 @@ class Repository:
         free = or_(orders.c.lease_owner.is_(None), orders.c.lease_until <= now)
         if steal_from is not None:
             free = or_(free, orders.c.lease_owner == steal_from)
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             result = conn.execute(
                 update(orders)
                 .where(
@@ -432,21 +441,28 @@ class Repository:
             )
             return bool(result.rowcount)
 
-    def claimable_orders(self, now: datetime, limit: int) -> list[tuple[int, str | None]]:
-        """Active orders whose time has come and whose lease is free or expired."""
+    def claimable_orders(
+        self, now: datetime, limit: int
+    ) -> list[tuple[int, str | None, datetime | None]]:
+        """Active orders whose time has come, as (id, lease owner, lease until).
+
+        Free and expired leases come first; leases still held are listed after them so
+        the caller can take over one whose holder died (`holder_is_dead`).
+        """
+        held = and_(orders.c.lease_owner.is_not(None), orders.c.lease_until > now)
         with self._read() as conn:
             rows = conn.execute(
-                select(orders.c.id, orders.c.lease_owner)
+                select(orders.c.id, orders.c.lease_owner, orders.c.lease_until)
                 .where(
                     and_(
                         orders.c.state.in_(ACTIVE_ORDER_STATES),
                         or_(orders.c.next_run_at.is_(None), orders.c.next_run_at <= now),
                     )
                 )
-                .order_by(orders.c.next_run_at, orders.c.id)
+                .order_by(held, orders.c.next_run_at, orders.c.id)
                 .limit(limit)
             )
-            return [(r.id, r.lease_owner) for r in rows]
+            return [(r.id, r.lease_owner, r.lease_until) for r in rows]
 
     def _check_lease(self, conn: Any, order_id: int, owner: str) -> None:
         holder = conn.execute(
@@ -463,7 +479,7 @@ class Repository:
             values["state"] = OrderState(values["state"]).value
         if "error" in values and isinstance(values["error"], AcmeProblem):
             values["error"] = json.dumps(values["error"].to_json())
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             self._check_lease(conn, order_id, owner)
             conn.execute(
                 update(orders)
@@ -479,7 +495,7 @@ class Repository:
         message: str,
         problem: AcmeProblem | None,
     ) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             self._check_lease(conn, order_id, owner)
             cert_id = conn.execute(
                 select(orders.c.certificate_id).where(orders.c.id == order_id)
@@ -506,7 +522,7 @@ class Repository:
             conn.execute(delete(challenges).where(challenges.c.order_id == order_id))
 
     def release(self, order_id: int, owner: str) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(orders)
                 .where(and_(orders.c.id == order_id, orders.c.lease_owner == owner))
@@ -532,7 +548,7 @@ class Repository:
         ]
         if not rows:
             return
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             tokens = [r["token"] for r in rows]
             conn.execute(delete(challenges).where(challenges.c.token.in_(tokens)))
             conn.execute(insert(challenges), rows)
@@ -545,9 +561,9 @@ class Repository:
         return None if value is None else str(value)
 
     def delete_challenge(self, token: str) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(delete(challenges).where(challenges.c.token == token))
 
     def delete_challenges_of(self, order_id: int) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(delete(challenges).where(challenges.c.order_id == order_id))
