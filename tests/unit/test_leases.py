@@ -91,6 +91,21 @@ def test_finished_orders_cannot_be_claimed(repo: Repository) -> None:
     assert repo.claimable_orders(NOW, 10) == []
 
 
+def test_claimable_orders_list_free_leases_first_with_their_expiry(repo: Repository) -> None:
+    held = _order(repo, owner="w1")  # older, so it would come first by time alone
+    free = _order(repo)
+    expired = _order(repo, owner="w2")
+    until = NOW + timedelta(seconds=120)
+    later = NOW + timedelta(seconds=60)
+    repo.try_claim(expired, "w2", NOW, NOW + timedelta(seconds=30), None)
+    listed = repo.claimable_orders(later, 10)
+    # Free and expired leases first, so a worker takes one without reading the rest.
+    assert [order_id for order_id, _, _ in listed] == [free, expired, held]
+    assert listed[0][1:] == (None, None)
+    assert listed[1][1:] == ("w2", NOW + timedelta(seconds=30))
+    assert listed[2][1:] == ("w1", until)
+
+
 def test_holder_is_dead_only_for_gone_local_processes() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()

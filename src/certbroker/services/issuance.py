@@ -241,10 +241,12 @@ class IssuanceService:
 
     # -- leases ----------------------------------------------------------------------------
 
-    def claim(self, order_id: int, owner: str, holder: str | None = "") -> bool:
-        """Take the order's lease; `holder` is its owner as last seen, if the caller knows."""
-        if holder == "":
-            holder = self.repo.get_order(order_id).lease_owner
+    def claim(self, order_id: int, owner: str) -> bool:
+        """Take the order's lease when it is free, expired, or held by a dead process."""
+        return self.claim_from(order_id, owner, self.repo.get_order(order_id).lease_owner)
+
+    def claim_from(self, order_id: int, owner: str, holder: str | None) -> bool:
+        """`claim`, for a caller that has just seen the order's holder (the worker pool)."""
         steal = holder if holder_is_dead(holder) else None
         now = self.ctx.clock()
         return self.repo.try_claim(order_id, owner, now, now + LEASE, steal)

@@ -46,7 +46,7 @@ class WorkerPool:
         now = self.issuance.ctx.clock()
         for order_id, holder, until in self.issuance.repo.claimable_orders(now, self.workers * 4):
             lease_free = holder is None or (until is not None and until <= now)
-            if (lease_free or holder_is_dead(holder)) and self.issuance.claim(
+            if (lease_free or holder_is_dead(holder)) and self.issuance.claim_from(
                 order_id, owner, holder
             ):
                 return order_id

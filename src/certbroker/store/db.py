@@ -56,7 +56,9 @@ def make_engine(url: str) -> Engine:
         raise ConfigError(f"cannot use database_url: {exc}") from None
 
 
-_write_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+# Re-entrant: a write nested in a write of the same thread then fails on SQLite's busy
+# timeout, as it did before this lock, instead of hanging for good.
+_write_locks: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
 _write_locks_guard = threading.Lock()
 
 
@@ -75,7 +77,7 @@ def write_lock(engine: Engine) -> AbstractContextManager[Any]:
     with _write_locks_guard:
         lock = _write_locks.get(engine)
         if lock is None:
-            lock = _write_locks[engine] = threading.Lock()
+            lock = _write_locks[engine] = threading.RLock()
     return lock
 
 
