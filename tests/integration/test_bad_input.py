@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 import requests
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import NameOID
 
 from tests.conftest import Cli, make_cli
+from tests.support.certs import self_signed
 from tests.support.pebble import PebbleServer, start_pebble
 from tests.support.ports import free_port
 
@@ -71,23 +71,6 @@ def write_key(path: Path, key: Any, password: bytes | None = None) -> Path:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     )
     return path
-
-
-def self_signed(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    import datetime as dt
-
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not a key")])
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
 
 
 def pebble_terms(pebble: PebbleServer) -> str:
@@ -361,9 +344,9 @@ def _not_a_key(kind: str, path: Path) -> Path:
     elif kind == "text":
         path.write_text("this is not a key\n")
     elif kind == "certificate":
-        path.write_bytes(self_signed(signer).public_bytes(serialization.Encoding.PEM))
+        path.write_bytes(self_signed(signer, "not a key").public_bytes(serialization.Encoding.PEM))
     elif kind == "der-certificate":
-        path.write_bytes(self_signed(signer).public_bytes(serialization.Encoding.DER))
+        path.write_bytes(self_signed(signer, "not a key").public_bytes(serialization.Encoding.DER))
     elif kind == "public-key":
         path.write_bytes(
             signer.public_key().public_bytes(
@@ -627,7 +610,7 @@ def test_register_with_ca_bundle_that_holds_no_certificate_is_refused(
     elif content == "private-key":
         write_key(path, key)
     else:
-        path.write_bytes(self_signed(key).public_bytes(serialization.Encoding.DER))
+        path.write_bytes(self_signed(key, "not a key").public_bytes(serialization.Encoding.DER))
     args = register_args(unreachable_directory(), "--agree-tos", "--email", "ops@example.com")
     proc = offline_cli(*args, "--ca-bundle", str(path), check=False)
     refused(proc, 2, "--ca-bundle", str(path), "PEM")

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import NameOID
 from josepy.jwk import JWKEC, JWKRSA
 
 from certbroker.crypto.keys import (
@@ -23,6 +20,7 @@ from certbroker.crypto.keys import (
 )
 from certbroker.domain.errors import UsageError
 from certbroker.domain.keys import KeyType
+from tests.support.certs import self_signed
 
 PEM = serialization.Encoding.PEM
 DER = serialization.Encoding.DER
@@ -43,21 +41,6 @@ def ec_key() -> ec.EllipticCurvePrivateKey:
 
 def _same(a: PrivateKey, b: PrivateKey) -> bool:
     return a.private_bytes(DER, PKCS8, NOENC) == b.private_bytes(DER, PKCS8, NOENC)
-
-
-def _self_signed(key: PrivateKey) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "example.com")])
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
 
 
 @pytest.mark.parametrize("key_type", list(KeyType))
@@ -127,7 +110,7 @@ def test_load_pem_with_surrounding_text_and_a_certificate(
     ec_key: ec.EllipticCurvePrivateKey,
 ) -> None:
     # A combined file (cert + key) is a common thing to hand over as "the key".
-    cert_pem = _self_signed(ec_key).public_bytes(PEM)
+    cert_pem = self_signed(ec_key).public_bytes(PEM)
     data = b"\n  " + cert_pem + ec_key.private_bytes(PEM, TRADITIONAL, NOENC) + b"\n\n"
     assert _same(ec_key, load_private_key(data))
 
@@ -220,7 +203,7 @@ def test_unsupported_curve_and_rsa_size_are_rejected() -> None:
 
 
 def test_certificate_public_key_and_csr_are_named(ec_key: ec.EllipticCurvePrivateKey) -> None:
-    cert = _self_signed(ec_key)
+    cert = self_signed(ec_key)
     assert "holds a certificate, not a private key" in _error(cert.public_bytes(PEM))
     assert "holds a certificate, not a private key" in _error(cert.public_bytes(DER))
     public = ec_key.public_key().public_bytes(PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -245,7 +228,7 @@ def test_damaged_pem_is_rejected() -> None:
 def test_key_matches_certificate(
     rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:
-    cert = _self_signed(ec_key)
+    cert = self_signed(ec_key)
     assert key_matches_certificate(ec_key, cert)
     assert key_matches_certificate(load_private_key(private_key_to_pem(ec_key)), cert)
     assert not key_matches_certificate(rsa_key, cert)
@@ -255,5 +238,5 @@ def test_key_matches_certificate(
 def test_public_key_sha256(ec_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey) -> None:
     digest = public_key_sha256(ec_key)
     assert len(digest) == 64
-    assert digest == public_key_sha256(_self_signed(ec_key))
+    assert digest == public_key_sha256(self_signed(ec_key))
     assert digest != public_key_sha256(rsa_key)
