@@ -16,11 +16,14 @@ Scenarios:
   nonce rejection), and for http-01 a tiny in-memory ThreadingHTTPServer serves tokens.
 * cb-seq: certbroker with its SQLite store: IssuanceService.request + wait_for, one
   certificate after the other in this process.
-* cb-pool: certbroker's WorkerPool (8 workers): all N requested first (queued, no lease
-  owner; timed separately), then the pool runs until every certificate left "pending".
+* cb-pool: certbroker's worker pools as `serve` runs them: worker_processes processes
+  (default one per core), each a WorkerPool of 8 workers. All N requested first (queued,
+  no lease owner) and the worker processes started, both timed separately; then the
+  pools run until every certificate left "pending".
 
 Figures: certificates per second (wall clock of the timed part), CPU seconds per
-certificate of the benchmark process (getrusage RUSAGE_SELF: all threads, user + sys) and
+certificate of the benchmark process (getrusage RUSAGE_SELF: all threads, user + sys; plus
+its worker processes, from /proc/<pid>/stat) and
 of Pebble (+ pebble-challtestsrv, from /proc/<pid>/stat, as they are still running), and
 peak RSS (ru_maxrss) of the benchmark process. Results go to docs/benchmarks.md unless
 --no-write.
@@ -43,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import version
@@ -84,7 +87,8 @@ class Result:
     pebble_cpu: float = 0.0  # pebble + pebble-challtestsrv, timed part
     others: float = 0.0  # CPU cores busy with other processes during the timed part
     listen_overflows: int = 0  # TcpExt ListenOverflows during the timed part (whole host)
-    maxrss_kib: int = 0
+    maxrss_kib: int = 0  # peak RSS, summed over the benchmark's processes
+    processes: int = 1  # processes doing the work (cb-pool: `serve`'s worker_processes)
     pebble_hwm_kib: int = 0
     setup: dict[str, float] = field(default_factory=dict)  # untimed phases, seconds
 
@@ -124,14 +128,18 @@ def _system_busy() -> float:
 
 def _proc_cpu(pid: int | None) -> float:
     """user + sys seconds of a running process (its own threads; it has no children)."""
-    if pid is None:
-        return 0.0
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0 if pid is None else _procs_cpu([pid])[0]
+
+
+def _procs_cpu(pids: Iterable[int]) -> tuple[float, float]:
+    """(user + sys, sys) seconds of running processes."""
+    total = system = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            system += int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    return total, system
 
 
 def _proc_hwm_kib(pid: int | None) -> int:
@@ -150,9 +158,12 @@ def _pebble_pids(pebble: PebbleServer) -> list[int | None]:
 
 
 @contextlib.contextmanager
-def timed(result: Result, pebble: PebbleServer) -> Iterator[None]:
+def timed(result: Result, pebble: PebbleServer, helpers: Iterable[int] = ()) -> Iterator[None]:
+    """Time the block; `helpers` are our worker processes, whose CPU counts as ours."""
     pids = _pebble_pids(pebble)
     (cpu0, sys0), pcpu0, busy0 = _self_cpu(), sum(map(_proc_cpu, pids)), _system_busy()
+    helpers = list(helpers)
+    hcpu0, hsys0 = _procs_cpu(helpers)
     overflows0 = _listen_overflows()
     t0 = time.perf_counter()
     try:
@@ -160,7 +171,9 @@ def timed(result: Result, pebble: PebbleServer) -> Iterator[None]:
     finally:
         result.wall = time.perf_counter() - t0
         cpu1, sys1 = _self_cpu()
-        result.cpu, result.cpu_sys = cpu1 - cpu0, sys1 - sys0
+        hcpu1, hsys1 = _procs_cpu(helpers)
+        result.cpu = cpu1 - cpu0 + hcpu1 - hcpu0
+        result.cpu_sys = sys1 - sys0 + hsys1 - hsys0
         result.pebble_cpu = sum(map(_proc_cpu, pids)) - pcpu0
         others = _system_busy() - busy0 - result.cpu - result.pebble_cpu
         result.others = max(0.0, others) / result.wall if result.wall else 0.0
@@ -374,6 +387,7 @@ def run_certbroker(
     from certbroker.services.workers import WorkerPool
     from certbroker.store.schema import certificates, orders
     from certbroker.wiring import build
+    from certbroker.worker_processes import WorkerProcesses
 
     t0 = time.perf_counter()
     settings = load_settings(
@@ -383,6 +397,7 @@ def run_certbroker(
             "http01_port": pebble.http_port,
             "http01_address": "127.0.0.1",
             "workers": WORKERS,
+            "log_level": "warning",
         },
     )
     broker = build(settings)
@@ -413,12 +428,19 @@ def run_certbroker(
             for name in names:
                 broker.issuance.request(CertificateRequest(names=[name], account=account.name))
             result.setup["request all"] = time.perf_counter() - t0
+            # As `serve` does: worker processes besides this one, each with its pool.
+            t0 = time.perf_counter()
+            processes = settings.effective_worker_processes
+            others = WorkerProcesses(settings, processes - 1).start(go=False)
+            result.setup["worker processes start"] = time.perf_counter() - t0
+            result.processes = processes
             workers = WorkerPool(broker.issuance, workers=WORKERS)
             pending = select(func.count()).where(
                 certificates.c.status == CertificateStatus.PENDING.value
             )
             try:
-                with timed(result, pebble):
+                with timed(result, pebble, helpers=others.pids()):
+                    others.release()
                     workers.start()
                     while True:
                         with broker.repo.engine.connect() as conn:
@@ -426,8 +448,11 @@ def run_certbroker(
                         if not left:
                             break
                         time.sleep(0.02)
+                result.maxrss_kib += sum(map(_proc_hwm_kib, others.pids()))
             finally:
+                others.terminate()
                 workers.stop()
+                others.stop()
         failed = select(certificates.c.names, orders.c.state, orders.c.error_message).join(
             orders, orders.c.certificate_id == certificates.c.id
         )
@@ -473,7 +498,7 @@ def run_child(mode: str, scenario: str, n: int, out: Path) -> None:
             result.pebble_hwm_kib = _proc_hwm_kib(pebble.pid)
         finally:
             pebble.stop()
-    result.maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result.maxrss_kib += resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out.write_text(json.dumps(asdict(result)))
 
 

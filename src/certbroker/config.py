@@ -28,7 +28,8 @@ class Settings:
     http01_port: int = 80
     http01_address: str = "0.0.0.0"  # noqa: S104 - the CA must reach the responder from outside
     listen: str = "127.0.0.1:8080"
-    workers: int = 8
+    workers: int = 8  # worker threads in each serve process
+    worker_processes: int = 0  # processes `serve` runs workers in; 0: one per CPU core
     log_level: str = "info"
     master_key: str = ""  # empty: read or create <data_dir>/master.key
     order_timeout: float = 300.0  # seconds one order may take before it counts as failed
@@ -42,6 +43,15 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'certbroker.db').absolute()}"
+
+    @property
+    def effective_worker_processes(self) -> int:
+        if self.worker_processes:
+            return self.worker_processes
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
 
     def listen_address(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
@@ -59,6 +69,8 @@ class Settings:
                 text = "********"
             elif f.name == "database_url":
                 text = mask_url_password(self.effective_database_url)
+            elif f.name == "worker_processes" and not value:
+                text = f"0 (one per CPU core: {self.effective_worker_processes})"
             shown[f.name] = (text, self.sources.get(f.name, "default"))
         return shown
 
@@ -80,6 +92,7 @@ _FIELD_TYPES: dict[str, type] = {
     "http01_address": str,
     "listen": str,
     "workers": int,
+    "worker_processes": int,
     "log_level": str,
     "master_key": str,
     "order_timeout": float,
@@ -123,6 +136,12 @@ def _validate(settings: Settings) -> None:
         )
     if settings.workers < 1:
         raise refuse("workers", f"workers must be at least 1, not {settings.workers}")
+    if settings.worker_processes < 0:
+        raise refuse(
+            "worker_processes",
+            "worker_processes must be 0 (one per CPU core) or more, "
+            f"not {settings.worker_processes}",
+        )
     if settings.log_level.lower() not in LOG_LEVELS:
         raise refuse(
             "log_level", f"log_level {settings.log_level!r}: choose one of {', '.join(LOG_LEVELS)}"

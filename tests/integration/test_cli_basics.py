@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tests.conftest import Cli
@@ -22,6 +23,11 @@ def test_config_show_masks_secrets_and_names_sources(offline_cli: Cli, tmp_path:
     assert "pa55word" not in shown["database_url"]["value"]
     assert shown["database_url"]["source"] == "env CERTBROKER_DATABASE_URL"
     assert shown["data_dir"]["source"] == "env CERTBROKER_DATA_DIR"
+    cores = len(os.sched_getaffinity(0))
+    assert shown["worker_processes"] == {
+        "value": f"0 (one per CPU core: {cores})",
+        "source": "default",
+    }
     text = offline_cli("--config", str(conf), "config", "show").stdout
     assert "Zm9vYmFy" not in text and "********" in text
 

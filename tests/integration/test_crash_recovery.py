@@ -3,10 +3,13 @@ survives, and exactly one certificate is issued (the same order, never a second 
 
 from __future__ import annotations
 
+import itertools
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,10 +72,10 @@ def test_killed_cli_resumes_with_cert_resume(cli: Cli, tmp_path: Path, step: str
     _assert_one_good_certificate(cli, tmp_path, attempt["order_url"], account["uri"])
 
 
-def _serve(cli: Cli) -> subprocess.Popen[str]:
+def _serve(cli: Cli, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "certbroker", "serve"],
-        env=cli.env,
+        env={**cli.env, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -123,13 +126,117 @@ def test_serve_issues_queued_certificates_concurrently(cli: Cli) -> None:
         _stop(serve)
     assert sorted(n for c in listed for n in c["names"]) == sorted(names)  # type: ignore[attr-defined]
     # Orders overlapped in time: the pool worked on several at once.
-    spans = []
-    for cert in listed:
-        (attempt,) = cli.json("cert", "show", str(cert["id"]))["attempts"]
-        spans.append((attempt["created_at"], attempt["finished_at"]))
+    spans = _work_spans(cli, listed)
     first_finish = min(end for _, end in spans)
     started_before_first_finish = [s for s in spans if s[0] < first_finish]
     assert len(started_before_first_finish) == len(names)
+
+
+def _work_spans(cli: Cli, listed: list[dict[str, object]]) -> list[tuple[str, str]]:
+    """(started, finished) of each certificate's attempt: when a worker had it."""
+    spans = []
+    for cert in listed:
+        (attempt,) = cli.json("cert", "show", str(cert["id"]))["attempts"]
+        assert attempt["started_at"] >= attempt["created_at"]
+        spans.append((attempt["started_at"], attempt["finished_at"]))
+    return spans
+
+
+def _worker_processes(serve: subprocess.Popen[str]) -> list[int]:
+    """PIDs of the serve's worker processes (its children running certbroker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == serve.pid and b"certbroker.worker_processes" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status is left
+
+
+def _wait_for(what: str, predicate: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_serve_works_in_several_processes(cli: Cli, processes: int) -> None:
+    """One worker per process: orders overlap only when several processes work."""
+    cli.register()
+    names = [f"proc{processes}-{i}.example.com" for i in range(6)]
+    for name in names:
+        cli("cert", "request", name)
+    serve = _serve(cli, CERTBROKER_WORKER_PROCESSES=str(processes), CERTBROKER_WORKERS="1")
+    try:
+        _wait_for("the worker processes", lambda: len(_worker_processes(serve)) == processes - 1)
+        others = _worker_processes(serve)
+        listed = _wait_until(cli, lambda certs: all(c["status"] == "valid" for c in certs))
+    finally:
+        log = _stop(serve)
+    assert serve.returncode == 0, log
+    assert f"{processes} worker process" in log
+    assert not [pid for pid in others if _running(pid)]  # they stopped with serve
+    spans = _work_spans(cli, listed)
+    overlapping = [
+        (a, b) for a, b in itertools.combinations(spans, 2) if a[0] < b[1] and b[0] < a[1]
+    ]
+    assert bool(overlapping) == (processes > 1), spans
+
+
+def test_a_killed_serve_leaves_no_worker_process_behind(cli: Cli) -> None:
+    serve = _serve(cli, CERTBROKER_WORKER_PROCESSES="3")
+    try:
+        _wait_for("the worker processes", lambda: len(_worker_processes(serve)) == 2)
+        others = _worker_processes(serve)
+    finally:
+        serve.kill()
+        serve.communicate(timeout=30)
+    _wait_for("the worker processes to end", lambda: not any(map(_running, others)))
+
+
+def _read_until(proc: subprocess.Popen[str], marker: str) -> str:
+    """What the process printed up to and including the first line holding `marker`."""
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line:
+            return "".join(lines)
+    raise AssertionError(f"ended before printing {marker!r}: {''.join(lines)}")
+
+
+def test_serve_restarts_a_worker_process_that_died(cli: Cli) -> None:
+    cli.register()
+    serve = _serve(cli, CERTBROKER_WORKER_PROCESSES="2", CERTBROKER_WORKERS="1")
+    log = ""
+    try:
+        log = _read_until(serve, "certbroker serving")  # its worker process is up
+        (first,) = _worker_processes(serve)
+        os.kill(first, signal.SIGKILL)
+        _wait_for(
+            "a new worker process",
+            lambda: [p for p in _worker_processes(serve) if p != first and _running(p)] != [],
+        )
+        assert serve.poll() is None
+        cli("cert", "request", "after-restart.example.com")  # queued for serve
+        _wait_until(cli, lambda certs: certs[0]["status"] == "valid")
+    finally:
+        log += _stop(serve)
+    assert serve.returncode == 0, log
+    assert f"worker process 1 (pid {first}) ended with exit code -9; restarting" in log
 
 
 def test_serve_answers_http01_for_a_cli_on_the_same_store(cli: Cli) -> None:

@@ -87,9 +87,14 @@ def test_show_and_list_describe_the_certificate(cli: Cli, tmp_path: Path) -> Non
     assert shown["account"] == "main"
     # Stored and sent in the CSR; Pebble, like Let's Encrypt, keeps only the CN.
     assert shown["subject"] == {"org": "Example Ltd", "country": "DE"}
-    assert shown["attempts"][0]["state"] == "valid"
+    (attempt,) = shown["attempts"]
+    assert attempt["state"] == "valid"
+    # --wait works on the order at once: queued and started together, then finished.
+    assert attempt["created_at"] == attempt["started_at"] <= attempt["finished_at"]
     text = cli("cert", "show", "1").stdout
     assert "show.example.com" in text and shown["serial"] in text
+    started = attempt["started_at"][:19].replace("T", " ")
+    assert f"#{attempt['id']} valid: queued {started}, started {started}, finished" in text
     cert_pem, _, _ = exported(cli, 1, tmp_path)
     leaf = x509.load_pem_x509_certificate(cert_pem)
     assert leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == (

@@ -106,6 +106,55 @@ def test_claimable_orders_list_free_leases_first_with_their_expiry(repo: Reposit
     assert listed[2][1:] == ("w1", until)
 
 
+def test_claim_next_takes_free_and_expired_leases_once_each(repo: Repository) -> None:
+    held = _order(repo, owner="w1")
+    first = _order(repo)
+    expired = _order(repo, owner="w2")
+    repo.try_claim(expired, "w2", NOW, NOW + timedelta(seconds=30), None)
+    later = NOW + timedelta(seconds=60)
+    until = later + timedelta(seconds=120)
+    taken = [repo.claim_next(f"w{n}", later, until) for n in range(3, 7)]
+    assert [o.id if o else None for o in taken] == [first, expired, None, None]
+    assert taken[0] is not None and taken[0].lease_owner == "w3"
+    assert repo.get_order(expired).lease_owner == "w4"
+    assert repo.get_order(held).lease_owner == "w1"  # its lease still runs
+
+
+def test_claim_next_waits_for_an_orders_next_run(repo: Repository) -> None:
+    order_id = _order(repo, owner="w1")
+    retry_at = NOW + timedelta(seconds=30)
+    repo.advance_order(order_id, "w1", NOW, NOW, next_run_at=retry_at)
+    repo.release(order_id, "w1")
+    assert repo.claim_next("w2", NOW + timedelta(seconds=29), retry_at) is None
+    claimed = repo.claim_next("w2", retry_at, retry_at + timedelta(seconds=120))
+    assert claimed is not None and claimed.id == order_id
+
+
+def test_started_at_is_when_a_worker_first_took_the_order(repo: Repository) -> None:
+    queued = _order(repo)
+    assert repo.get_order(queued).started_at is None
+    first = NOW + timedelta(seconds=5)
+    repo.claim_next("w1", first, first + timedelta(seconds=1))
+    repo.release(queued, "w1")
+    again = NOW + timedelta(seconds=9)
+    assert repo.try_claim(queued, "w2", again, again + timedelta(seconds=120), None)
+    order = repo.get_order(queued)
+    assert order.created_at == NOW and order.started_at == first
+    assert repo.get_order(_order(repo, owner="cli")).started_at == NOW  # --wait: at once
+
+
+def test_presenting_challenges_records_the_step_with_the_tokens(repo: Repository) -> None:
+    order_id = _order(repo, owner="w1")
+    until = NOW + timedelta(seconds=120)
+    items = [("tok", "tok.thumb", "a.example.com", "http-01")]
+    with pytest.raises(LeaseLost):
+        repo.present_challenges(order_id, "w2", items, NOW, until)
+    assert repo.key_authorization("tok") is None  # nothing half-written
+    repo.present_challenges(order_id, "w1", items, NOW, until)
+    assert repo.key_authorization("tok") == "tok.thumb"
+    assert repo.get_order(order_id).state is OrderState.PRESENTED
+
+
 def test_holder_is_dead_only_for_gone_local_processes() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()

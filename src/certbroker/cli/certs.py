@@ -241,7 +241,10 @@ def _print_details(data: dict[str, Any]) -> None:
         console.print(f"[bold]{key:19}[/] {escape(value if value is not None else '-')}")
     console.print("[bold]attempts[/]")
     for attempt in data["attempts"]:
-        line = f"  #{attempt['id']} {attempt['state']} {attempt['created_at'][:19]}"
+        line = f"  #{attempt['id']} {attempt['state']}: queued {_when(attempt['created_at'])}"
+        for label in ("started", "finished"):
+            if attempt[f"{label}_at"]:
+                line += f", {label} {_when(attempt[f'{label}_at'])}"
         if attempt["order_url"]:
             line += f" {attempt['order_url']}"
         console.print(escape(line))
@@ -250,6 +253,10 @@ def _print_details(data: dict[str, Any]) -> None:
         problem = attempt.get("problem")
         if problem:
             console.print(f"    problem: {escape(problem['type'])}")
+
+
+def _when(iso: str) -> str:
+    return iso[:19].replace("T", " ")
 
 
 @app.command("show")

@@ -14,12 +14,9 @@ log = logging.getLogger("certbroker.serve")
 
 def run_serve(state: State) -> None:
     from certbroker.services.workers import WorkerPool
+    from certbroker.worker_processes import WorkerProcesses
 
-    broker = state.broker
-    settings = state.settings
-    responder = broker.bind_responder().start()
-    pool = WorkerPool(broker.issuance, workers=settings.workers)
-    pool.start()
+    # First, so a SIGTERM while the worker processes start still stops us cleanly.
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -28,13 +25,27 @@ def run_serve(state: State) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info(
-        "certbroker serving: HTTP-01 on %s:%d, %d workers, store %s",
-        settings.http01_address,
-        responder.port,
-        settings.workers,
-        settings.data_dir,
-    )
-    stop.wait()
-    pool.stop()
-    responder.stop()
+    broker = state.broker
+    settings = state.settings
+    responder = broker.bind_responder().start()
+    try:
+        processes = settings.effective_worker_processes
+        others = WorkerProcesses(settings, processes - 1).start()
+        pool = WorkerPool(broker.issuance, workers=settings.workers, label="p0")
+        pool.start()
+        log.info(
+            "certbroker serving: HTTP-01 on %s:%d, %d worker process%s × %d workers, store %s",
+            settings.http01_address,
+            responder.port,
+            processes,
+            "" if processes == 1 else "es",
+            settings.workers,
+            settings.data_dir,
+        )
+        while not stop.wait(1.0):
+            others.check()
+        others.terminate()  # they stop while this process's workers do
+        pool.stop()
+        others.stop()
+    finally:
+        responder.stop()

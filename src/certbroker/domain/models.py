@@ -128,6 +128,7 @@ class Order:
     error: AcmeProblem | None = None
     error_message: str | None = None
     finished_at: datetime | None = None
+    started_at: datetime | None = None  # first taken by a worker; created_at is when queued
     lease_owner: str | None = None
     lease_until: datetime | None = None
     next_run_at: datetime | None = None
@@ -140,6 +141,7 @@ class Order:
             "attempts": self.attempts,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "error": self.error_message,
             "problem": self.error.to_json() if self.error else None,

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from certbroker.crypto.csr import Subject, make_csr
 from certbroker.crypto.keys import (
+    PrivateKey,
     generate_private_key,
     key_matches_certificate,
     key_type_of,
@@ -245,6 +246,11 @@ class IssuanceService:
         """Take the order's lease when it is free, expired, or held by a dead process."""
         return self.claim_from(order_id, owner, self.repo.get_order(order_id).lease_owner)
 
+    def claim_next(self, owner: str) -> Order | None:
+        """Take the next due order with a free or expired lease (the worker pool)."""
+        now = self.ctx.clock()
+        return self.repo.claim_next(owner, now, now + LEASE)
+
     def claim_from(self, order_id: int, owner: str, holder: str | None) -> bool:
         """`claim`, for a caller that has just seen the order's holder (the worker pool)."""
         steal = holder if holder_is_dead(holder) else None
@@ -253,9 +259,12 @@ class IssuanceService:
 
     # -- the state machine -------------------------------------------------------------------
 
-    def run(self, order_id: int, owner: str, progress: Progress = no_progress) -> RunResult:
-        """Advance one order as far as it goes. The caller holds the lease."""
-        order = self.repo.get_order(order_id)
+    def run(self, order: int | Order, owner: str, progress: Progress = no_progress) -> RunResult:
+        """Advance one order (by ID, or as just claimed) as far as it goes. The caller
+        holds the lease."""
+        if isinstance(order, int):
+            order = self.repo.get_order(order)
+        order_id = order.id
         if not order.state.active:
             return RunResult(
                 Outcome.ISSUED if order.state is OrderState.VALID else Outcome.FAILED, order
@@ -347,6 +356,7 @@ class _OrderRun:
         self.cert = self.repo.get_certificate(order.certificate_id)
         self.deadline = time.monotonic() + svc.order_timeout
         self._touched = time.monotonic()
+        self._private_key: PrivateKey | None = None
         account = self.repo.get_account(self.cert.account_id)
         if account.status is not AccountStatus.VALID:
             raise PermanentError(
@@ -432,8 +442,10 @@ class _OrderRun:
             if chall.status == "pending":
                 to_answer.append((authz, chall))
         # Present every challenge before answering any.
-        self.repo.put_challenges(self.order.id, rows, self.svc.ctx.clock())
-        self.record(state=OrderState.PRESENTED)
+        now = self.svc.ctx.clock()
+        self.repo.present_challenges(self.order.id, self.owner, rows, now, now + LEASE)
+        self._touched = time.monotonic()
+        _fault(OrderState.PRESENTED.value)
         for authz in authzs:
             if authz.status == "valid":
                 self.progress(f"{authz.identifier}: already authorized")
@@ -450,12 +462,17 @@ class _OrderRun:
                 self.progress(f"{authz.identifier}: validated")
         return info
 
+    def _key(self) -> PrivateKey:
+        """The certificate's private key, read from the store once per run."""
+        if self._private_key is None:
+            sealed = self.repo.certificate_key_sealed(self.cert.id)
+            if sealed is None:
+                raise PermanentError(f"certificate {self.cert.id} has no private key stored")
+            self._private_key = load_private_key(self.svc.ctx.sealer.unseal(sealed))
+        return self._private_key
+
     def _finalize(self, info: OrderInfo) -> OrderInfo:
-        sealed = self.repo.certificate_key_sealed(self.cert.id)
-        if sealed is None:
-            raise PermanentError(f"certificate {self.cert.id} has no private key stored")
-        key = load_private_key(self.svc.ctx.sealer.unseal(sealed))
-        csr = make_csr(key, self.cert.names, Subject(**self.cert.subject))
+        csr = make_csr(self._key(), self.cert.names, Subject(**self.cert.subject))
         self.record(state=OrderState.FINALIZING)
         self.progress("finalizing: CSR sent")
         return self.ca.finalize(info, csr)
@@ -465,10 +482,8 @@ class _OrderRun:
         fullchain = self.ca.download_certificate(info.certificate)
         _fault("downloaded")
         cert_pem, chain_pem = split_chain(fullchain)
-        sealed = self.repo.certificate_key_sealed(self.cert.id)
-        key = load_private_key(self.svc.ctx.sealer.unseal(sealed or b""))
         leaf = x509.load_pem_x509_certificate(cert_pem.encode())
-        if not key_matches_certificate(key, leaf):
+        if not key_matches_certificate(self._key(), leaf):
             raise PermanentError("the certificate the CA sent does not match the stored key")
         issued = describe(cert_pem, chain_pem, info.url)
         self.repo.store_issued(

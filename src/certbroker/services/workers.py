@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
+from certbroker.domain.models import Order
 from certbroker.services.issuance import IssuanceService, holder_is_dead, make_owner
 
 log = logging.getLogger("certbroker.workers")
 
 
 class WorkerPool:
-    def __init__(self, issuance: IssuanceService, workers: int = 8, idle_poll: float = 0.5) -> None:
+    def __init__(
+        self, issuance: IssuanceService, workers: int = 8, idle_poll: float = 0.5, label: str = ""
+    ) -> None:
         self.issuance = issuance
         self.workers = workers
+        self.label = label
         self.idle_poll = idle_poll
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -27,7 +32,10 @@ class WorkerPool:
     def start(self) -> None:
         for n in range(self.workers):
             thread = threading.Thread(
-                target=self._work, args=(make_owner(f"w{n}"),), name=f"worker-{n}", daemon=True
+                target=self._work,
+                args=(make_owner(f"{self.label}w{n}"),),
+                name=f"worker-{self.label}{n}",
+                daemon=True,
             )
             thread.start()
             self._threads.append(thread)
@@ -37,17 +45,27 @@ class WorkerPool:
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Workers finish the order at hand; one still busy after `timeout` is abandoned
+        (its lease lets the next process resume the order)."""
         self._stop.set()
         self._wake.set()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _next(self, owner: str) -> int | None:
+    def _next(self, owner: str) -> Order | int | None:
+        order = self.issuance.claim_next(owner)
+        if order is not None:
+            return order
+        # Nothing free: take over an order whose holder died on this host at once, rather
+        # than when its lease runs out.
         now = self.issuance.ctx.clock()
         for order_id, holder, until in self.issuance.repo.claimable_orders(now, self.workers * 4):
-            lease_free = holder is None or (until is not None and until <= now)
-            if (lease_free or holder_is_dead(holder)) and self.issuance.claim_from(
-                order_id, owner, holder
+            held = holder is not None and until is not None and until > now
+            if (
+                held
+                and holder_is_dead(holder)
+                and self.issuance.claim_from(order_id, owner, holder)
             ):
                 return order_id
         return None
@@ -55,13 +73,13 @@ class WorkerPool:
     def _work(self, owner: str) -> None:
         while not self._stop.is_set():
             try:
-                order_id = self._next(owner)
-                if order_id is None:
+                order = self._next(owner)
+                if order is None:
                     self._wake.wait(self.idle_poll)
                     self._wake.clear()
                     continue
-                result = self.issuance.run(order_id, owner)
-                log.info("order %d: %s %s", order_id, result.outcome.value, result.message)
+                result = self.issuance.run(order, owner)
+                log.info("order %d: %s %s", result.order.id, result.outcome.value, result.message)
             except Exception:
                 # One bad order must not take a worker down; the lease lets another retry it.
                 log.exception("worker %s: unexpected error", owner)

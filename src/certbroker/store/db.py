@@ -2,12 +2,14 @@
 
 SQLite runs in WAL mode with a busy timeout, and write transactions start with
 BEGIN IMMEDIATE so concurrent writers queue instead of failing on a lock upgrade.
-Within one process, writers queue on a Python lock before they ask SQLite (`write_lock`).
+Writers queue on a lock before they ask SQLite (`write_lock`): a Python lock between
+threads, an flock between processes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import threading
 import weakref
@@ -20,7 +22,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from certbroker.domain.errors import ConfigError
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 
 def make_engine(url: str) -> Engine:
@@ -56,28 +58,78 @@ def make_engine(url: str) -> Engine:
         raise ConfigError(f"cannot use database_url: {exc}") from None
 
 
-# Re-entrant: a write nested in a write of the same thread then fails on SQLite's busy
-# timeout, as it did before this lock, instead of hanging for good.
-_write_locks: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+class _WriteLock:
+    """Threads of this process queue on an RLock; processes on an flock of a file beside
+    the database (<db>-writelock), which wakes the next writer as soon as it is free.
+
+    Re-entrant: a write nested in a write of the same thread then fails on SQLite's busy
+    timeout, as it would without this lock, instead of hanging for good.
+    """
+
+    def __init__(self, lock_path: Path | None) -> None:
+        self._threads = threading.RLock()
+        self._path = lock_path
+        self._fd: int | None = None
+        self._pid = 0
+        self._depth = 0
+
+    def _lock_file(self) -> int | None:
+        if self._path is None:
+            return None
+        if self._fd is None or self._pid != os.getpid():  # a forked child opens its own
+            try:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                self._path = None  # read-only directory: SQLite's busy handler still works
+                return None
+            self._pid = os.getpid()
+        return self._fd
+
+    def __enter__(self) -> _WriteLock:
+        self._threads.acquire()
+        if self._depth == 0:
+            try:
+                fd = self._lock_file()
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._threads.release()
+                raise
+        self._depth += 1
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._depth -= 1
+        try:
+            if self._depth == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+
+_write_locks: weakref.WeakKeyDictionary[Engine, _WriteLock] = weakref.WeakKeyDictionary()
 _write_locks_guard = threading.Lock()
 
 
 def write_lock(engine: Engine) -> AbstractContextManager[Any]:
-    """What a write transaction holds, in this process, before it begins.
+    """What a write transaction holds before it begins.
 
     SQLite lets one writer in at a time, and a writer that finds the database locked
     sleeps in SQLite's busy handler (1, 2, 5, … up to 100 ms a turn) however soon the
     lock is free again. With eight workers that sleeping was half of their time
-    (py-spy, bench/issuance.py cb-pool), so the threads of one process queue on a Python
-    lock instead, which hands over at once; other processes still meet the busy handler.
-    PostgreSQL has row locks and needs none of this.
+    (py-spy, bench/issuance.py cb-pool), so writers queue on locks that hand over at
+    once: a Python lock between the threads of one process, an flock between processes
+    (`serve`'s worker processes, a CLI beside them). PostgreSQL has row locks and needs
+    none of this.
     """
     if engine.dialect.name != "sqlite":
         return contextlib.nullcontext()
     with _write_locks_guard:
         lock = _write_locks.get(engine)
         if lock is None:
-            lock = _write_locks[engine] = threading.RLock()
+            database = engine.url.database
+            path = None if not database or database == ":memory:" else Path(database + "-writelock")
+            lock = _write_locks[engine] = _WriteLock(path)
     return lock
 
 

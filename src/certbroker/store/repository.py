@@ -9,7 +9,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    and_,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from certbroker.domain.errors import AcmeProblem, NotFoundError, UsageError
@@ -23,7 +35,7 @@ from certbroker.domain.models import (
     OrderState,
 )
 from certbroker.store.db import write_lock
-from certbroker.store.schema import accounts, certificates, challenges, orders
+from certbroker.store.schema import UTCDateTime, accounts, certificates, challenges, orders
 
 
 class LeaseLost(Exception):
@@ -115,10 +127,34 @@ def _order(row: Row[Any]) -> Order:
         error=AcmeProblem.from_json(json.loads(row.error)) if row.error else None,
         error_message=row.error_message,
         finished_at=row.finished_at,
+        started_at=row.started_at,
         lease_owner=row.lease_owner,
         lease_until=row.lease_until,
         next_run_at=row.next_run_at,
     )
+
+
+def _put_challenges(
+    conn: Connection,
+    order_id: int | None,
+    items: Iterable[tuple[str, str, str, str]],
+    now: datetime,
+) -> None:
+    rows = [
+        {
+            "token": token,
+            "key_authorization": key_auth,
+            "order_id": order_id,
+            "identifier": identifier,
+            "type": kind,
+            "created_at": now,
+        }
+        for token, key_auth, identifier, kind in items
+    ]
+    if rows:
+        tokens = [r["token"] for r in rows]
+        conn.execute(delete(challenges).where(challenges.c.token.in_(tokens)))
+        conn.execute(insert(challenges), rows)
 
 
 class Repository:
@@ -273,6 +309,7 @@ class Repository:
                         lease_owner=lease_owner,
                         lease_until=lease_until if lease_owner else None,
                         next_run_at=now,
+                        started_at=now if lease_owner else None,
                         created_at=now,
                         updated_at=now,
                     )
@@ -386,6 +423,7 @@ class Repository:
                         lease_owner=lease_owner,
                         lease_until=now + lease if lease_owner else None,
                         next_run_at=now,
+                        started_at=now if lease_owner else None,
                         created_at=now,
                         updated_at=now,
                     )
@@ -437,7 +475,11 @@ class Repository:
                         or_(free, orders.c.lease_owner == owner),
                     )
                 )
-                .values(lease_owner=owner, lease_until=until)
+                .values(
+                    lease_owner=owner,
+                    lease_until=until,
+                    started_at=func.coalesce(orders.c.started_at, literal(now, UTCDateTime())),
+                )
             )
             return bool(result.rowcount)
 
@@ -464,6 +506,35 @@ class Repository:
             )
             return [(r.id, r.lease_owner, r.lease_until) for r in rows]
 
+    def claim_next(self, owner: str, now: datetime, until: datetime) -> Order | None:
+        """Take the lease of the next due order whose lease is free or expired, in one
+        statement, so workers racing for work never pick the same order twice (PostgreSQL
+        skips rows another claim has locked; SQLite runs one writer at a time)."""
+        free = and_(
+            orders.c.state.in_(ACTIVE_ORDER_STATES),
+            or_(orders.c.next_run_at.is_(None), orders.c.next_run_at <= now),
+            or_(orders.c.lease_owner.is_(None), orders.c.lease_until <= now),
+        )
+        candidate = (
+            select(orders.c.id)
+            .where(free)
+            .order_by(orders.c.next_run_at, orders.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        with self._write() as conn:
+            row = conn.execute(
+                update(orders)
+                .where(and_(orders.c.id == candidate.scalar_subquery(), free))
+                .values(
+                    lease_owner=owner,
+                    lease_until=until,
+                    started_at=func.coalesce(orders.c.started_at, literal(now, UTCDateTime())),
+                )
+                .returning(*orders.c)
+            ).first()
+        return None if row is None else _order(row)
+
     def _check_lease(self, conn: Any, order_id: int, owner: str) -> None:
         holder = conn.execute(
             select(orders.c.lease_owner).where(orders.c.id == order_id)
@@ -480,12 +551,25 @@ class Repository:
         if "error" in values and isinstance(values["error"], AcmeProblem):
             values["error"] = json.dumps(values["error"].to_json())
         with self._write() as conn:
-            self._check_lease(conn, order_id, owner)
-            conn.execute(
-                update(orders)
-                .where(orders.c.id == order_id)
-                .values(updated_at=now, lease_until=lease_until, **values)
-            )
+            self._advance(conn, order_id, owner, now, lease_until, values)
+
+    def _advance(
+        self,
+        conn: Connection,
+        order_id: int,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        values: dict[str, Any],
+    ) -> None:
+        done = conn.execute(
+            update(orders)
+            .where(and_(orders.c.id == order_id, orders.c.lease_owner == owner))
+            .values(updated_at=now, lease_until=lease_until, **values)
+        )
+        if not done.rowcount:
+            self._check_lease(conn, order_id, owner)  # raises LeaseLost, naming the holder
+            raise LeaseLost(f"order {order_id} is gone")
 
     def fail_order(
         self,
@@ -535,23 +619,23 @@ class Repository:
         self, order_id: int | None, items: Iterable[tuple[str, str, str, str]], now: datetime
     ) -> None:
         """(token, key authorization, identifier, type) rows; re-presenting is harmless."""
-        rows = [
-            {
-                "token": token,
-                "key_authorization": key_auth,
-                "order_id": order_id,
-                "identifier": identifier,
-                "type": kind,
-                "created_at": now,
-            }
-            for token, key_auth, identifier, kind in items
-        ]
-        if not rows:
-            return
         with self._write() as conn:
-            tokens = [r["token"] for r in rows]
-            conn.execute(delete(challenges).where(challenges.c.token.in_(tokens)))
-            conn.execute(insert(challenges), rows)
+            _put_challenges(conn, order_id, items, now)
+
+    def present_challenges(
+        self,
+        order_id: int,
+        owner: str,
+        items: Iterable[tuple[str, str, str, str]],
+        now: datetime,
+        lease_until: datetime,
+    ) -> None:
+        """put_challenges and advance_order(state=presented), in one transaction."""
+        with self._write() as conn:
+            _put_challenges(conn, order_id, items, now)
+            self._advance(
+                conn, order_id, owner, now, lease_until, {"state": OrderState.PRESENTED.value}
+            )
 
     def key_authorization(self, token: str) -> str | None:
         with self._read() as conn:

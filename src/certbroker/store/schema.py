@@ -106,9 +106,10 @@ orders = Table(
     Column("lease_owner", String(200), nullable=True),
     Column("lease_until", UTCDateTime, nullable=True),
     Column("next_run_at", UTCDateTime, nullable=True),
-    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),  # queued
     Column("updated_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
+    Column("started_at", UTCDateTime, nullable=True),  # first taken by a worker
     Index("ix_orders_certificate_id", "certificate_id"),
     Index("ix_orders_state_next_run", "state", "next_run_at"),
 )
