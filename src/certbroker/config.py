@@ -34,6 +34,8 @@ class Settings:
     master_key: str = ""  # empty: read or create <data_dir>/master.key
     order_timeout: float = 300.0  # seconds one order may take before it counts as failed
     retry_attempts: int = 4  # transient CA failures retried this many times per order
+    renew_before_days: float = 0.0  # 0: when one third of the lifetime is left
+    scheduler_interval: float = 60.0  # seconds between looks for due renewals in serve
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     SECRET_KEYS = ("master_key",)
@@ -97,6 +99,14 @@ _FIELD_TYPES: dict[str, type] = {
     "master_key": str,
     "order_timeout": float,
     "retry_attempts": int,
+    "renew_before_days": float,
+    "scheduler_interval": float,
+}
+
+# TOML tables the issue tracker and the seeds speak of, mapped to the flat settings.
+_TABLE_KEYS = {
+    ("renewal", "days_before_expiry"): "renew_before_days",
+    ("renewal", "scheduler_interval"): "scheduler_interval",
 }
 
 
@@ -156,6 +166,18 @@ def _validate(settings: Settings) -> None:
         raise refuse(
             "retry_attempts", f"retry_attempts must be 0 or more, not {settings.retry_attempts}"
         )
+    if not 0 <= settings.renew_before_days < math.inf:
+        raise refuse(
+            "renew_before_days",
+            "renew_before_days must be a number of days, 0 or more (0: renew when a third "
+            f"of the lifetime is left), not {settings.renew_before_days:g}",
+        )
+    if not 0 < settings.scheduler_interval < math.inf:
+        raise refuse(
+            "scheduler_interval",
+            "scheduler_interval must be a positive number of seconds, "
+            f"not {settings.scheduler_interval:g}",
+        )
     if settings.database_url and "://" not in settings.database_url:
         raise refuse(
             "database_url",
@@ -190,6 +212,19 @@ def load_settings(
             raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        for (table, sub), flat in _TABLE_KEYS.items():
+            section = data.get(table)
+            if isinstance(section, dict) and sub in section:
+                data[flat] = section.pop(sub)
+        for table in {table for table, _ in _TABLE_KEYS}:
+            if isinstance(data.get(table), dict):
+                section = data.pop(table)
+                if section:
+                    known = ", ".join(sub for t, sub in _TABLE_KEYS if t == table)
+                    raise ConfigError(
+                        f"config file {path}: unknown setting {table}.{next(iter(section))} "
+                        f"(known in [{table}]: {known})"
+                    )
         for key, value in data.items():
             if key not in _FIELD_TYPES:
                 known = ", ".join(sorted(_FIELD_TYPES))

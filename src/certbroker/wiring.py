@@ -20,6 +20,7 @@ from certbroker.services.accounts import AccountService
 from certbroker.services.certificates import CertificateService
 from certbroker.services.common import ServiceContext, utcnow
 from certbroker.services.issuance import IssuanceService
+from certbroker.services.renewal import RenewalService
 from certbroker.store.db import make_engine, migrate
 from certbroker.store.repository import Repository
 
@@ -76,6 +77,7 @@ class Broker:
     ctx: ServiceContext
     accounts: AccountService = field(init=False)
     issuance: IssuanceService = field(init=False)
+    renewal: RenewalService = field(init=False)
     certificates: CertificateService = field(init=False)
 
     def __post_init__(self) -> None:
@@ -84,7 +86,9 @@ class Broker:
             self.ctx,
             order_timeout=self.settings.order_timeout,
             retry_attempts=self.settings.retry_attempts,
+            renew_before_days=self.settings.renew_before_days or None,
         )
+        self.renewal = RenewalService(self.ctx, self.issuance)
         self.certificates = CertificateService(self.ctx)
 
     def bind_responder(self) -> Responder:

@@ -322,6 +322,13 @@ def test_unknown_key_policy_is_refused(main_cli: Cli, main_accounts: Any, key_po
     assert_nothing_stored(main_cli, main_accounts)
 
 
+@pytest.mark.parametrize("days", ["0", "-5", "nan", "inf", "soon"])
+def test_bad_renew_before_days_is_refused(main_cli: Cli, main_accounts: Any, days: str) -> None:
+    proc = main_cli("cert", "request", "www.example.com", "--renew-before-days", days, check=False)
+    refused(proc, 2, "--renew-before-days")
+    assert_nothing_stored(main_cli, main_accounts)
+
+
 @pytest.mark.parametrize("which", ["missing", "directory"])
 def test_unreadable_key_file_is_refused(
     main_cli: Cli, main_accounts: Any, tmp_path: Path, which: str
@@ -898,6 +905,8 @@ BAD_CONFIGS = [
     ("port-out-of-range", "http01_port = 70000\n", ["http01_port"]),
     ("no-workers", "workers = 0\n", ["workers"]),
     ("negative-worker-processes", "worker_processes = -2\n", ["worker_processes"]),
+    ("negative-renew-before", "renew_before_days = -1\n", ["renew_before_days"]),
+    ("unknown-renewal-key", "[renewal]\ndays_before = 3\n", ["renewal.days_before"]),
     ("unknown-log-level", 'log_level = "loud"\n', ["log_level"]),
     ("bad-listen", 'listen = "nope"\n', ["listen"]),
     ("not-utf8", b"\xff\xfe\x00d\x00a\x00t\x00a", []),
@@ -945,6 +954,9 @@ def test_unreadable_config_file_is_refused(offline_cli: Cli, tmp_path: Path, whi
         ("CERTBROKER_WORKERS", "many"),
         ("CERTBROKER_WORKER_PROCESSES", "-1"),
         ("CERTBROKER_WORKER_PROCESSES", "all"),
+        ("CERTBROKER_RENEW_BEFORE_DAYS", "soon"),
+        ("CERTBROKER_RENEW_BEFORE_DAYS", "-3"),
+        ("CERTBROKER_SCHEDULER_INTERVAL", "0"),
         ("CERTBROKER_LOG_LEVEL", "loud"),
         ("CERTBROKER_LISTEN", "nope"),
         ("CERTBROKER_ORDER_TIMEOUT", "soon"),

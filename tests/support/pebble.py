@@ -409,6 +409,7 @@ def start_pebble(
     eab_required: bool = False,
     dns_server: str | None = None,
     env: dict[str, str] | None = None,
+    validity_seconds: int | None = None,
 ) -> PebbleServer:
     """Start Pebble and wait until its directory answers.
 
@@ -423,6 +424,8 @@ def start_pebble(
     :param dns_server: "host:port" for Pebble's -dnsserver; None starts
         pebble-challtestsrv answering A=127.0.0.1 (no AAAA) and uses that.
     :param env: extra environment for Pebble, applied last (overrides the above).
+    :param validity_seconds: certificateValidityPeriod (Pebble's default: about 5 years);
+        short lifetimes let renewal tests see certificates fall due.
     """
     pebble_binary = _require_binary(PEBBLE_BINARY)
     workdir = Path(workdir)
@@ -464,6 +467,8 @@ def start_pebble(
                     "externalAccountMACKeys": dict(eab_keys or {}),
                 }
             }
+            if validity_seconds is not None:
+                config["pebble"]["certificateValidityPeriod"] = validity_seconds
             config_path = workdir / "pebble-config.json"
             config_path.write_text(json.dumps(config, indent=2) + "\n")
             argv = [

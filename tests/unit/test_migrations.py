@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
+from certbroker.domain.models import OrderPurpose
 from certbroker.store.db import HEAD_REVISION, current_revision, make_engine, migrate
 from certbroker.store.repository import Repository
 
@@ -46,4 +47,5 @@ def test_a_0001_store_upgrades_and_keeps_its_orders(tmp_path: Path) -> None:
     assert current_revision(engine) == HEAD_REVISION
     order = Repository(engine).get_order(1)
     assert order.certificate_id == 1 and order.started_at is None
+    assert order.purpose is OrderPurpose.ISSUE  # orders from before renewal existed
     assert Repository(engine).get_certificate(1).names == ("a.example.com",)

@@ -99,6 +99,13 @@ def request(
     key_file: Annotated[
         Path | None, typer.Option(help="Private key PEM for --key-policy imported.")
     ] = None,
+    renew_before_days: Annotated[
+        float | None,
+        typer.Option(
+            help="Renew this many days before expiry (default: the global policy, else "
+            "when a third of the lifetime is left). The CA's ARI window comes first."
+        ),
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option("--wait", help="Obtain it now and show progress (otherwise `serve` does it)."),
@@ -139,6 +146,7 @@ def request(
         key_policy=policy,
         key_pem=key_pem,
         subject=subject,
+        renew_before_days=renew_before_days,
     )
     state: State = ctx.obj
     broker = state.broker
@@ -230,7 +238,7 @@ def list_(
 
 
 def _print_details(data: dict[str, Any]) -> None:
-    skip = {"attempts"}
+    skip = {"attempts", "history"}
     for key, value in data.items():
         if key in skip:
             continue
@@ -241,7 +249,9 @@ def _print_details(data: dict[str, Any]) -> None:
         console.print(f"[bold]{key:19}[/] {escape(value if value is not None else '-')}")
     console.print("[bold]attempts[/]")
     for attempt in data["attempts"]:
-        line = f"  #{attempt['id']} {attempt['state']}: queued {_when(attempt['created_at'])}"
+        renewal = " (renewal)" if attempt["purpose"] == "renew" else ""
+        line = f"  #{attempt['id']} {attempt['state']}{renewal}: queued "
+        line += _when(attempt["created_at"])
         for label in ("started", "finished"):
             if attempt[f"{label}_at"]:
                 line += f", {label} {_when(attempt[f'{label}_at'])}"
@@ -253,6 +263,16 @@ def _print_details(data: dict[str, Any]) -> None:
         problem = attempt.get("problem")
         if problem:
             console.print(f"    problem: {escape(problem['type'])}")
+    if data["history"]:
+        console.print("[bold]history[/] (certificates this one replaced, oldest first)")
+        for past in data["history"]:
+            console.print(
+                escape(
+                    f"  serial {past['serial']}, valid {_when(past['not_before'])} to "
+                    f"{_when(past['not_after'])}; {past['replaced_because']} on "
+                    f"{_when(past['replaced_at'])}"
+                )
+            )
 
 
 def _when(iso: str) -> str:
@@ -356,3 +376,35 @@ def delete(
         else ""
     )
     console.print(f"certificate {cert.id} ({escape(', '.join(cert.names))}) deleted here.{tail}")
+
+
+@app.command("renew")
+def renew(
+    ctx: typer.Context,
+    cert_ids: Annotated[
+        list[int] | None,
+        typer.Argument(
+            metavar="[ID]...",
+            help="Certificates to renew now, due or not.",
+            parser=_number("a certificate ID (a number, as `certbroker cert list` shows)"),
+        ),
+    ] = None,
+    due: Annotated[
+        bool, typer.Option("--due", help="Renew every certificate whose renewal is due.")
+    ] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Renew every valid certificate (needs --force).")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --all: yes, renew them all, due or not.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Renew now and wait, showing progress (also retries a failed certificate).
+
+    The current certificate stays in use until the new one is stored; then it is kept
+    in the certificate's history (`cert show`).
+    """
+    from certbroker.cli.renew import renew_now
+
+    renew_now(ctx.obj, cert_ids or [], due=due, all_=all_, force=force, as_json=as_json)

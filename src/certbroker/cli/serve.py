@@ -13,6 +13,7 @@ log = logging.getLogger("certbroker.serve")
 
 
 def run_serve(state: State) -> None:
+    from certbroker.services.renewal import Scheduler
     from certbroker.services.workers import WorkerPool
     from certbroker.worker_processes import WorkerProcesses
 
@@ -33,17 +34,21 @@ def run_serve(state: State) -> None:
         others = WorkerProcesses(settings, processes - 1).start()
         pool = WorkerPool(broker.issuance, workers=settings.workers, label="p0")
         pool.start()
+        scheduler = Scheduler(broker.renewal, settings.scheduler_interval).start()
         log.info(
-            "certbroker serving: HTTP-01 on %s:%d, %d worker process%s × %d workers, store %s",
+            "certbroker serving: HTTP-01 on %s:%d, %d worker process%s × %d workers, "
+            "renewals checked every %g s, store %s",
             settings.http01_address,
             responder.port,
             processes,
             "" if processes == 1 else "es",
             settings.workers,
+            settings.scheduler_interval,
             settings.data_dir,
         )
         while not stop.wait(1.0):
             others.check()
+        scheduler.stop()
         others.terminate()  # they stop while this process's workers do
         pool.stop()
         others.stop()

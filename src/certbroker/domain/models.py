@@ -23,6 +23,11 @@ class CertificateStatus(StrEnum):
     EXPIRED = "expired"  # never stored: a valid certificate past its not-after
 
 
+class OrderPurpose(StrEnum):
+    ISSUE = "issue"  # the certificate's first certificate (or a retry of it)
+    RENEW = "renew"  # replaces the current certificate once the new one is stored
+
+
 class OrderState(StrEnum):
     """Steps of one order. Each is written before the next starts (see docs/architecture.md)."""
 
@@ -94,6 +99,9 @@ class Certificate:
     chain_pem: str | None = None
     revocation_reason: str | None = None
     revoked_at: datetime | None = None
+    renew_at: datetime | None = None
+    renew_before_days: float | None = None  # None: the global policy
+    renewal_reason: str | None = None
 
     @property
     def common_name(self) -> str:
@@ -129,6 +137,7 @@ class Order:
     error_message: str | None = None
     finished_at: datetime | None = None
     started_at: datetime | None = None  # first taken by a worker; created_at is when queued
+    purpose: OrderPurpose = OrderPurpose.ISSUE
     lease_owner: str | None = None
     lease_until: datetime | None = None
     next_run_at: datetime | None = None
@@ -137,6 +146,7 @@ class Order:
         return {
             "id": self.id,
             "state": self.state.value,
+            "purpose": self.purpose.value,
             "order_url": self.order_url,
             "attempts": self.attempts,
             "created_at": self.created_at.isoformat(),
@@ -145,4 +155,29 @@ class Order:
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "error": self.error_message,
             "problem": self.error.to_json() if self.error else None,
+        }
+
+
+@dataclass(frozen=True)
+class PastCertificate:
+    """A certificate that was replaced: kept so it can still be shown, exported, revoked."""
+
+    id: int
+    serial: str
+    not_before: datetime
+    not_after: datetime
+    fingerprint_sha256: str | None
+    status: str
+    replaced_at: datetime
+    replaced_because: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "serial": self.serial,
+            "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(),
+            "fingerprint_sha256": self.fingerprint_sha256,
+            "status": self.status,
+            "replaced_at": self.replaced_at.isoformat(),
+            "replaced_because": self.replaced_because,
         }

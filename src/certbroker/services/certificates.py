@@ -65,7 +65,11 @@ class CertificateService:
                 "revocation_reason": cert.revocation_reason,
                 "revoked_at": cert.revoked_at.isoformat() if cert.revoked_at else None,
                 "created_at": cert.created_at.isoformat(),
+                "renew_at": cert.renew_at.isoformat() if cert.renew_at else None,
+                "renewal_reason": cert.renewal_reason,
+                "renew_before_days": cert.renew_before_days,
                 "attempts": [o.to_json() for o in orders],
+                "history": [h.to_json() for h in self.repo.history_of(cert_id)],
             }
         )
         return data

@@ -42,8 +42,16 @@ from certbroker.domain.errors import (
     UsageError,
 )
 from certbroker.domain.keys import KeyPolicy, KeyType
-from certbroker.domain.models import Account, AccountStatus, Certificate, Order, OrderState
+from certbroker.domain.models import (
+    Account,
+    AccountStatus,
+    Certificate,
+    Order,
+    OrderPurpose,
+    OrderState,
+)
 from certbroker.domain.names import validate_names
+from certbroker.domain.renewal import plan_renewal
 from certbroker.ports import AuthorizationInfo, CertificateAuthority, OrderInfo
 from certbroker.services.common import Progress, ServiceContext, no_progress
 from certbroker.store.repository import IssuedCertificate, LeaseLost, NewCertificate
@@ -79,6 +87,7 @@ class CertificateRequest:
     key_policy: KeyPolicy = KeyPolicy.NEW
     key_pem: bytes | None = None  # with KeyPolicy.IMPORTED
     subject: Subject | None = None
+    renew_before_days: float | None = None  # None: the global policy
 
 
 @dataclass(frozen=True)
@@ -147,12 +156,14 @@ class IssuanceService:
         *,
         order_timeout: float = 300.0,
         retry_attempts: int = 4,
+        renew_before_days: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.ctx = ctx
         self.repo = ctx.repo
         self.order_timeout = order_timeout
         self.retry_attempts = retry_attempts
+        self.renew_before_days = renew_before_days  # the global policy; None: 1/3 of lifetime
         self.sleep = sleep
 
     # -- the request -----------------------------------------------------------------------
@@ -188,6 +199,11 @@ class IssuanceService:
             key_type = req.key_type or KeyType.EC_P256
             key = generate_private_key(key_type)
         subject = req.subject or Subject()
+        if req.renew_before_days is not None and not 0 < req.renew_before_days < 10_000:
+            raise UsageError(
+                f"--renew-before-days {req.renew_before_days:g} is not a number of days "
+                "(more than 0); leave it out to use the global policy"
+            )
         make_csr(key, names, subject)  # proves now that the CSR can be built
         return PreparedRequest(
             NewCertificate(
@@ -198,6 +214,7 @@ class IssuanceService:
                 key_policy=req.key_policy.value,
                 subject=subject.as_dict(),
                 key_sealed=self.ctx.sealer.seal(private_key_to_pem(key)),
+                renew_before_days=req.renew_before_days,
             )
         )
 
@@ -463,12 +480,29 @@ class _OrderRun:
         return info
 
     def _key(self) -> PrivateKey:
-        """The certificate's private key, read from the store once per run."""
-        if self._private_key is None:
-            sealed = self.repo.certificate_key_sealed(self.cert.id)
+        """The key this order's certificate is for, read from the store once per run.
+
+        A renewal under the "new" key policy makes its key on its first run and stores it
+        on the order before any CSR carries it; the certificate keeps its current key
+        until the new certificate replaces the old one. Other orders use the
+        certificate's key (reuse and imported keys stay the same across renewals).
+        """
+        if self._private_key is not None:
+            return self._private_key
+        sealed = None
+        if self.order.purpose is OrderPurpose.RENEW and self.cert.key_policy == KeyPolicy.NEW:
+            sealed = self.repo.order_key_sealed(self.order.id)
             if sealed is None:
-                raise PermanentError(f"certificate {self.cert.id} has no private key stored")
-            self._private_key = load_private_key(self.svc.ctx.sealer.unseal(sealed))
+                key = generate_private_key(KeyType(self.cert.key_type))
+                sealed = self.svc.ctx.sealer.seal(private_key_to_pem(key))
+                self.repo.set_order_key(self.order.id, self.owner, sealed, self.svc.ctx.clock())
+                self._private_key = key
+                return key
+        if sealed is None:
+            sealed = self.repo.certificate_key_sealed(self.cert.id)
+        if sealed is None:
+            raise PermanentError(f"certificate {self.cert.id} has no private key stored")
+        self._private_key = load_private_key(self.svc.ctx.sealer.unseal(sealed))
         return self._private_key
 
     def _finalize(self, info: OrderInfo) -> OrderInfo:
@@ -486,12 +520,17 @@ class _OrderRun:
         if not key_matches_certificate(self._key(), leaf):
             raise PermanentError("the certificate the CA sent does not match the stored key")
         issued = describe(cert_pem, chain_pem, info.url)
-        self.repo.store_issued(
-            self.cert.id, self.order.id, self.owner, issued, self.svc.ctx.clock()
+        now = self.svc.ctx.clock()
+        plan = plan_renewal(
+            issued.not_before,
+            issued.not_after,
+            now=now,
+            days_before_expiry=self.cert.renew_before_days or self.svc.renew_before_days,
         )
+        self.repo.store_issued(self.cert.id, self.order.id, self.owner, issued, now, plan)
         self.progress(
             f"certificate issued: serial {issued.serial}, valid until "
-            f"{issued.not_after:%Y-%m-%d %H:%M} UTC"
+            f"{issued.not_after:%Y-%m-%d %H:%M} UTC; renewal planned for {plan.describe()}"
         )
 
     def _poll(self, info: OrderInfo, done: Callable[[OrderInfo], bool]) -> OrderInfo:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Engine,
-    Row,
     and_,
     delete,
     func,
@@ -34,12 +31,26 @@ from certbroker.domain.models import (
     Order,
     OrderState,
 )
-from certbroker.store.db import write_lock
-from certbroker.store.schema import UTCDateTime, accounts, certificates, challenges, orders
+from certbroker.store.base import LeaseLost, StoreBase
+from certbroker.store.renewals import IssuedCertificate, RenewalStore
+from certbroker.store.rows import (
+    CERT_COLUMNS,
+    account_row,
+    certificate_row,
+    new_id,
+    order_row,
+    put_challenges,
+)
+from certbroker.store.schema import (
+    UTCDateTime,
+    accounts,
+    certificate_history,
+    certificates,
+    challenges,
+    orders,
+)
 
-
-class LeaseLost(Exception):
-    """Another worker holds this order now; the current holder must stop touching it."""
+__all__ = ["IssuedCertificate", "LeaseLost", "NewCertificate", "Repository", "StoreBase"]
 
 
 @dataclass(frozen=True)
@@ -51,125 +62,11 @@ class NewCertificate:
     key_policy: str
     subject: dict[str, str]
     key_sealed: bytes | None
+    renew_before_days: float | None = None
 
 
-@dataclass(frozen=True)
-class IssuedCertificate:
-    cert_pem: str
-    chain_pem: str
-    serial: str
-    issuer: str
-    not_before: datetime
-    not_after: datetime
-    fingerprint_sha256: str
-    order_url: str
-
-
-def _new_id(result: Any) -> int:
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
-
-
-def _account(row: Row[Any]) -> Account:
-    return Account(
-        id=row.id,
-        name=row.name,
-        directory_url=row.directory_url,
-        emails=tuple(json.loads(row.emails)),
-        key_type=row.key_type,
-        uri=row.uri,
-        status=AccountStatus(row.status),
-        terms_of_service=row.terms_of_service,
-        eab_kid=row.eab_kid,
-        ca_bundle=row.ca_bundle,
-        created_at=row.created_at,
-    )
-
-
-_CERT_COLUMNS = [c for c in certificates.c if c.name != "key_sealed"]
-
-
-def _certificate(row: Row[Any]) -> Certificate:
-    return Certificate(
-        id=row.id,
-        names=tuple(json.loads(row.names)),
-        status=CertificateStatus(row.status),
-        account_id=row.account_id,
-        challenge=row.challenge,
-        key_type=row.key_type,
-        key_policy=row.key_policy,
-        subject=json.loads(row.subject),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        serial=row.serial,
-        issuer=row.issuer,
-        not_before=row.not_before,
-        not_after=row.not_after,
-        fingerprint_sha256=row.fingerprint_sha256,
-        order_url=row.order_url,
-        cert_pem=row.cert_pem,
-        chain_pem=row.chain_pem,
-        revocation_reason=row.revocation_reason,
-        revoked_at=row.revoked_at,
-    )
-
-
-def _order(row: Row[Any]) -> Order:
-    return Order(
-        id=row.id,
-        certificate_id=row.certificate_id,
-        state=OrderState(row.state),
-        order_url=row.order_url,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        attempts=row.attempts,
-        error=AcmeProblem.from_json(json.loads(row.error)) if row.error else None,
-        error_message=row.error_message,
-        finished_at=row.finished_at,
-        started_at=row.started_at,
-        lease_owner=row.lease_owner,
-        lease_until=row.lease_until,
-        next_run_at=row.next_run_at,
-    )
-
-
-def _put_challenges(
-    conn: Connection,
-    order_id: int | None,
-    items: Iterable[tuple[str, str, str, str]],
-    now: datetime,
-) -> None:
-    rows = [
-        {
-            "token": token,
-            "key_authorization": key_auth,
-            "order_id": order_id,
-            "identifier": identifier,
-            "type": kind,
-            "created_at": now,
-        }
-        for token, key_auth, identifier, kind in items
-    ]
-    if rows:
-        tokens = [r["token"] for r in rows]
-        conn.execute(delete(challenges).where(challenges.c.token.in_(tokens)))
-        conn.execute(insert(challenges), rows)
-
-
-class Repository:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._write_lock = write_lock(engine)
-
-    def _read(self) -> Any:
-        return self.engine.connect().execution_options(readonly=True)
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A write transaction; threads of this process take turns (see `write_lock`)."""
-        with self._write_lock, self.engine.begin() as conn:
-            yield conn
+class Repository(RenewalStore):
+    """Typed storage; renewal, history and arrival of certificates in store/renewals.py."""
 
     # -- accounts ------------------------------------------------------------------------
 
@@ -206,12 +103,12 @@ class Repository:
                         updated_at=now,
                     )
                 )
-                new_id = _new_id(result)
+                account_id = new_id(result)
         except IntegrityError:
             raise UsageError(
                 f"an account named {name!r} already exists; choose another --name"
             ) from None
-        return self.get_account(new_id)
+        return self.get_account(account_id)
 
     def account_name_taken(self, name: str) -> bool:
         with self._read() as conn:
@@ -232,11 +129,11 @@ class Repository:
             raise NotFoundError(
                 f"no account {ref!r}; see `certbroker account list` or register one"
             )
-        return _account(row)
+        return account_row(row)
 
     def list_accounts(self) -> list[Account]:
         with self._read() as conn:
-            return [_account(r) for r in conn.execute(select(accounts).order_by(accounts.c.id))]
+            return [account_row(r) for r in conn.execute(select(accounts).order_by(accounts.c.id))]
 
     def account_key_sealed(self, account_id: int) -> bytes:
         with self._read() as conn:
@@ -284,7 +181,7 @@ class Repository:
     ) -> tuple[Certificate, Order]:
         """The certificate, its key and its first order, in one transaction."""
         with self._write() as conn:
-            cert_id = _new_id(
+            cert_id = new_id(
                 conn.execute(
                     insert(certificates).values(
                         names=json.dumps(list(new.names)),
@@ -295,12 +192,13 @@ class Repository:
                         key_policy=new.key_policy,
                         subject=json.dumps(new.subject),
                         key_sealed=new.key_sealed,
+                        renew_before_days=new.renew_before_days,
                         created_at=now,
                         updated_at=now,
                     )
                 )
             )
-            order_id = _new_id(
+            order_id = new_id(
                 conn.execute(
                     insert(orders).values(
                         certificate_id=cert_id,
@@ -319,10 +217,10 @@ class Repository:
 
     def get_certificate(self, cert_id: int) -> Certificate:
         with self._read() as conn:
-            row = conn.execute(select(*_CERT_COLUMNS).where(certificates.c.id == cert_id)).first()
+            row = conn.execute(select(*CERT_COLUMNS).where(certificates.c.id == cert_id)).first()
         if row is None:
             raise NotFoundError(f"no certificate with ID {cert_id}; see `certbroker cert list`")
-        return _certificate(row)
+        return certificate_row(row)
 
     def certificate_key_sealed(self, cert_id: int) -> bytes | None:
         with self._read() as conn:
@@ -338,7 +236,7 @@ class Repository:
         status: CertificateStatus | None = None,
         expiring_within: timedelta | None = None,
     ) -> list[Certificate]:
-        query = select(*_CERT_COLUMNS).order_by(certificates.c.id)
+        query = select(*CERT_COLUMNS).order_by(certificates.c.id)
         c = certificates.c
         if status is CertificateStatus.EXPIRED:
             query = query.where(and_(c.status == "valid", c.not_after <= now))
@@ -349,44 +247,7 @@ class Repository:
         if expiring_within is not None:
             query = query.where(and_(c.status == "valid", c.not_after <= now + expiring_within))
         with self._read() as conn:
-            return [_certificate(r) for r in conn.execute(query)]
-
-    def store_issued(
-        self, cert_id: int, order_id: int, owner: str, issued: IssuedCertificate, now: datetime
-    ) -> None:
-        """Certificate, order state and token clean-up in one transaction."""
-        with self._write() as conn:
-            self._check_lease(conn, order_id, owner)
-            conn.execute(
-                update(certificates)
-                .where(certificates.c.id == cert_id)
-                .values(
-                    status=CertificateStatus.VALID.value,
-                    cert_pem=issued.cert_pem,
-                    chain_pem=issued.chain_pem,
-                    serial=issued.serial,
-                    issuer=issued.issuer,
-                    not_before=issued.not_before,
-                    not_after=issued.not_after,
-                    fingerprint_sha256=issued.fingerprint_sha256,
-                    order_url=issued.order_url,
-                    updated_at=now,
-                )
-            )
-            conn.execute(
-                update(orders)
-                .where(orders.c.id == order_id)
-                .values(
-                    state=OrderState.VALID.value,
-                    error=None,
-                    error_message=None,
-                    lease_owner=None,
-                    lease_until=None,
-                    updated_at=now,
-                    finished_at=now,
-                )
-            )
-            conn.execute(delete(challenges).where(challenges.c.order_id == order_id))
+            return [certificate_row(r) for r in conn.execute(query)]
 
     def mark_revoked(self, cert_id: int, reason: str, now: datetime) -> None:
         with self._write() as conn:
@@ -406,6 +267,9 @@ class Repository:
             order_ids = select(orders.c.id).where(orders.c.certificate_id == cert_id)
             conn.execute(delete(challenges).where(challenges.c.order_id.in_(order_ids)))
             conn.execute(delete(orders).where(orders.c.certificate_id == cert_id))
+            conn.execute(
+                delete(certificate_history).where(certificate_history.c.certificate_id == cert_id)
+            )
             conn.execute(delete(certificates).where(certificates.c.id == cert_id))
 
     # -- orders --------------------------------------------------------------------------
@@ -414,7 +278,7 @@ class Repository:
         self, cert_id: int, now: datetime, lease_owner: str | None, lease: timedelta
     ) -> Order:
         with self._write() as conn:
-            order_id = _new_id(
+            order_id = new_id(
                 conn.execute(
                     insert(orders).values(
                         certificate_id=cert_id,
@@ -436,14 +300,14 @@ class Repository:
             row = conn.execute(select(orders).where(orders.c.id == order_id)).first()
         if row is None:
             raise NotFoundError(f"no order with ID {order_id}")
-        return _order(row)
+        return order_row(row)
 
     def orders_of(self, cert_id: int) -> list[Order]:
         with self._read() as conn:
             rows = conn.execute(
                 select(orders).where(orders.c.certificate_id == cert_id).order_by(orders.c.id)
             )
-            return [_order(r) for r in rows]
+            return [order_row(r) for r in rows]
 
     def active_order_of(self, cert_id: int) -> Order | None:
         with self._read() as conn:
@@ -456,7 +320,7 @@ class Repository:
                 )
                 .order_by(orders.c.id.desc())
             ).first()
-        return None if row is None else _order(row)
+        return None if row is None else order_row(row)
 
     def try_claim(
         self, order_id: int, owner: str, now: datetime, until: datetime, steal_from: str | None
@@ -533,14 +397,7 @@ class Repository:
                 )
                 .returning(*orders.c)
             ).first()
-        return None if row is None else _order(row)
-
-    def _check_lease(self, conn: Any, order_id: int, owner: str) -> None:
-        holder = conn.execute(
-            select(orders.c.lease_owner).where(orders.c.id == order_id)
-        ).scalar_one_or_none()
-        if holder != owner:
-            raise LeaseLost(f"order {order_id} is now held by {holder}")
+        return None if row is None else order_row(row)
 
     def advance_order(
         self, order_id: int, owner: str, now: datetime, lease_until: datetime, **values: Any
@@ -620,7 +477,7 @@ class Repository:
     ) -> None:
         """(token, key authorization, identifier, type) rows; re-presenting is harmless."""
         with self._write() as conn:
-            _put_challenges(conn, order_id, items, now)
+            put_challenges(conn, order_id, items, now)
 
     def present_challenges(
         self,
@@ -632,7 +489,7 @@ class Repository:
     ) -> None:
         """put_challenges and advance_order(state=presented), in one transaction."""
         with self._write() as conn:
-            _put_challenges(conn, order_id, items, now)
+            put_challenges(conn, order_id, items, now)
             self._advance(
                 conn, order_id, owner, now, lease_until, {"state": OrderState.PRESENTED.value}
             )

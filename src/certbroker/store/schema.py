@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -17,8 +18,14 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
+
+from certbroker.domain.models import ACTIVE_ORDER_STATES
+
+# "One active order per certificate", as a partial unique index (SQLite and PostgreSQL).
+ACTIVE_STATES_SQL = "state IN ({})".format(", ".join(f"'{s}'" for s in ACTIVE_ORDER_STATES))
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -86,6 +93,8 @@ certificates = Table(
     Column("revocation_reason", String(40), nullable=True),
     Column("revoked_at", UTCDateTime, nullable=True),
     Column("renew_at", UTCDateTime, nullable=True),
+    Column("renew_before_days", Float, nullable=True),  # None: the global policy
+    Column("renewal_reason", String(40), nullable=True),  # why renew_at is what it is
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_certificates_status", "status"),
@@ -110,8 +119,40 @@ orders = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
     Column("started_at", UTCDateTime, nullable=True),  # first taken by a worker
+    Column("purpose", String(20), nullable=False, server_default="issue"),  # issue | renew
+    # A renewal's new private key, until the new certificate replaces the old one.
+    Column("key_sealed", LargeBinary, nullable=True),
     Index("ix_orders_certificate_id", "certificate_id"),
     Index("ix_orders_state_next_run", "state", "next_run_at"),
+    Index(
+        "ux_orders_one_active_per_certificate",
+        "certificate_id",
+        unique=True,
+        sqlite_where=text(ACTIVE_STATES_SQL),
+        postgresql_where=text(ACTIVE_STATES_SQL),
+    ),
+)
+
+# Certificates that were replaced (renewed), newest last; the current one is on
+# `certificates`.
+certificate_history = Table(
+    "certificate_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("certificate_id", Integer, ForeignKey("certificates.id"), nullable=False),
+    Column("serial", String(80), nullable=False),
+    Column("issuer", Text, nullable=True),
+    Column("not_before", UTCDateTime, nullable=False),
+    Column("not_after", UTCDateTime, nullable=False),
+    Column("fingerprint_sha256", String(100), nullable=True),
+    Column("cert_pem", Text, nullable=False),
+    Column("chain_pem", Text, nullable=True),
+    Column("key_sealed", LargeBinary, nullable=True),
+    Column("order_url", Text, nullable=True),
+    Column("status", String(20), nullable=False),  # what it was when replaced
+    Column("replaced_at", UTCDateTime, nullable=False),
+    Column("replaced_because", Text, nullable=False),
+    Index("ix_certificate_history_certificate_id", "certificate_id"),
 )
 
 # Tokens live here, not in a process, so any process on the store answers HTTP-01.

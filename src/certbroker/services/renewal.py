@@ -1,0 +1,101 @@
+"""Renewal: renew one certificate now, queue the due ones, and the scheduler that does
+the latter in `serve`.
+
+A renewal is an order like any other (the same state machine, leases and workers); it
+differs only in what happens when the new certificate arrives: the old one moves into
+the history (see store/renewals.py). The scheduler only queues orders, in the store, so
+any number of `serve` processes or nodes can run it side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from certbroker.domain.errors import UsageError
+from certbroker.domain.models import CertificateStatus, Order
+from certbroker.services.common import ServiceContext
+from certbroker.services.issuance import LEASE, IssuanceService
+
+log = logging.getLogger("certbroker.scheduler")
+
+BATCH = 500
+
+
+class RenewalService:
+    def __init__(self, ctx: ServiceContext, issuance: IssuanceService) -> None:
+        self.ctx = ctx
+        self.repo = ctx.repo
+        self.issuance = issuance
+
+    def renew(self, cert_id: int, lease_owner: str | None = None) -> Order:
+        """An order that renews the certificate now, due or not (or retries a failed one).
+
+        Returns the certificate's active order when it already has one.
+        """
+        cert = self.repo.get_certificate(cert_id)
+        active = self.repo.active_order_of(cert_id)
+        if active is not None:
+            return active
+        if cert.cert_pem is None:  # never issued: a renewal is a retry of the request
+            return self.issuance.new_order_for(cert_id, lease_owner)
+        if cert.status not in (CertificateStatus.VALID, CertificateStatus.REVOKED):
+            raise UsageError(f"certificate {cert_id} is {cert.status.value}; it cannot be renewed")
+        return self.repo.add_renewal_order(cert_id, self.ctx.clock(), lease_owner, LEASE)
+
+    def queue_due(self) -> list[int]:
+        """Queue a renewal for every certificate that is due; returns their IDs."""
+        queued: list[int] = []
+        while True:
+            batch = self.repo.enqueue_renewals(self.ctx.clock(), BATCH)
+            queued += batch
+            if len(batch) < BATCH:
+                return queued
+
+    def queue_all(self) -> list[int]:
+        """Queue a renewal for every valid certificate, due or not (`--all --force`)."""
+        ids = [c.id for c in self.repo.list_certificates(now=self.ctx.clock())]
+        queued: list[int] = []
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start : start + BATCH]
+            queued += self.repo.enqueue_renewals(self.ctx.clock(), BATCH, cert_ids=chunk)
+        return queued
+
+
+class Scheduler:
+    """Queues due renewals every `interval` seconds until stopped (a thread in `serve`)."""
+
+    def __init__(self, renewal: RenewalService, interval: float) -> None:
+        self.renewal = renewal
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> list[int]:
+        queued = self.renewal.queue_due()
+        if queued:
+            log.info("renewal due for %d certificate(s): %s", len(queued), _ids(queued))
+        return queued
+
+    def start(self) -> Scheduler:
+        self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("scheduler: looking for due renewals failed; trying again")
+            self._stop.wait(self.interval)
+
+
+def _ids(ids: list[int], shown: int = 20) -> str:
+    text = ", ".join(str(i) for i in ids[:shown])
+    return text + (f" and {len(ids) - shown} more" if len(ids) > shown else "")

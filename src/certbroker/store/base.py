@@ -1,0 +1,38 @@
+"""What every part of the repository shares: the engine, transactions, leases."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select
+
+from certbroker.store.db import write_lock
+from certbroker.store.schema import orders
+
+
+class LeaseLost(Exception):
+    """Another worker holds this order now; the current holder must stop touching it."""
+
+
+class StoreBase:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._write_lock = write_lock(engine)
+
+    def _read(self) -> Any:
+        return self.engine.connect().execution_options(readonly=True)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction; threads of this process take turns (see `write_lock`)."""
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    def _check_lease(self, conn: Any, order_id: int, owner: str) -> None:
+        holder = conn.execute(
+            select(orders.c.lease_owner).where(orders.c.id == order_id)
+        ).scalar_one_or_none()
+        if holder != owner:
+            raise LeaseLost(f"order {order_id} is now held by {holder}")

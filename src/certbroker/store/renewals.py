@@ -1,0 +1,255 @@
+"""Renewal in the store: due certificates, renewal orders, and the arrival of a new
+certificate (which moves the one it replaces into the history)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, and_, delete, exists, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from certbroker.domain.models import (
+    ACTIVE_ORDER_STATES,
+    CertificateStatus,
+    Order,
+    OrderPurpose,
+    OrderState,
+    PastCertificate,
+)
+from certbroker.domain.renewal import RenewalPlan
+from certbroker.store.base import LeaseLost, StoreBase
+from certbroker.store.rows import new_id, order_row
+from certbroker.store.schema import certificate_history, certificates, challenges, orders
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    cert_pem: str
+    chain_pem: str
+    serial: str
+    issuer: str
+    not_before: datetime
+    not_after: datetime
+    fingerprint_sha256: str
+    order_url: str
+
+
+_no_active_order = ~exists().where(
+    and_(
+        orders.c.certificate_id == certificates.c.id,
+        orders.c.state.in_(ACTIVE_ORDER_STATES),
+    )
+)
+
+
+class RenewalStore(StoreBase):
+    # -- what is due ------------------------------------------------------------------------
+
+    def enqueue_renewals(
+        self, now: datetime, limit: int, *, cert_ids: list[int] | None = None
+    ) -> list[int]:
+        """Queue a renewal order for valid certificates whose `renew_at` has come (or for
+        `cert_ids`, due or not) and that have no active order. Returns their IDs.
+
+        Safe to run in several processes at once: the unique index on active orders lets
+        only one renewal order per certificate in, and the losing batch is simply retried
+        at the next tick.
+        """
+        c = certificates.c
+        which = c.renew_at <= now if cert_ids is None else c.id.in_(cert_ids)
+        due = and_(c.status == CertificateStatus.VALID.value, _no_active_order, which)
+        with self._write() as conn:
+            ids = [
+                row.id
+                for row in conn.execute(
+                    select(c.id).where(due).order_by(c.renew_at, c.id).limit(limit)
+                )
+            ]
+            if ids:
+                conn.execute(
+                    insert(orders),
+                    [_new_order_values(cert_id, OrderPurpose.RENEW, now) for cert_id in ids],
+                )
+        return ids
+
+    def add_renewal_order(
+        self, cert_id: int, now: datetime, lease_owner: str | None, lease: timedelta
+    ) -> Order:
+        """A renewal order for one certificate now, or its active order if it has one."""
+        try:
+            with self._write() as conn:
+                order_id = new_id(
+                    conn.execute(
+                        insert(orders).values(
+                            **_new_order_values(cert_id, OrderPurpose.RENEW, now),
+                            lease_owner=lease_owner,
+                            lease_until=now + lease if lease_owner else None,
+                            started_at=now if lease_owner else None,
+                        )
+                    )
+                )
+        except IntegrityError:  # one is active already (the unique index said so)
+            with self._read() as conn:
+                row = conn.execute(
+                    select(orders).where(
+                        and_(
+                            orders.c.certificate_id == cert_id,
+                            orders.c.state.in_(ACTIVE_ORDER_STATES),
+                        )
+                    )
+                ).first()
+            if row is None:
+                raise
+            return order_row(row)
+        with self._read() as conn:
+            return order_row(conn.execute(select(orders).where(orders.c.id == order_id)).one())
+
+    # -- keys of renewal orders ---------------------------------------------------------------
+
+    def order_key_sealed(self, order_id: int) -> bytes | None:
+        with self._read() as conn:
+            value = conn.execute(
+                select(orders.c.key_sealed).where(orders.c.id == order_id)
+            ).scalar_one_or_none()
+        return None if value is None else bytes(value)
+
+    def set_order_key(self, order_id: int, owner: str, key_sealed: bytes, now: datetime) -> None:
+        """A renewal's new key, stored before any CSR carries it."""
+        with self._write() as conn:
+            done = conn.execute(
+                update(orders)
+                .where(and_(orders.c.id == order_id, orders.c.lease_owner == owner))
+                .values(key_sealed=key_sealed, updated_at=now)
+            )
+            if not done.rowcount:
+                raise LeaseLost(f"order {order_id} is no longer held by {owner}")
+
+    # -- the arrival of a certificate -----------------------------------------------------------
+
+    def store_issued(
+        self,
+        cert_id: int,
+        order_id: int,
+        owner: str,
+        issued: IssuedCertificate,
+        now: datetime,
+        plan: RenewalPlan,
+    ) -> None:
+        """Certificate, renewal plan, order state and token clean-up in one transaction.
+
+        The certificate it replaces (a renewal) goes into the history first, with its key,
+        so it can still be shown, exported or revoked; a renewal's new key replaces the
+        old one only here, together with the certificate it belongs to.
+        """
+        with self._write() as conn:
+            self._check_lease(conn, order_id, owner)
+            order = conn.execute(
+                select(orders.c.key_sealed, orders.c.created_at).where(orders.c.id == order_id)
+            ).one()
+            old = conn.execute(select(certificates).where(certificates.c.id == cert_id)).one()
+            if old.cert_pem is not None:
+                conn.execute(
+                    insert(certificate_history).values(
+                        certificate_id=cert_id,
+                        serial=old.serial,
+                        issuer=old.issuer,
+                        not_before=old.not_before,
+                        not_after=old.not_after,
+                        fingerprint_sha256=old.fingerprint_sha256,
+                        cert_pem=old.cert_pem,
+                        chain_pem=old.chain_pem,
+                        key_sealed=old.key_sealed,
+                        order_url=old.order_url,
+                        status=old.status,
+                        replaced_at=now,
+                        replaced_because=_why_replaced(old, order.created_at),
+                    )
+                )
+            values: dict[str, object] = {
+                "status": CertificateStatus.VALID.value,
+                "cert_pem": issued.cert_pem,
+                "chain_pem": issued.chain_pem,
+                "serial": issued.serial,
+                "issuer": issued.issuer,
+                "not_before": issued.not_before,
+                "not_after": issued.not_after,
+                "fingerprint_sha256": issued.fingerprint_sha256,
+                "order_url": issued.order_url,
+                "revocation_reason": None,
+                "revoked_at": None,
+                "renew_at": plan.renew_at,
+                "renewal_reason": plan.reason.value,
+                "updated_at": now,
+            }
+            if order.key_sealed is not None:
+                values["key_sealed"] = order.key_sealed
+            conn.execute(update(certificates).where(certificates.c.id == cert_id).values(values))
+            conn.execute(
+                update(orders)
+                .where(orders.c.id == order_id)
+                .values(
+                    state=OrderState.VALID.value,
+                    error=None,
+                    error_message=None,
+                    key_sealed=None,  # it lives on the certificate now
+                    lease_owner=None,
+                    lease_until=None,
+                    updated_at=now,
+                    finished_at=now,
+                )
+            )
+            conn.execute(delete(challenges).where(challenges.c.order_id == order_id))
+
+    def history_of(self, cert_id: int) -> list[PastCertificate]:
+        h = certificate_history.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(
+                    h.id,
+                    h.serial,
+                    h.not_before,
+                    h.not_after,
+                    h.fingerprint_sha256,
+                    h.status,
+                    h.replaced_at,
+                    h.replaced_because,
+                )
+                .where(h.certificate_id == cert_id)
+                .order_by(h.id)
+            )
+            return [
+                PastCertificate(
+                    id=r.id,
+                    serial=r.serial,
+                    not_before=r.not_before,
+                    not_after=r.not_after,
+                    fingerprint_sha256=r.fingerprint_sha256,
+                    status=r.status,
+                    replaced_at=r.replaced_at,
+                    replaced_because=r.replaced_because,
+                )
+                for r in rows
+            ]
+
+
+def _new_order_values(cert_id: int, purpose: OrderPurpose, now: datetime) -> dict[str, object]:
+    return {
+        "certificate_id": cert_id,
+        "state": OrderState.QUEUED.value,
+        "purpose": purpose.value,
+        "attempts": 0,
+        "next_run_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _why_replaced(old: Row[Any], ordered_at: datetime) -> str:
+    if old.status == CertificateStatus.REVOKED.value:
+        return "renewed after it was revoked"
+    if old.renew_at is not None and old.renew_at <= ordered_at:
+        reason = old.renewal_reason
+        return f"renewed when due ({reason})" if reason else "renewed when due"
+    return "renewed early, on request"

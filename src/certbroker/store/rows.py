@@ -1,0 +1,118 @@
+"""Rows to domain objects, and the statements several store modules share."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, delete, insert
+
+from certbroker.domain.errors import AcmeProblem
+from certbroker.domain.models import (
+    Account,
+    AccountStatus,
+    Certificate,
+    CertificateStatus,
+    Order,
+    OrderPurpose,
+    OrderState,
+)
+from certbroker.store.schema import certificates, challenges
+
+
+def new_id(result: Any) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def account_row(row: Row[Any]) -> Account:
+    return Account(
+        id=row.id,
+        name=row.name,
+        directory_url=row.directory_url,
+        emails=tuple(json.loads(row.emails)),
+        key_type=row.key_type,
+        uri=row.uri,
+        status=AccountStatus(row.status),
+        terms_of_service=row.terms_of_service,
+        eab_kid=row.eab_kid,
+        ca_bundle=row.ca_bundle,
+        created_at=row.created_at,
+    )
+
+
+CERT_COLUMNS = [c for c in certificates.c if c.name != "key_sealed"]
+
+
+def certificate_row(row: Row[Any]) -> Certificate:
+    return Certificate(
+        id=row.id,
+        names=tuple(json.loads(row.names)),
+        status=CertificateStatus(row.status),
+        account_id=row.account_id,
+        challenge=row.challenge,
+        key_type=row.key_type,
+        key_policy=row.key_policy,
+        subject=json.loads(row.subject),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        serial=row.serial,
+        issuer=row.issuer,
+        not_before=row.not_before,
+        not_after=row.not_after,
+        fingerprint_sha256=row.fingerprint_sha256,
+        order_url=row.order_url,
+        cert_pem=row.cert_pem,
+        chain_pem=row.chain_pem,
+        revocation_reason=row.revocation_reason,
+        revoked_at=row.revoked_at,
+        renew_at=row.renew_at,
+        renew_before_days=row.renew_before_days,
+        renewal_reason=row.renewal_reason,
+    )
+
+
+def order_row(row: Row[Any]) -> Order:
+    return Order(
+        id=row.id,
+        certificate_id=row.certificate_id,
+        state=OrderState(row.state),
+        order_url=row.order_url,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        attempts=row.attempts,
+        error=AcmeProblem.from_json(json.loads(row.error)) if row.error else None,
+        error_message=row.error_message,
+        finished_at=row.finished_at,
+        started_at=row.started_at,
+        purpose=OrderPurpose(row.purpose),
+        lease_owner=row.lease_owner,
+        lease_until=row.lease_until,
+        next_run_at=row.next_run_at,
+    )
+
+
+def put_challenges(
+    conn: Connection,
+    order_id: int | None,
+    items: Iterable[tuple[str, str, str, str]],
+    now: datetime,
+) -> None:
+    rows = [
+        {
+            "token": token,
+            "key_authorization": key_auth,
+            "order_id": order_id,
+            "identifier": identifier,
+            "type": kind,
+            "created_at": now,
+        }
+        for token, key_auth, identifier, kind in items
+    ]
+    if rows:
+        tokens = [r["token"] for r in rows]
+        conn.execute(delete(challenges).where(challenges.c.token.in_(tokens)))
+        conn.execute(insert(challenges), rows)
