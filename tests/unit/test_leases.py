@@ -6,39 +6,14 @@ import os
 import socket
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
 import pytest
 
-from certbroker.domain.models import AccountStatus, OrderState
+from certbroker.domain.models import OrderState
 from certbroker.services.issuance import holder_is_dead, make_owner, split_chain
-from certbroker.store.db import make_engine, migrate
 from certbroker.store.repository import LeaseLost, NewCertificate, Repository
-
-NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Repository:
-    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    migrate(engine)
-    migrate(engine)  # a second run is a no-op
-    repo = Repository(engine)
-    repo.add_account(
-        name="a",
-        directory_url="https://ca/dir",
-        ca_bundle=None,
-        emails=["a@example.com"],
-        key_type="ec-p256",
-        key_sealed=b"sealed",
-        uri="https://ca/acct/1",
-        status=AccountStatus.VALID,
-        terms_of_service=None,
-        eab_kid=None,
-        now=NOW,
-    )
-    return repo
+from tests.unit.conftest import NOW
 
 
 def _order(repo: Repository, owner: str | None = None) -> int:

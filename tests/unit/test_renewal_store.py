@@ -3,55 +3,17 @@ new certificate moving the old one into the history."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
-from certbroker.domain.models import AccountStatus, OrderPurpose, OrderState
+from certbroker.domain.models import OrderPurpose, OrderState
 from certbroker.domain.renewal import RenewalPlan, RenewalReason
-from certbroker.store.db import make_engine, migrate
-from certbroker.store.repository import IssuedCertificate, NewCertificate, Repository
+from certbroker.store.repository import NewCertificate, Repository
 from certbroker.store.schema import orders
-
-NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-LEASE = timedelta(seconds=120)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Repository:
-    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    migrate(engine)
-    repo = Repository(engine)
-    repo.add_account(
-        name="a",
-        directory_url="https://ca/dir",
-        ca_bundle=None,
-        emails=["a@example.com"],
-        key_type="ec-p256",
-        key_sealed=b"sealed",
-        uri="https://ca/acct/1",
-        status=AccountStatus.VALID,
-        terms_of_service=None,
-        eab_kid=None,
-        now=NOW,
-    )
-    return repo
-
-
-def _issued(serial: str, days: int = 90) -> IssuedCertificate:
-    return IssuedCertificate(
-        cert_pem=f"PEM {serial}",
-        chain_pem="CHAIN",
-        serial=serial,
-        issuer="CN=CA",
-        not_before=NOW,
-        not_after=NOW + timedelta(days=days),
-        fingerprint_sha256=f"fp-{serial}",
-        order_url=f"https://ca/order/{serial}",
-    )
+from tests.unit.conftest import LEASE, NOW, issued
 
 
 def _valid_certificate(repo: Repository, serial: str, renew_at: datetime) -> int:
@@ -66,7 +28,7 @@ def _valid_certificate(repo: Repository, serial: str, renew_at: datetime) -> int
     )
     cert, order = repo.create_certificate(new, NOW, "w", NOW + LEASE)
     plan = RenewalPlan(renew_at, RenewalReason.LIFETIME)
-    repo.store_issued(cert.id, order.id, "w", _issued(serial), NOW, plan)
+    repo.store_issued(cert.id, order.id, "w", issued(serial), NOW, plan)
     return cert.id
 
 
@@ -111,7 +73,7 @@ def test_a_renewal_moves_the_old_certificate_and_key_into_the_history(
     assert repo.certificate_key_sealed(cert_id) == b"key-1"  # not before the new cert
     later = NOW + timedelta(days=61)
     plan = RenewalPlan(later + timedelta(days=60), RenewalReason.LIFETIME)
-    repo.store_issued(cert_id, order.id, "w", _issued("new"), later, plan)
+    repo.store_issued(cert_id, order.id, "w", issued("new"), later, plan)
     cert = repo.get_certificate(cert_id)
     assert (cert.serial, cert.renew_at) == ("new", plan.renew_at)
     assert repo.certificate_key_sealed(cert_id) == b"key-2"

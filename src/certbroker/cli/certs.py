@@ -238,7 +238,7 @@ def list_(
 
 
 def _print_details(data: dict[str, Any]) -> None:
-    skip = {"attempts", "history"}
+    skip = {"attempts", "history", "alarm", "events"}
     for key, value in data.items():
         if key in skip:
             continue
@@ -263,6 +263,16 @@ def _print_details(data: dict[str, Any]) -> None:
         problem = attempt.get("problem")
         if problem:
             console.print(f"    problem: {escape(problem['type'])}")
+    if data["alarm"]:
+        alarm = data["alarm"]
+        console.print(
+            f"[bold red]alarm[/] failing since {_when(alarm['since'])}: "
+            f"{escape(alarm['last_error'])}"
+        )
+    if data["events"]:
+        console.print("[bold]events[/] (latest 20; `certbroker events --cert ID` for all)")
+        for event in data["events"]:
+            console.print(escape(f"  {_when(event['at'])} {event['kind']:15} {event['message']}"))
     if data["history"]:
         console.print("[bold]history[/] (certificates this one replaced, oldest first)")
         for past in data["history"]:

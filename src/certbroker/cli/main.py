@@ -11,7 +11,7 @@ from typer._click.exceptions import NoArgsIsHelpError
 from typer._click.exceptions import UsageError as ClickUsageError
 
 from certbroker import __version__
-from certbroker.cli import accounts, certs, config_cmd
+from certbroker.cli import accounts, certs, config_cmd, events_cmd
 from certbroker.cli.state import State, console_err
 
 app = typer.Typer(
@@ -28,6 +28,8 @@ app = typer.Typer(
 app.add_typer(accounts.app, name="account")
 app.add_typer(certs.app, name="cert")
 app.add_typer(config_cmd.app, name="config")
+app.command("alarms")(events_cmd.alarms)
+app.command("events")(events_cmd.events)
 
 
 def _version(value: bool) -> None:

@@ -102,6 +102,8 @@ class Certificate:
     renew_at: datetime | None = None
     renew_before_days: float | None = None  # None: the global policy
     renewal_reason: str | None = None
+    alarm_since: datetime | None = None  # its issuance or renewal keeps failing
+    alarm_message: str | None = None  # the last error
 
     @property
     def common_name(self) -> str:
@@ -180,4 +182,36 @@ class PastCertificate:
             "status": self.status,
             "replaced_at": self.replaced_at.isoformat(),
             "replaced_because": self.replaced_because,
+        }
+
+
+class EventKind(StrEnum):
+    ISSUED = "issued"
+    RENEWED = "renewed"
+    ATTEMPT_FAILED = "attempt-failed"  # will be retried
+    FAILED = "failed"  # stopped: waits for a person (`cert renew ID` retries)
+    ALARM_RAISED = "alarm-raised"
+    ALARM_CLEARED = "alarm-cleared"
+    RENEWAL_QUEUED = "renewal-queued"
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    at: datetime
+    kind: EventKind
+    message: str
+    certificate_id: int | None = None
+    order_id: int | None = None
+    problem: AcmeProblem | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "kind": self.kind.value,
+            "certificate_id": self.certificate_id,
+            "order_id": self.order_id,
+            "message": self.message,
+            "problem": self.problem.to_json() if self.problem else None,
         }

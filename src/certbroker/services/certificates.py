@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,7 @@ from certbroker.crypto.export import ExportBundle, ExportFormat, write_export
 from certbroker.crypto.keys import load_private_key
 from certbroker.domain.errors import CAError, UsageError
 from certbroker.domain.keys import RevocationReason
-from certbroker.domain.models import Account, Certificate, CertificateStatus, Order
+from certbroker.domain.models import Account, Certificate, CertificateStatus, Event, Order
 from certbroker.services.common import ServiceContext
 
 
@@ -70,9 +70,32 @@ class CertificateService:
                 "renew_before_days": cert.renew_before_days,
                 "attempts": [o.to_json() for o in orders],
                 "history": [h.to_json() for h in self.repo.history_of(cert_id)],
+                "alarm": (
+                    {
+                        "since": cert.alarm_since.isoformat(),
+                        "last_error": cert.alarm_message,
+                    }
+                    if cert.alarm_since
+                    else None
+                ),
+                "events": [e.to_json() for e in self.repo.list_events(cert_id=cert_id, limit=20)],
             }
         )
         return data
+
+    def alarms(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "certificate_id": cert.id,
+                "names": list(cert.names),
+                "since": cert.alarm_since.isoformat() if cert.alarm_since else None,
+                "last_error": cert.alarm_message,
+            }
+            for cert in self.repo.certificates_in_alarm()
+        ]
+
+    def events(self, cert_id: int | None = None, since: datetime | None = None) -> list[Event]:
+        return self.repo.list_events(cert_id=cert_id, since=since)
 
     def export(
         self, cert_id: int, fmt: ExportFormat, out: Path, password: str | None

@@ -8,6 +8,7 @@ CA reports, so a killed process never finalizes twice nor loses the private key.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -317,17 +318,15 @@ class IssuanceService:
         delay *= 1 + secrets.randbelow(250) / 1000  # jitter, so retries spread out
         now = self.ctx.clock()
         try:
-            self.repo.advance_order(
+            self.repo.retry_later(
                 order_id,
                 owner,
                 now,
-                now + LEASE,
                 attempts=attempts,
-                error=exc.problem,
-                error_message=str(exc),
+                message=f"{exc}; retrying in {delay:.0f} s",
+                problem=exc.problem,
                 next_run_at=now + timedelta(seconds=delay),
             )
-            self.repo.release(order_id, owner)
         except LeaseLost:
             return RunResult(Outcome.BUSY, self.repo.get_order(order_id), str(exc))
         log.info("order %d: %s; retrying in %.1f s", order_id, exc, delay)
@@ -382,9 +381,11 @@ class _OrderRun:
             )
         self.ca: CertificateAuthority = svc.ctx.ca_for(account)
 
-    def record(self, **values: object) -> None:
+    def record(self, *, failed_attempt: bool = False, **values: object) -> None:
         now = self.svc.ctx.clock()
-        self.repo.advance_order(self.order.id, self.owner, now, now + LEASE, **values)
+        self.repo.advance_order(
+            self.order.id, self.owner, now, now + LEASE, failed_attempt=failed_attempt, **values
+        )
         self._touched = time.monotonic()
         if "state" in values:
             _fault(str(values["state"]))
@@ -402,7 +403,7 @@ class _OrderRun:
                 self._download(info)
                 return
             elif info.status == "invalid":
-                problem = info.error or self._authz_problem(info)
+                problem = self._authz_problem(info) or info.error
                 why = str(problem) if problem else "no reason given"
                 raise PermanentError(f"the CA marked the order invalid: {why}", problem)
             else:
@@ -425,8 +426,13 @@ class _OrderRun:
                 attempts = self.order.attempts + 1
                 if attempts >= self.svc.retry_attempts:
                     return info
-                problem = info.error or self._authz_problem(info)
-                self.record(attempts=attempts, error=problem, error_message=str(problem))
+                problem = self._authz_problem(info) or info.error
+                self.record(
+                    attempts=attempts,
+                    error=problem,
+                    error_message=f"the interrupted order failed validation: {problem}",
+                    failed_attempt=True,
+                )
                 self.progress(
                     f"the interrupted order failed validation ({problem}); ordering again"
                 )
@@ -556,7 +562,11 @@ class _OrderRun:
         for url in info.authorizations:
             authz: AuthorizationInfo = self.ca.get_authorization(url)
             if authz.problem is not None:
-                problems.append(authz.problem)
+                # The challenge's error names no identifier; the authorization does.
+                problem = authz.problem
+                if not problem.identifier:
+                    problem = dataclasses.replace(problem, identifier=authz.identifier)
+                problems.append(problem)
         if not problems:
             return None
         if len(problems) == 1:

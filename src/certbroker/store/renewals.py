@@ -13,13 +13,15 @@ from sqlalchemy.exc import IntegrityError
 from certbroker.domain.models import (
     ACTIVE_ORDER_STATES,
     CertificateStatus,
+    EventKind,
     Order,
     OrderPurpose,
     OrderState,
     PastCertificate,
 )
 from certbroker.domain.renewal import RenewalPlan
-from certbroker.store.base import LeaseLost, StoreBase
+from certbroker.store.base import LeaseLost
+from certbroker.store.events import EventStore, add_event, succeeded
 from certbroker.store.rows import new_id, order_row
 from certbroker.store.schema import certificate_history, certificates, challenges, orders
 
@@ -44,7 +46,7 @@ _no_active_order = ~exists().where(
 )
 
 
-class RenewalStore(StoreBase):
+class RenewalStore(EventStore):
     # -- what is due ------------------------------------------------------------------------
 
     def enqueue_renewals(
@@ -72,6 +74,9 @@ class RenewalStore(StoreBase):
                     insert(orders),
                     [_new_order_values(cert_id, OrderPurpose.RENEW, now) for cert_id in ids],
                 )
+                why = "renewal due" if cert_ids is None else "renewal forced"
+                for cert_id in ids:
+                    add_event(conn, now, EventKind.RENEWAL_QUEUED, why, cert_id=cert_id)
         return ids
 
     def add_renewal_order(
@@ -201,6 +206,13 @@ class RenewalStore(StoreBase):
                 )
             )
             conn.execute(delete(challenges).where(challenges.c.order_id == order_id))
+            until = f"valid until {issued.not_after:%Y-%m-%d %H:%M} UTC"
+            if old.cert_pem is not None:
+                kind = EventKind.RENEWED
+                message = f"renewed: serial {issued.serial} replaces {old.serial}, {until}"
+            else:
+                kind, message = EventKind.ISSUED, f"issued: serial {issued.serial}, {until}"
+            succeeded(conn, now, cert_id, order_id, kind, message)
 
     def history_of(self, cert_id: int) -> list[PastCertificate]:
         h = certificate_history.c

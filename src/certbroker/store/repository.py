@@ -32,6 +32,7 @@ from certbroker.domain.models import (
     OrderState,
 )
 from certbroker.store.base import LeaseLost, StoreBase
+from certbroker.store.events import failed_attempt as record_failure
 from certbroker.store.renewals import IssuedCertificate, RenewalStore
 from certbroker.store.rows import (
     CERT_COLUMNS,
@@ -400,15 +401,34 @@ class Repository(RenewalStore):
         return None if row is None else order_row(row)
 
     def advance_order(
-        self, order_id: int, owner: str, now: datetime, lease_until: datetime, **values: Any
+        self,
+        order_id: int,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        *,
+        failed_attempt: bool = False,
+        **values: Any,
     ) -> None:
-        """Record a step; refuses when the lease was lost to another worker."""
+        """Record a step; refuses when the lease was lost to another worker.
+
+        With failed_attempt, `error` and `error_message` also go into an event and the
+        certificate's alarm, in the same transaction.
+        """
+        problem = values.get("error")
         if "state" in values:
             values["state"] = OrderState(values["state"]).value
-        if "error" in values and isinstance(values["error"], AcmeProblem):
-            values["error"] = json.dumps(values["error"].to_json())
+        if isinstance(problem, AcmeProblem):
+            values["error"] = json.dumps(problem.to_json())
         with self._write() as conn:
             self._advance(conn, order_id, owner, now, lease_until, values)
+            if failed_attempt:
+                cert_id = conn.execute(
+                    select(orders.c.certificate_id).where(orders.c.id == order_id)
+                ).scalar_one()
+                message = str(values.get("error_message") or problem or "failed")
+                failed = problem if isinstance(problem, AcmeProblem) else None
+                record_failure(conn, now, cert_id, order_id, message, failed, final=False)
 
     def _advance(
         self,
@@ -416,7 +436,7 @@ class Repository(RenewalStore):
         order_id: int,
         owner: str,
         now: datetime,
-        lease_until: datetime,
+        lease_until: datetime | None,
         values: dict[str, Any],
     ) -> None:
         done = conn.execute(
@@ -461,6 +481,40 @@ class Repository(RenewalStore):
                 .values(status=CertificateStatus.FAILED.value, updated_at=now)
             )
             conn.execute(delete(challenges).where(challenges.c.order_id == order_id))
+            record_failure(conn, now, cert_id, order_id, message, problem, final=True)
+
+    def retry_later(
+        self,
+        order_id: int,
+        owner: str,
+        now: datetime,
+        *,
+        attempts: int,
+        message: str,
+        problem: AcmeProblem | None,
+        next_run_at: datetime,
+    ) -> None:
+        """A transient failure: count it, record it, and let the order go until
+        `next_run_at` (any worker may take it then)."""
+        with self._write() as conn:
+            self._advance(
+                conn,
+                order_id,
+                owner,
+                now,
+                None,
+                {
+                    "attempts": attempts,
+                    "error": json.dumps(problem.to_json()) if problem else None,
+                    "error_message": message,
+                    "next_run_at": next_run_at,
+                    "lease_owner": None,
+                },
+            )
+            cert_id = conn.execute(
+                select(orders.c.certificate_id).where(orders.c.id == order_id)
+            ).scalar_one()
+            record_failure(conn, now, cert_id, order_id, message, problem, final=False)
 
     def release(self, order_id: int, owner: str) -> None:
         with self._write() as conn:

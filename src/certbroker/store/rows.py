@@ -72,6 +72,8 @@ def certificate_row(row: Row[Any]) -> Certificate:
         renew_at=row.renew_at,
         renew_before_days=row.renew_before_days,
         renewal_reason=row.renewal_reason,
+        alarm_since=row.alarm_since,
+        alarm_message=row.alarm_message,
     )
 
 

@@ -95,6 +95,9 @@ certificates = Table(
     Column("renew_at", UTCDateTime, nullable=True),
     Column("renew_before_days", Float, nullable=True),  # None: the global policy
     Column("renewal_reason", String(40), nullable=True),  # why renew_at is what it is
+    # Active while its issuance or renewal keeps failing; cleared by the next success.
+    Column("alarm_since", UTCDateTime, nullable=True),
+    Column("alarm_message", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_certificates_status", "status"),
@@ -166,4 +169,20 @@ challenges = Table(
     Column("type", String(20), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_challenges_order_id", "order_id"),
+)
+
+# What happened, for people: every failed attempt with the CA's problem, every issuance
+# and renewal, alarms raised and cleared. Kept when the certificate is deleted.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("certificate_id", Integer, nullable=True),
+    Column("order_id", Integer, nullable=True),
+    Column("kind", String(40), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("problem", Text, nullable=True),  # the CA's problem document, JSON
+    Index("ix_events_certificate_id", "certificate_id", "id"),
+    Index("ix_events_at", "at"),
 )

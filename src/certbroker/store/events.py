@@ -1,0 +1,145 @@
+"""Events and alarms in the store.
+
+Events are written in the same transaction as the change they describe (a failed
+attempt, an issuance), so the record never disagrees with the state. An alarm lives on
+its certificate: raised by the first failed attempt, kept while attempts keep failing
+(its message is the latest error), cleared by the next success.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, select, update
+
+from certbroker.domain.errors import AcmeProblem
+from certbroker.domain.models import Certificate, Event, EventKind
+from certbroker.store.base import StoreBase
+from certbroker.store.rows import CERT_COLUMNS, certificate_row
+from certbroker.store.schema import certificates, events
+
+
+def add_event(
+    conn: Connection,
+    now: datetime,
+    kind: EventKind,
+    message: str,
+    *,
+    cert_id: int | None = None,
+    order_id: int | None = None,
+    problem: AcmeProblem | None = None,
+) -> None:
+    conn.execute(
+        insert(events).values(
+            at=now,
+            kind=kind.value,
+            message=message,
+            certificate_id=cert_id,
+            order_id=order_id,
+            problem=json.dumps(problem.to_json()) if problem else None,
+        )
+    )
+
+
+def failed_attempt(
+    conn: Connection,
+    now: datetime,
+    cert_id: int,
+    order_id: int,
+    message: str,
+    problem: AcmeProblem | None,
+    *,
+    final: bool,
+) -> None:
+    """The event for a failed attempt, and the certificate's alarm raised or updated."""
+    row = conn.execute(
+        select(certificates.c.challenge, certificates.c.alarm_since).where(
+            certificates.c.id == cert_id
+        )
+    ).one()
+    failed = [p.identifier for p in _with_subproblems(problem) if p.identifier]
+    if failed:  # a validation failed: name the challenge and the names
+        message = f"{message} [{row.challenge} challenge for {', '.join(dict.fromkeys(failed))}]"
+    kind = EventKind.FAILED if final else EventKind.ATTEMPT_FAILED
+    add_event(conn, now, kind, message, cert_id=cert_id, order_id=order_id, problem=problem)
+    values: dict[str, Any] = {"alarm_message": message}
+    if row.alarm_since is None:
+        values["alarm_since"] = now
+        add_event(conn, now, EventKind.ALARM_RAISED, message, cert_id=cert_id, order_id=order_id)
+    conn.execute(update(certificates).where(certificates.c.id == cert_id).values(values))
+
+
+def succeeded(
+    conn: Connection, now: datetime, cert_id: int, order_id: int, kind: EventKind, message: str
+) -> None:
+    """The event for an issuance or renewal, and the certificate's alarm cleared."""
+    add_event(conn, now, kind, message, cert_id=cert_id, order_id=order_id)
+    cleared = conn.execute(
+        update(certificates)
+        .where(and_(certificates.c.id == cert_id, certificates.c.alarm_since.is_not(None)))
+        .values(alarm_since=None, alarm_message=None)
+    )
+    if cleared.rowcount:
+        add_event(
+            conn,
+            now,
+            EventKind.ALARM_CLEARED,
+            f"cleared: {message}",
+            cert_id=cert_id,
+            order_id=order_id,
+        )
+
+
+def _with_subproblems(problem: AcmeProblem | None) -> list[AcmeProblem]:
+    if problem is None:
+        return []
+    found = [problem]
+    for sub in problem.subproblems:
+        found += _with_subproblems(sub)
+    return found
+
+
+class EventStore(StoreBase):
+    def list_events(
+        self,
+        *,
+        cert_id: int | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """Events oldest first; with `limit`, the newest `limit` of them."""
+        query = select(events)
+        if cert_id is not None:
+            query = query.where(events.c.certificate_id == cert_id)
+        if since is not None:
+            query = query.where(events.c.at >= since)
+        if limit is not None:
+            query = query.order_by(events.c.id.desc()).limit(limit)
+        with self._read() as conn:
+            rows = list(conn.execute(query))
+        rows.sort(key=lambda r: r.id)
+        return [
+            Event(
+                id=r.id,
+                at=r.at,
+                kind=EventKind(r.kind),
+                message=r.message,
+                certificate_id=r.certificate_id,
+                order_id=r.order_id,
+                problem=AcmeProblem.from_json(json.loads(r.problem)) if r.problem else None,
+            )
+            for r in rows
+        ]
+
+    def certificates_in_alarm(self) -> list[Certificate]:
+        with self._read() as conn:
+            return [
+                certificate_row(r)
+                for r in conn.execute(
+                    select(*CERT_COLUMNS)
+                    .where(certificates.c.alarm_since.is_not(None))
+                    .order_by(certificates.c.alarm_since, certificates.c.id)
+                )
+            ]
