@@ -36,6 +36,7 @@ class Settings:
     retry_attempts: int = 4  # transient CA failures retried this many times per order
     renew_before_days: float = 0.0  # 0: when one third of the lifetime is left
     scheduler_interval: float = 60.0  # seconds between looks for due renewals in serve
+    validation_failures_per_hour: int = 3  # per account and name; Let's Encrypt allows 5
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     SECRET_KEYS = ("master_key",)
@@ -101,6 +102,7 @@ _FIELD_TYPES: dict[str, type] = {
     "retry_attempts": int,
     "renew_before_days": float,
     "scheduler_interval": float,
+    "validation_failures_per_hour": int,
 }
 
 # TOML tables the issue tracker and the seeds speak of, mapped to the flat settings.
@@ -177,6 +179,12 @@ def _validate(settings: Settings) -> None:
             "scheduler_interval",
             "scheduler_interval must be a positive number of seconds, "
             f"not {settings.scheduler_interval:g}",
+        )
+    if settings.validation_failures_per_hour < 1:
+        raise refuse(
+            "validation_failures_per_hour",
+            "validation_failures_per_hour must be at least 1 (Let's Encrypt allows 5), "
+            f"not {settings.validation_failures_per_hour}",
         )
     if settings.database_url and "://" not in settings.database_url:
         raise refuse(

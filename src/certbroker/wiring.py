@@ -87,6 +87,7 @@ class Broker:
             order_timeout=self.settings.order_timeout,
             retry_attempts=self.settings.retry_attempts,
             renew_before_days=self.settings.renew_before_days or None,
+            validation_cap=self.settings.validation_failures_per_hour,
         )
         self.renewal = RenewalService(self.ctx, self.issuance)
         self.certificates = CertificateService(self.ctx)

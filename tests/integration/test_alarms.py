@@ -70,3 +70,32 @@ def test_bad_event_queries_are_refused(offline_cli: Cli, args: list[str], hint: 
     proc = offline_cli(*args, check=False)
     assert proc.returncode == 2, proc.stderr
     assert hint in proc.stderr
+
+
+def test_failed_validations_are_capped_per_name_and_hour(cli: Cli) -> None:
+    """After `validation_failures_per_hour` failures, no challenge for that name is
+    answered until the oldest is an hour old, even when the cause is gone: the CA's own
+    limit (Let's Encrypt: 5 an hour) must never lock the name out."""
+    cli.register()
+    cap = {"CERTBROKER_VALIDATION_FAILURES_PER_HOUR": "2"}
+    unreachable = {**cap, "CERTBROKER_HTTP01_PORT": str(free_port())}
+    first = cli("cert", "request", "capped.example.com", "--wait", check=False, env=unreachable)
+    assert first.returncode == 1, first.stderr
+    second = cli("cert", "renew", "1", check=False, env=unreachable)
+    assert second.returncode == 1, second.stderr
+
+    held = cli("cert", "renew", "1", check=False, env=cap)  # reachable now, but capped
+    assert held.returncode == 1, held.stderr
+    assert "capped.example.com failed validation 2 times in the last hour" in held.stderr
+    error = held.stderr.strip().splitlines()[-1]  # after the progress lines, one error
+    assert error.startswith("error: certificate 1 is not issued yet: capped.example.com")
+    shown = cli.json("cert", "show", "1")
+    last = shown["attempts"][-1]
+    assert last["state"] == "presented"  # ordered, tokens stored, nothing answered
+    assert last["attempts"] == 0  # holding back is not a failed attempt
+    kinds = [e["kind"] for e in cli.json("events", "--cert", "1", "--json")]
+    assert kinds == ["failed", "alarm-raised", "failed", "held-back"]
+    assert cli.json("alarms", "--json")[0]["certificate_id"] == 1  # still failing
+
+    other = cli("cert", "request", "uncapped.example.com", "--wait", env=cap)
+    assert "issued" in other.stdout  # the cap is per name

@@ -957,6 +957,7 @@ def test_unreadable_config_file_is_refused(offline_cli: Cli, tmp_path: Path, whi
         ("CERTBROKER_RENEW_BEFORE_DAYS", "soon"),
         ("CERTBROKER_RENEW_BEFORE_DAYS", "-3"),
         ("CERTBROKER_SCHEDULER_INTERVAL", "0"),
+        ("CERTBROKER_VALIDATION_FAILURES_PER_HOUR", "0"),
         ("CERTBROKER_LOG_LEVEL", "loud"),
         ("CERTBROKER_LISTEN", "nope"),
         ("CERTBROKER_ORDER_TIMEOUT", "soon"),

@@ -116,3 +116,20 @@ def test_an_empty_ari_window_is_ignored() -> None:
 def test_nonsense_validity_is_refused() -> None:
     with pytest.raises(ValueError, match="not_after"):
         plan_renewal(ISSUED, ISSUED, now=ISSUED)
+
+
+def test_validation_cap_counts_failures_of_the_last_hour_only() -> None:
+    from certbroker.domain.limits import validation_allowed_at
+
+    now = ISSUED
+    minute = timedelta(minutes=1)
+    assert validation_allowed_at([], now, cap=3) is None
+    two = [now - 10 * minute, now - 5 * minute]
+    assert validation_allowed_at(two, now, cap=3) is None
+    three = [now - 50 * minute, *two]
+    # Allowed again when the oldest of the three is an hour old.
+    assert validation_allowed_at(three, now, cap=3) == now + 10 * minute
+    old = [now - 61 * minute, now - 70 * minute]
+    assert validation_allowed_at(old + two, now, cap=3) is None
+    four = [now - 55 * minute, *three]
+    assert validation_allowed_at(four, now, cap=3) == now + 10 * minute

@@ -73,6 +73,8 @@ def _drive(broker: Broker, cert_id: int, as_json: bool, owner: str) -> None:
     details = broker.certificates.details(cert_id)
     if as_json:
         print_json(details)
+    if result.outcome is Outcome.RETRY:
+        raise CertbrokerError(f"certificate {cert_id} is not issued yet: {result.message}")
     if result.outcome is not Outcome.ISSUED:
         raise CertbrokerError(f"certificate {cert_id} failed: {result.message}")
     if not as_json:

@@ -66,6 +66,10 @@ def renew_now(
                     f"certificate {cert_id} renewed: serial {cert.serial}, valid until "
                     f"{cert.not_after:%Y-%m-%d %H:%M} UTC"
                 )
+    if len(failed) == 1 and len(ids) == 1:
+        ((cert_id, result),) = failed
+        what = "is not issued yet" if result.outcome is Outcome.RETRY else "failed"
+        raise CertbrokerError(f"certificate {cert_id} {what}: {result.message}")
     if failed:
         detail = "; ".join(f"certificate {i}: {r.message}" for i, r in failed)
-        raise CertbrokerError(f"{len(failed)} of {len(ids)} renewal(s) failed: {detail}")
+        raise CertbrokerError(f"{len(failed)} of {len(ids)} renewals did not succeed: {detail}")

@@ -193,6 +193,7 @@ class EventKind(StrEnum):
     ALARM_RAISED = "alarm-raised"
     ALARM_CLEARED = "alarm-cleared"
     RENEWAL_QUEUED = "renewal-queued"
+    HELD_BACK = "held-back"  # too many failed validations of a name in the last hour
 
 
 @dataclass(frozen=True)

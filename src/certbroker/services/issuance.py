@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from hashlib import sha256
 from typing import TypeVar
@@ -43,6 +43,7 @@ from certbroker.domain.errors import (
     UsageError,
 )
 from certbroker.domain.keys import KeyPolicy, KeyType
+from certbroker.domain.limits import VALIDATION_WINDOW, validation_allowed_at
 from certbroker.domain.models import (
     Account,
     AccountStatus,
@@ -60,9 +61,18 @@ from certbroker.store.repository import IssuedCertificate, LeaseLost, NewCertifi
 log = logging.getLogger("certbroker.issuance")
 
 LEASE = timedelta(seconds=120)
+LONGEST_WAIT = 60.0  # seconds wait_for sleeps for a retry; a later one is left to serve
 FAULT_ENV = "CERTBROKER_FAULT_KILL_AFTER"  # test hook: SIGKILL this process after a step
 CHALLENGE_TYPES = ("http-01",)
 T = TypeVar("T")
+
+
+class HeldBack(Exception):
+    """Not now: our own cap on failed validations; try again at `until`."""
+
+    def __init__(self, until: datetime, message: str) -> None:
+        super().__init__(message)
+        self.until = until
 
 
 class Outcome(StrEnum):
@@ -158,6 +168,7 @@ class IssuanceService:
         order_timeout: float = 300.0,
         retry_attempts: int = 4,
         renew_before_days: float | None = None,
+        validation_cap: int = 3,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.ctx = ctx
@@ -165,6 +176,7 @@ class IssuanceService:
         self.order_timeout = order_timeout
         self.retry_attempts = retry_attempts
         self.renew_before_days = renew_before_days  # the global policy; None: 1/3 of lifetime
+        self.validation_cap = validation_cap  # failed validations per name and hour
         self.sleep = sleep
 
     # -- the request -----------------------------------------------------------------------
@@ -292,6 +304,11 @@ class IssuanceService:
         except LeaseLost as exc:
             log.info("order %d: %s", order_id, exc)
             return RunResult(Outcome.BUSY, self.repo.get_order(order_id), str(exc))
+        except HeldBack as exc:
+            log.warning("order %d: %s", order_id, exc)
+            with contextlib.suppress(LeaseLost):
+                self.repo.hold(order_id, owner, self.ctx.clock(), exc.until, str(exc))
+            return RunResult(Outcome.RETRY, self.repo.get_order(order_id), str(exc))
         except PermanentError as exc:
             self._fail(order_id, owner, str(exc), exc.problem)
             return RunResult(Outcome.FAILED, self.repo.get_order(order_id), str(exc))
@@ -351,6 +368,8 @@ class IssuanceService:
             if result.outcome is Outcome.RETRY:
                 due = result.order.next_run_at or self.ctx.clock()
                 pause = max(0.0, (due - self.ctx.clock()).total_seconds())
+                if pause > LONGEST_WAIT:
+                    return result  # not worth blocking a terminal for; serve will retry
                 progress(f"{result.message}; retrying in {pause:.0f} s")
                 self.sleep(pause)
                 continue
@@ -474,6 +493,7 @@ class _OrderRun:
                 self.progress(f"{authz.identifier}: already authorized")
             elif authz.status == "pending":
                 self.progress(f"{authz.identifier}: http-01 challenge presented")
+        self._check_validation_cap([authz.identifier for authz, _ in to_answer])
         for _, chall in to_answer:
             self.ca.answer_challenge(chall.url)
         self.record(state=OrderState.ANSWERED)
@@ -484,6 +504,30 @@ class _OrderRun:
             for authz in pending:
                 self.progress(f"{authz.identifier}: validated")
         return info
+
+    def _check_validation_cap(self, names: list[str]) -> None:
+        """Answer no challenge for a name that failed validation too often this hour."""
+        if not names:
+            return
+        now = self.svc.ctx.clock()
+        cap = self.svc.validation_cap
+        failures = self.repo.validation_failures_since(
+            self.cert.account_id, names, now - VALIDATION_WINDOW
+        )
+        held = {
+            name: at
+            for name, times in failures.items()
+            if (at := validation_allowed_at(times, now, cap)) is not None
+        }
+        if held:
+            until = max(held.values())
+            raise HeldBack(
+                until,
+                f"{', '.join(held)} failed validation {cap} times in the last hour; not "
+                f"asking the CA again before {until:%Y-%m-%d %H:%M:%S} UTC, so its own limit "
+                "(Let's Encrypt: 5 an hour) never locks the name out. Fix the cause "
+                "(`certbroker events`); `serve` tries again then",
+            )
 
     def _key(self) -> PrivateKey:
         """The key this order's certificate is for, read from the store once per run.

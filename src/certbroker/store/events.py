@@ -9,6 +9,7 @@ its certificate: raised by the first failed attempt, kept while attempts keep fa
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ from certbroker.domain.errors import AcmeProblem
 from certbroker.domain.models import Certificate, Event, EventKind
 from certbroker.store.base import StoreBase
 from certbroker.store.rows import CERT_COLUMNS, certificate_row
-from certbroker.store.schema import certificates, events
+from certbroker.store.schema import certificates, events, validation_failures
 
 
 def add_event(
@@ -55,13 +56,17 @@ def failed_attempt(
 ) -> None:
     """The event for a failed attempt, and the certificate's alarm raised or updated."""
     row = conn.execute(
-        select(certificates.c.challenge, certificates.c.alarm_since).where(
-            certificates.c.id == cert_id
-        )
+        select(
+            certificates.c.challenge, certificates.c.alarm_since, certificates.c.account_id
+        ).where(certificates.c.id == cert_id)
     ).one()
-    failed = [p.identifier for p in _with_subproblems(problem) if p.identifier]
-    if failed:  # a validation failed: name the challenge and the names
-        message = f"{message} [{row.challenge} challenge for {', '.join(dict.fromkeys(failed))}]"
+    failed = list(dict.fromkeys(p.identifier for p in _with_subproblems(problem) if p.identifier))
+    if failed:  # a validation failed: name the challenge and the names, and count them
+        message = f"{message} [{row.challenge} challenge for {', '.join(failed)}]"
+        conn.execute(
+            insert(validation_failures),
+            [{"account_id": row.account_id, "name": name, "at": now} for name in failed],
+        )
     kind = EventKind.FAILED if final else EventKind.ATTEMPT_FAILED
     add_event(conn, now, kind, message, cert_id=cert_id, order_id=order_id, problem=problem)
     values: dict[str, Any] = {"alarm_message": message}
@@ -132,6 +137,20 @@ class EventStore(StoreBase):
             )
             for r in rows
         ]
+
+    def validation_failures_since(
+        self, account_id: int, names: Iterable[str], since: datetime
+    ) -> dict[str, list[datetime]]:
+        v = validation_failures.c
+        found: dict[str, list[datetime]] = {name: [] for name in names}
+        with self._read() as conn:
+            for row in conn.execute(
+                select(v.name, v.at).where(
+                    and_(v.account_id == account_id, v.name.in_(list(found)), v.at > since)
+                )
+            ):
+                found[row.name].append(row.at)
+        return found
 
     def certificates_in_alarm(self) -> list[Certificate]:
         with self._read() as conn:

@@ -28,10 +28,12 @@ from certbroker.domain.models import (
     AccountStatus,
     Certificate,
     CertificateStatus,
+    EventKind,
     Order,
     OrderState,
 )
 from certbroker.store.base import LeaseLost, StoreBase
+from certbroker.store.events import add_event
 from certbroker.store.events import failed_attempt as record_failure
 from certbroker.store.renewals import IssuedCertificate, RenewalStore
 from certbroker.store.rows import (
@@ -515,6 +517,23 @@ class Repository(RenewalStore):
                 select(orders.c.certificate_id).where(orders.c.id == order_id)
             ).scalar_one()
             record_failure(conn, now, cert_id, order_id, message, problem, final=False)
+
+    def hold(self, order_id: int, owner: str, now: datetime, until: datetime, message: str) -> None:
+        """Let the order go until `until` without counting an attempt (a rate limit of
+        ours, not a failure), with an event that says why."""
+        with self._write() as conn:
+            self._advance(
+                conn,
+                order_id,
+                owner,
+                now,
+                None,
+                {"error_message": message, "next_run_at": until, "lease_owner": None},
+            )
+            cert_id = conn.execute(
+                select(orders.c.certificate_id).where(orders.c.id == order_id)
+            ).scalar_one()
+            add_event(conn, now, EventKind.HELD_BACK, message, cert_id=cert_id, order_id=order_id)
 
     def release(self, order_id: int, owner: str) -> None:
         with self._write() as conn:

@@ -186,3 +186,15 @@ events = Table(
     Index("ix_events_certificate_id", "certificate_id", "id"),
     Index("ix_events_at", "at"),
 )
+
+# Failed validations per account and name: certbroker stops answering challenges for a
+# name that failed too often in the last hour (domain/limits.py).
+validation_failures = Table(
+    "validation_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", Integer, nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_validation_failures_account_name_at", "account_id", "name", "at"),
+)
