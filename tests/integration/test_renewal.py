@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +251,102 @@ def test_a_policy_past_the_emergency_point_gives_way_to_it(cli: Cli) -> None:
         datetime.fromisoformat(shown[k]) for k in ("not_before", "not_after", "renew_at")
     )
     assert renew_at == not_after - (not_after - not_before) / 20
+
+
+def _broker(cli: Cli) -> Any:
+    """The broker on the CLI's store, in this process: quick set-up and inspection."""
+    from certbroker.config import load_settings
+    from certbroker.wiring import build
+
+    return build(load_settings(environ=cli.env))
+
+
+def _make_due(broker: Any, cert_ids: list[int]) -> None:
+    """Time passing, for the store: these certificates' renewal moment is now past."""
+    from sqlalchemy import update
+
+    from certbroker.store.schema import certificates
+
+    with broker.repo.engine.begin() as conn:
+        conn.execute(
+            update(certificates)
+            .where(certificates.c.id.in_(cert_ids))
+            .values(renew_at=datetime.now(UTC) - timedelta(minutes=1))
+        )
+
+
+def _serve(cli: Cli) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "certbroker", "serve"],
+        env={**cli.env, "CERTBROKER_SCHEDULER_INTERVAL": "0.5"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait(what: str, serve: subprocess.Popen[str], done: Any, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert serve.poll() is None, f"serve ended while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_serve_killed_in_a_renewal_storm_renews_each_certificate_exactly_once(
+    cli: Cli,
+) -> None:
+    from certbroker.domain.models import CertificateStatus, EventKind
+    from certbroker.services.issuance import CertificateRequest
+
+    count = 50
+    cli.register()
+    broker = _broker(cli)
+    ids = [
+        broker.issuance.request(CertificateRequest(names=[f"storm{i}.example.com"]))[0].id
+        for i in range(count)
+    ]
+
+    def all_valid() -> bool:
+        return all(c.status is CertificateStatus.VALID for c in broker.certificates.search())
+
+    def renewed() -> int:
+        return sum(1 for e in broker.repo.list_events() if e.kind is EventKind.RENEWED)
+
+    serve = _serve(cli)
+    try:
+        _wait("the first issuance", serve, all_valid)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.communicate(timeout=60)
+    first = {c.id: c.serial for c in broker.certificates.search()}
+    _make_due(broker, ids)
+
+    serve = _serve(cli)
+    try:  # kill it once some renewals are done and others are under way
+        _wait("the first renewals", serve, lambda: renewed() >= 5)
+    finally:
+        serve.kill()
+        serve.communicate(timeout=60)
+    assert renewed() < count, "the storm was over before the kill"
+
+    serve = _serve(cli)
+    try:
+        _wait(
+            "every renewal",
+            serve,
+            lambda: renewed() >= count and not any(broker.repo.active_order_of(i) for i in ids),
+            timeout=240,
+        )
+        time.sleep(2)  # a few more scheduler ticks: nothing may be renewed twice
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        log, _ = serve.communicate(timeout=60)
+    assert serve.returncode == 0, log
+    assert renewed() == count
+    for cert_id in ids:
+        cert = broker.certificates.get(cert_id)
+        assert cert.status is CertificateStatus.VALID and cert.serial != first[cert_id]
+        assert [h.serial for h in broker.repo.history_of(cert_id)] == [first[cert_id]]
+        renewals = [o for o in broker.repo.orders_of(cert_id) if o.purpose.value == "renew"]
+        assert [o.state.value for o in renewals] == ["valid"]
