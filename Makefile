@@ -44,7 +44,8 @@ demo: install
 ## Benchmarks (not part of `make test`); figures go to docs/benchmarks.md.
 bench: install
 	bash scripts/ensure-test-deps.sh
-	$(BIN)/python bench/issuance.py $(BENCH_ARGS)
+	$(BIN)/python bench/issuance.py $(if $(QUICK),--quick) $(BENCH_ARGS)
+	$(BIN)/python bench/scheduler.py $(if $(QUICK),--quick) $(SCHEDULER_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

@@ -31,6 +31,7 @@ class Settings:
     workers: int = 8  # worker threads in each serve process
     worker_processes: int = 0  # processes `serve` runs workers in; 0: one per CPU core
     log_level: str = "info"
+    log_levels: str = ""  # per component: "acme=debug,scheduler=warning" (certbroker.logs)
     master_key: str = ""  # empty: read or create <data_dir>/master.key
     order_timeout: float = 300.0  # seconds one order may take before it counts as failed
     retry_attempts: int = 4  # transient CA failures retried this many times per order
@@ -97,6 +98,7 @@ _FIELD_TYPES: dict[str, type] = {
     "workers": int,
     "worker_processes": int,
     "log_level": str,
+    "log_levels": str,
     "master_key": str,
     "order_timeout": float,
     "retry_attempts": int,
@@ -159,6 +161,10 @@ def _validate(settings: Settings) -> None:
             "log_level", f"log_level {settings.log_level!r}: choose one of {', '.join(LOG_LEVELS)}"
         )
     settings.log_level = settings.log_level.lower()
+    from certbroker.logs import parse_levels
+
+    source = settings.sources.get("log_levels", "default")
+    parse_levels(settings.log_levels, f"{source}: log_levels")
     if not 0 < settings.order_timeout < math.inf:
         raise refuse(
             "order_timeout",
@@ -220,6 +226,8 @@ def load_settings(
             raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        if isinstance(data.get("log_levels"), dict):  # [log_levels] acme = "debug"
+            data["log_levels"] = ",".join(f"{k}={v}" for k, v in data["log_levels"].items())
         for (table, sub), flat in _TABLE_KEYS.items():
             section = data.get(table)
             if isinstance(section, dict) and sub in section:

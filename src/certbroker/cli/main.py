@@ -11,7 +11,7 @@ from typer._click.exceptions import NoArgsIsHelpError
 from typer._click.exceptions import UsageError as ClickUsageError
 
 from certbroker import __version__
-from certbroker.cli import accounts, certs, config_cmd, events_cmd
+from certbroker.cli import accounts, certs, config_cmd, events_cmd, log_level
 from certbroker.cli.state import State, console_err
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.add_typer(certs.app, name="cert")
 app.add_typer(config_cmd.app, name="config")
 app.command("alarms")(events_cmd.alarms)
 app.command("events")(events_cmd.events)
+app.command("log-level")(log_level.log_level)
 
 
 def _version(value: bool) -> None:

@@ -13,6 +13,7 @@ log = logging.getLogger("certbroker.serve")
 
 
 def run_serve(state: State) -> None:
+    from certbroker.logs import RUNTIME_KEY, LevelWatcher, parse_levels
     from certbroker.services.renewal import Scheduler
     from certbroker.services.workers import WorkerPool
     from certbroker.worker_processes import WorkerProcesses
@@ -28,6 +29,11 @@ def run_serve(state: State) -> None:
     signal.signal(signal.SIGINT, on_signal)
     broker = state.broker
     settings = state.settings
+    LevelWatcher(
+        settings.log_level,
+        parse_levels(settings.log_levels),
+        lambda: broker.repo.get_setting(RUNTIME_KEY),
+    ).start()
     responder = broker.bind_responder().start()
     try:
         processes = settings.effective_worker_processes

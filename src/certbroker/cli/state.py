@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+
+from certbroker.logs import parse_levels, setup_logging
 
 if TYPE_CHECKING:
     from certbroker.config import Settings
@@ -31,7 +32,7 @@ class State:
             from certbroker.config import load_settings
 
             self._settings = load_settings(self.config_file, overrides=self.overrides)
-            setup_logging(self._settings.log_level)
+            setup_logging(self._settings.log_level, parse_levels(self._settings.log_levels))
         return self._settings
 
     @property
@@ -41,18 +42,6 @@ class State:
 
             self._broker = build(self.settings)
         return self._broker
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    if level != "debug":
-        # The acme library's exchange is only interesting when debugging.
-        logging.getLogger("acme").setLevel(logging.WARNING)
-        logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
 def print_json(data: Any) -> None:

@@ -21,9 +21,15 @@ from certbroker.domain.models import (
 )
 from certbroker.domain.renewal import RenewalPlan
 from certbroker.store.base import LeaseLost
-from certbroker.store.events import EventStore, add_event, succeeded
+from certbroker.store.events import EventStore, succeeded
 from certbroker.store.rows import new_id, order_row
-from certbroker.store.schema import certificate_history, certificates, challenges, orders
+from certbroker.store.schema import (
+    certificate_history,
+    certificates,
+    challenges,
+    events,
+    orders,
+)
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,18 @@ class RenewalStore(EventStore):
                     [_new_order_values(cert_id, OrderPurpose.RENEW, now) for cert_id in ids],
                 )
                 why = "renewal due" if cert_ids is None else "renewal forced"
-                for cert_id in ids:
-                    add_event(conn, now, EventKind.RENEWAL_QUEUED, why, cert_id=cert_id)
+                conn.execute(
+                    insert(events),
+                    [
+                        {
+                            "at": now,
+                            "kind": EventKind.RENEWAL_QUEUED.value,
+                            "message": why,
+                            "certificate_id": cert_id,
+                        }
+                        for cert_id in ids
+                    ],
+                )
         return ids
 
     def add_renewal_order(

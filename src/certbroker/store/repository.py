@@ -51,6 +51,7 @@ from certbroker.store.schema import (
     certificates,
     challenges,
     orders,
+    runtime_settings,
 )
 
 __all__ = ["IssuedCertificate", "LeaseLost", "NewCertificate", "Repository", "StoreBase"]
@@ -534,6 +535,27 @@ class Repository(RenewalStore):
                 select(orders.c.certificate_id).where(orders.c.id == order_id)
             ).scalar_one()
             add_event(conn, now, EventKind.HELD_BACK, message, cert_id=cert_id, order_id=order_id)
+
+    # -- runtime settings ----------------------------------------------------------------
+
+    def get_setting(self, name: str) -> str | None:
+        with self._read() as conn:
+            value = conn.execute(
+                select(runtime_settings.c.value).where(runtime_settings.c.name == name)
+            ).scalar_one_or_none()
+        return None if value is None else str(value)
+
+    def set_setting(self, name: str, value: str, now: datetime) -> None:
+        with self._write() as conn:
+            done = conn.execute(
+                update(runtime_settings)
+                .where(runtime_settings.c.name == name)
+                .values(value=value, updated_at=now)
+            )
+            if not done.rowcount:
+                conn.execute(
+                    insert(runtime_settings).values(name=name, value=value, updated_at=now)
+                )
 
     def release(self, order_id: int, owner: str) -> None:
         with self._write() as conn:

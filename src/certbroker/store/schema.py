@@ -100,7 +100,7 @@ certificates = Table(
     Column("alarm_message", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
-    Index("ix_certificates_status", "status"),
+    Index("ix_certificates_status_renew_at", "status", "renew_at"),  # the scheduler
     Index("ix_certificates_renew_at", "renew_at"),
     Index("ix_certificates_not_after", "not_after"),
 )
@@ -197,4 +197,13 @@ validation_failures = Table(
     Column("name", String(255), nullable=False),
     Column("at", UTCDateTime, nullable=False),
     Index("ix_validation_failures_account_name_at", "account_id", "name", "at"),
+)
+
+# Settings changed while serve runs (`certbroker log-level`); every process polls them.
+runtime_settings = Table(
+    "runtime_settings",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
