@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from certbroker.domain.errors import AcmeProblem
@@ -56,6 +57,16 @@ class OrderInfo:
 
 
 @dataclass(frozen=True)
+class RenewalInfo:
+    """The CA's suggested renewal window for one certificate (RFC 9773)."""
+
+    start: datetime
+    end: datetime
+    retry_after: float | None = None  # seconds until it should be asked again
+    explanation_url: str | None = None
+
+
+@dataclass(frozen=True)
 class AccountInfo:
     uri: str
     status: str
@@ -80,7 +91,9 @@ class CertificateAuthority(Protocol):
     def update_contacts(self, emails: Sequence[str]) -> AccountInfo: ...
     def deactivate(self) -> AccountInfo: ...
     def change_key(self, new_key_pem: bytes) -> None: ...
-    def new_order(self, names: Sequence[str]) -> OrderInfo: ...
+    def new_order(self, names: Sequence[str], replaces: str | None = None) -> OrderInfo: ...
+    def supports_renewal_info(self) -> bool: ...
+    def renewal_info(self, cert_id: str) -> RenewalInfo: ...
     def get_order(self, url: str) -> OrderInfo: ...
     def get_authorization(self, url: str) -> AuthorizationInfo: ...
     def key_authorization(self, token: str) -> str: ...

@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
@@ -36,7 +37,13 @@ from certbroker.domain.errors import (
     TransientError,
     UsageError,
 )
-from certbroker.ports import AccountInfo, AuthorizationInfo, ChallengeInfo, OrderInfo
+from certbroker.ports import (
+    AccountInfo,
+    AuthorizationInfo,
+    ChallengeInfo,
+    OrderInfo,
+    RenewalInfo,
+)
 
 log = logging.getLogger("certbroker.acme")
 
@@ -359,8 +366,33 @@ class AcmeCA:
             retry_after=_retry_after(response),
         )
 
-    def new_order(self, names: Sequence[str]) -> OrderInfo:
-        payload = {"identifiers": [{"type": "dns", "value": n} for n in names]}
+    def supports_renewal_info(self) -> bool:
+        return bool(self.directory().get("renewalInfo"))
+
+    def renewal_info(self, cert_id: str) -> RenewalInfo:
+        """GET <renewalInfo>/<certID>: the suggested window, and when to ask again."""
+        base = str(self.directory()["renewalInfo"]).rstrip("/")
+
+        def fetch() -> RenewalInfo:
+            response = self.net.get(f"{base}/{cert_id}")
+            body = response.json()
+            window = body["suggestedWindow"]
+            start = datetime.fromisoformat(str(window["start"]).replace("Z", "+00:00"))
+            end = datetime.fromisoformat(str(window["end"]).replace("Z", "+00:00"))
+            explanation = body.get("explanationURL")
+            return RenewalInfo(
+                start=start if start.tzinfo else start.replace(tzinfo=UTC),
+                end=end if end.tzinfo else end.replace(tzinfo=UTC),
+                retry_after=_retry_after(response),
+                explanation_url=str(explanation) if explanation else None,
+            )
+
+        return self._call("send renewal information", fetch)
+
+    def new_order(self, names: Sequence[str], replaces: str | None = None) -> OrderInfo:
+        payload: dict[str, Any] = {"identifiers": [{"type": "dns", "value": n} for n in names]}
+        if replaces:
+            payload["replaces"] = replaces  # RFC 9773 §5: the certificate this one renews
         return self._call(
             "create the order",
             lambda: self._order_info(self._post(self.directory()["newOrder"], payload)),

@@ -104,6 +104,7 @@ class Certificate:
     renewal_reason: str | None = None
     alarm_since: datetime | None = None  # its issuance or renewal keeps failing
     alarm_message: str | None = None  # the last error
+    ari_next_check: datetime | None = None
 
     @property
     def common_name(self) -> str:
@@ -140,6 +141,7 @@ class Order:
     finished_at: datetime | None = None
     started_at: datetime | None = None  # first taken by a worker; created_at is when queued
     purpose: OrderPurpose = OrderPurpose.ISSUE
+    replaces: str | None = None  # the ARI certID sent with the new order
     lease_owner: str | None = None
     lease_until: datetime | None = None
     next_run_at: datetime | None = None
@@ -149,6 +151,7 @@ class Order:
             "id": self.id,
             "state": self.state.value,
             "purpose": self.purpose.value,
+            "replaces": self.replaces,
             "order_url": self.order_url,
             "attempts": self.attempts,
             "created_at": self.created_at.isoformat(),

@@ -25,6 +25,7 @@ from typing import TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from certbroker.crypto.ari import ari_cert_id
 from certbroker.crypto.csr import Subject, make_csr
 from certbroker.crypto.keys import (
     PrivateKey,
@@ -53,7 +54,7 @@ from certbroker.domain.models import (
     OrderState,
 )
 from certbroker.domain.names import validate_names
-from certbroker.domain.renewal import plan_renewal
+from certbroker.domain.renewal import RenewalWindow, plan_renewal
 from certbroker.ports import AuthorizationInfo, CertificateAuthority, OrderInfo
 from certbroker.services.common import Progress, ServiceContext, no_progress
 from certbroker.store.repository import IssuedCertificate, LeaseLost, NewCertificate
@@ -61,6 +62,8 @@ from certbroker.store.repository import IssuedCertificate, LeaseLost, NewCertifi
 log = logging.getLogger("certbroker.issuance")
 
 LEASE = timedelta(seconds=120)
+ARI_DEFAULT_RETRY = timedelta(hours=6)  # when the CA sends no Retry-After (RFC 9773 §4.3)
+ARI_LONGEST_RETRY = timedelta(days=1)
 LONGEST_WAIT = 60.0  # seconds wait_for sleeps for a retry; a later one is left to serve
 FAULT_ENV = "CERTBROKER_FAULT_KILL_AFTER"  # test hook: SIGKILL this process after a step
 CHALLENGE_TYPES = ("http-01",)
@@ -270,6 +273,23 @@ class IssuanceService:
             return existing
         return self.repo.add_order(cert_id, self.ctx.clock(), lease_owner, LEASE)
 
+    def ask_renewal_info(
+        self, ca: CertificateAuthority, cert: x509.Certificate, now: datetime
+    ) -> tuple[RenewalWindow | None, datetime | None]:
+        """The CA's ARI window for `cert` and when to ask again, or (None, None) when the
+        CA offers no ARI. A CA that fails to answer is asked again in an hour; the
+        policy plans the renewal meanwhile."""
+        if not ca.supports_renewal_info():
+            return None, None
+        try:
+            info = ca.renewal_info(ari_cert_id(cert))
+        except (CAError, ValueError) as exc:
+            log.warning("no renewal information from the CA: %s", exc)
+            return None, now + timedelta(hours=1)
+        wait = info.retry_after if info.retry_after else ARI_DEFAULT_RETRY.total_seconds()
+        wait = min(max(wait, 60.0), ARI_LONGEST_RETRY.total_seconds())
+        return RenewalWindow(info.start, info.end), now + timedelta(seconds=wait)
+
     # -- leases ----------------------------------------------------------------------------
 
     def claim(self, order_id: int, owner: str) -> bool:
@@ -461,8 +481,9 @@ class _OrderRun:
 
     def _new_order(self) -> OrderInfo:
         self.progress(f"ordering {', '.join(self.cert.names)}")
-        info = self.ca.new_order(self.cert.names)
-        self.record(state=OrderState.ORDERED, order_url=info.url)
+        replaces = self._replaces()
+        info = self.ca.new_order(self.cert.names, replaces=replaces)
+        self.record(state=OrderState.ORDERED, order_url=info.url, replaces=replaces)
         self.progress(f"order {info.url} created")
         return info
 
@@ -504,6 +525,18 @@ class _OrderRun:
             for authz in pending:
                 self.progress(f"{authz.identifier}: validated")
         return info
+
+    def _replaces(self) -> str | None:
+        """For a renewal at a CA with ARI: the certificate it replaces (RFC 9773 §5)."""
+        if self.order.purpose is not OrderPurpose.RENEW or self.cert.cert_pem is None:
+            return None
+        if not self.ca.supports_renewal_info():
+            return None
+        try:
+            return ari_cert_id(x509.load_pem_x509_certificate(self.cert.cert_pem.encode()))
+        except ValueError as exc:
+            log.info("order %d: not naming the replaced certificate: %s", self.order.id, exc)
+            return None
 
     def _check_validation_cap(self, names: list[str]) -> None:
         """Answer no challenge for a name that failed validation too often this hour."""
@@ -571,13 +604,17 @@ class _OrderRun:
             raise PermanentError("the certificate the CA sent does not match the stored key")
         issued = describe(cert_pem, chain_pem, info.url)
         now = self.svc.ctx.clock()
+        window, next_check = self.svc.ask_renewal_info(self.ca, leaf, now)
         plan = plan_renewal(
             issued.not_before,
             issued.not_after,
             now=now,
             days_before_expiry=self.cert.renew_before_days or self.svc.renew_before_days,
+            ari=window,
         )
-        self.repo.store_issued(self.cert.id, self.order.id, self.owner, issued, now, plan)
+        self.repo.store_issued(
+            self.cert.id, self.order.id, self.owner, issued, now, plan, next_check
+        )
         self.progress(
             f"certificate issued: serial {issued.serial}, valid until "
             f"{issued.not_after:%Y-%m-%d %H:%M} UTC; renewal planned for {plan.describe()}"

@@ -12,8 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 
+from cryptography import x509
+
 from certbroker.domain.errors import UsageError
 from certbroker.domain.models import CertificateStatus, Order
+from certbroker.domain.renewal import RenewalPlan, RenewalReason, plan_renewal
 from certbroker.services.common import ServiceContext
 from certbroker.services.issuance import LEASE, IssuanceService
 
@@ -42,6 +45,35 @@ class RenewalService:
         if cert.status not in (CertificateStatus.VALID, CertificateStatus.REVOKED):
             raise UsageError(f"certificate {cert_id} is {cert.status.value}; it cannot be renewed")
         return self.repo.add_renewal_order(cert_id, self.ctx.clock(), lease_owner, LEASE)
+
+    def refresh_renewal_info(self, limit: int = 100) -> int:
+        """Ask the CA again for the ARI window of certificates whose Retry-After has
+        passed, and move their renewal accordingly. Returns how many were asked."""
+        now = self.ctx.clock()
+        due = self.repo.ari_due(now, limit)
+        for cert in due:
+            if cert.cert_pem is None or cert.not_before is None or cert.not_after is None:
+                continue
+            account = self.repo.get_account(cert.account_id)
+            leaf = x509.load_pem_x509_certificate(cert.cert_pem.encode())
+            window, next_check = self.issuance.ask_renewal_info(self.ctx.ca_for(account), leaf, now)
+            plan = plan_renewal(
+                cert.not_before,
+                cert.not_after,
+                now=now,
+                days_before_expiry=cert.renew_before_days or self.issuance.renew_before_days,
+                ari=window,
+            )
+            kept = cert.renewal_reason == RenewalReason.ARI.value and cert.renew_at
+            if window is not None and kept and window.start <= kept <= window.end:
+                # The same window: keep the moment drawn in it, rather than draw again.
+                plan = RenewalPlan(kept, RenewalReason.ARI)
+            if plan.renew_at != cert.renew_at and window is not None:
+                log.info(
+                    "certificate %d: the CA's window moves renewal to %s", cert.id, plan.describe()
+                )
+            self.repo.set_renewal_plan(cert.id, plan, next_check, now)
+        return len(due)
 
     def queue_due(self) -> list[int]:
         """Queue a renewal for every certificate that is due; returns their IDs."""
@@ -72,6 +104,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
 
     def tick(self) -> list[int]:
+        self.renewal.refresh_renewal_info()
         queued = self.renewal.queue_due()
         if queued:
             log.info("renewal due for %d certificate(s): %s", len(queued), _ids(queued))

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from certbroker.domain.models import (
     ACTIVE_ORDER_STATES,
+    Certificate,
     CertificateStatus,
     EventKind,
     Order,
@@ -22,7 +23,7 @@ from certbroker.domain.models import (
 from certbroker.domain.renewal import RenewalPlan
 from certbroker.store.base import LeaseLost
 from certbroker.store.events import EventStore, succeeded
-from certbroker.store.rows import new_id, order_row
+from certbroker.store.rows import CERT_COLUMNS, certificate_row, new_id, order_row
 from certbroker.store.schema import (
     certificate_history,
     certificates,
@@ -95,6 +96,35 @@ class RenewalStore(EventStore):
                 )
         return ids
 
+    def ari_due(self, now: datetime, limit: int) -> list[Certificate]:
+        """Valid certificates whose ARI window should be asked for again."""
+        c = certificates.c
+        with self._read() as conn:
+            return [
+                certificate_row(r)
+                for r in conn.execute(
+                    select(*CERT_COLUMNS)
+                    .where(and_(c.ari_next_check <= now, c.status == CertificateStatus.VALID.value))
+                    .order_by(c.ari_next_check)
+                    .limit(limit)
+                )
+            ]
+
+    def set_renewal_plan(
+        self, cert_id: int, plan: RenewalPlan, ari_next_check: datetime | None, now: datetime
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(certificates)
+                .where(certificates.c.id == cert_id)
+                .values(
+                    renew_at=plan.renew_at,
+                    renewal_reason=plan.reason.value,
+                    ari_next_check=ari_next_check,
+                    updated_at=now,
+                )
+            )
+
     def add_renewal_order(
         self, cert_id: int, now: datetime, lease_owner: str | None, lease: timedelta
     ) -> Order:
@@ -157,6 +187,7 @@ class RenewalStore(EventStore):
         issued: IssuedCertificate,
         now: datetime,
         plan: RenewalPlan,
+        ari_next_check: datetime | None = None,
     ) -> None:
         """Certificate, renewal plan, order state and token clean-up in one transaction.
 
@@ -202,6 +233,7 @@ class RenewalStore(EventStore):
                 "revoked_at": None,
                 "renew_at": plan.renew_at,
                 "renewal_reason": plan.reason.value,
+                "ari_next_check": ari_next_check,
                 "updated_at": now,
             }
             if order.key_sealed is not None:

@@ -74,6 +74,7 @@ def certificate_row(row: Row[Any]) -> Certificate:
         renewal_reason=row.renewal_reason,
         alarm_since=row.alarm_since,
         alarm_message=row.alarm_message,
+        ari_next_check=row.ari_next_check,
     )
 
 
@@ -91,6 +92,7 @@ def order_row(row: Row[Any]) -> Order:
         finished_at=row.finished_at,
         started_at=row.started_at,
         purpose=OrderPurpose(row.purpose),
+        replaces=row.replaces,
         lease_owner=row.lease_owner,
         lease_until=row.lease_until,
         next_run_at=row.next_run_at,

@@ -98,11 +98,13 @@ certificates = Table(
     # Active while its issuance or renewal keeps failing; cleared by the next success.
     Column("alarm_since", UTCDateTime, nullable=True),
     Column("alarm_message", Text, nullable=True),
+    Column("ari_next_check", UTCDateTime, nullable=True),  # ask the CA's ARI again then
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_certificates_status_renew_at", "status", "renew_at"),  # the scheduler
     Index("ix_certificates_renew_at", "renew_at"),
     Index("ix_certificates_not_after", "not_after"),
+    Index("ix_certificates_ari_next_check", "ari_next_check"),
 )
 
 orders = Table(
@@ -125,6 +127,7 @@ orders = Table(
     Column("purpose", String(20), nullable=False, server_default="issue"),  # issue | renew
     # A renewal's new private key, until the new certificate replaces the old one.
     Column("key_sealed", LargeBinary, nullable=True),
+    Column("replaces", Text, nullable=True),  # ARI certID of the certificate it renews
     Index("ix_orders_certificate_id", "certificate_id"),
     Index("ix_orders_state_next_run", "state", "next_run_at"),
     Index(

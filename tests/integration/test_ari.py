@@ -1,0 +1,115 @@
+"""ARI (RFC 9773) end to end: Debian's Pebble 2.4 has no renewalInfo, so a proxy in front
+of it adds one (tests/support/ari_proxy.py) and serves the window each test chooses."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from certbroker.crypto.ari import ari_cert_id
+from tests.conftest import Cli, make_cli
+from tests.support.ari_proxy import AriProxy
+from tests.support.pebble import PebbleServer
+
+
+@pytest.fixture
+def ari(pebble: PebbleServer) -> Iterator[AriProxy]:
+    now = datetime.now(UTC)
+    proxy = AriProxy(pebble, (now + timedelta(days=10), now + timedelta(days=11))).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture
+def ari_cli(ari: AriProxy, pebble: PebbleServer, tmp_path: Path) -> Cli:
+    cli = make_cli(tmp_path / "data", pebble)
+    cli(
+        "account", "register", "--directory", ari.directory_url, "--email",
+        "ari@example.com", "--agree-tos", "--ca-bundle", str(pebble.ca_bundle),
+        "--name", "main",
+    )  # fmt: skip
+    return cli
+
+
+def _leaf(cli: Cli, tmp_path: Path) -> x509.Certificate:
+    out = tmp_path / "pem"
+    cli("cert", "export", "1", "--format", "pem", "--out", str(out))
+    return x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+
+
+def test_renewal_is_planned_inside_the_cas_window_and_names_what_it_replaces(
+    ari: AriProxy, ari_cli: Cli, tmp_path: Path
+) -> None:
+    ari_cli("cert", "request", "ari.example.com", "--wait")
+    shown = ari_cli.json("cert", "show", "1")
+    start, end = ari.window
+    assert shown["renewal_reason"] == "ari"
+    assert start <= datetime.fromisoformat(shown["renew_at"]) <= end
+    cert_id = ari_cert_id(_leaf(ari_cli, tmp_path))
+    assert ari.asked == [cert_id]  # asked for this certificate's window
+    assert "replaces" not in ari.new_orders[0]  # a first certificate replaces nothing
+
+    ari_cli("cert", "renew", "1")
+    assert ari.new_orders[-1]["replaces"] == cert_id  # on the wire, RFC 9773 §5
+    renewal = ari_cli.json("cert", "show", "1")["attempts"][-1]
+    assert renewal["purpose"] == "renew" and renewal["replaces"] == cert_id
+
+
+def test_serve_renews_at_once_when_the_ca_moves_the_window_into_the_past(
+    ari: AriProxy, ari_cli: Cli, tmp_path: Path
+) -> None:
+    """A CA asks for early renewal (say, before a mass revocation) by moving the window
+    into the past; certbroker hears it at its next look and renews right away."""
+    ari_cli("cert", "request", "ari-early.example.com", "--wait")
+    first = ari_cli.json("cert", "show", "1")
+    old_id = ari_cert_id(_leaf(ari_cli, tmp_path))
+    now = datetime.now(UTC)
+    ari.windows[old_id] = (now - timedelta(hours=2), now - timedelta(hours=1))
+    _ask_again_now(ari_cli)  # the CA's Retry-After (an hour) has passed
+
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "certbroker", "serve"],
+        env={**ari_cli.env, "CERTBROKER_SCHEDULER_INTERVAL": "0.5"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ari_cli.json("cert", "show", "1")["history"]:
+            assert serve.poll() is None and time.monotonic() < deadline, "not renewed"
+            time.sleep(0.5)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        log, _ = serve.communicate(timeout=60)
+    assert serve.returncode == 0, log
+    (past,) = ari_cli.json("cert", "show", "1")["history"]
+    assert past["serial"] == first["serial"]
+    assert past["replaced_because"] == "renewed when due (ari-past)"
+    assert ari.asked.count(old_id) == 2  # at issuance, and again when it was time
+    assert ari.new_orders[-1]["replaces"] == old_id
+
+
+def _ask_again_now(cli: Cli) -> None:
+    """Time passing, for the store: the certificate's next ARI look is due."""
+    from sqlalchemy import update
+
+    from certbroker.store.db import make_engine
+    from certbroker.store.schema import certificates
+
+    engine = make_engine(f"sqlite:///{cli.data_dir / 'certbroker.db'}")
+    with engine.begin() as conn:
+        conn.execute(
+            update(certificates).values(ari_next_check=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    engine.dispose()
