@@ -113,3 +113,27 @@ def _ask_again_now(cli: Cli) -> None:
             update(certificates).values(ari_next_check=datetime.now(UTC) - timedelta(seconds=1))
         )
     engine.dispose()
+
+
+def test_a_profile_the_ca_advertises_goes_into_every_order(ari: AriProxy, ari_cli: Cli) -> None:
+    ari_cli("cert", "request", "profiled.example.com", "--profile", "shortlived", "--wait")
+    assert ari.new_orders[-1]["profile"] == "shortlived"
+    assert ari_cli.json("cert", "show", "1")["profile"] == "shortlived"
+    ari_cli("cert", "renew", "1")
+    assert ari.new_orders[-1]["profile"] == "shortlived"  # renewals keep it
+
+
+def test_a_profile_the_ca_does_not_offer_is_refused(ari: AriProxy, ari_cli: Cli) -> None:
+    proc = ari_cli("cert", "request", "x.example.com", "--profile", "forever", check=False)
+    assert proc.returncode == 2
+    assert "--profile 'forever' is not offered" in proc.stderr
+    assert "classic" in proc.stderr and "shortlived" in proc.stderr
+    assert ari_cli.json("cert", "list") == []  # nothing stored
+
+
+def test_a_profile_at_a_ca_without_profiles_is_refused(cli: Cli) -> None:
+    cli.register()  # Pebble 2.4 itself advertises no profiles
+    proc = cli("cert", "request", "x.example.com", "--profile", "classic", check=False)
+    assert proc.returncode == 2
+    assert "offers no profiles" in proc.stderr
+    assert cli.json("cert", "list") == []

@@ -389,10 +389,20 @@ class AcmeCA:
 
         return self._call("send renewal information", fetch)
 
-    def new_order(self, names: Sequence[str], replaces: str | None = None) -> OrderInfo:
+    def profiles(self) -> dict[str, str]:
+        """The ACME profiles the directory advertises (meta.profiles): name -> what it is."""
+        meta = self.directory().get("meta") or {}
+        offered = meta.get("profiles") or {}
+        return {str(k): str(v) for k, v in offered.items()} if isinstance(offered, dict) else {}
+
+    def new_order(
+        self, names: Sequence[str], replaces: str | None = None, profile: str | None = None
+    ) -> OrderInfo:
         payload: dict[str, Any] = {"identifiers": [{"type": "dns", "value": n} for n in names]}
         if replaces:
             payload["replaces"] = replaces  # RFC 9773 §5: the certificate this one renews
+        if profile:
+            payload["profile"] = profile  # draft-ietf-acme-profiles
         return self._call(
             "create the order",
             lambda: self._order_info(self._post(self.directory()["newOrder"], payload)),

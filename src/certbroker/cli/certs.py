@@ -108,6 +108,10 @@ def request(
             "when a third of the lifetime is left). The CA's ARI window comes first."
         ),
     ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="An ACME profile the CA advertises (e.g. Let's Encrypt's shortlived)."),
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option("--wait", help="Obtain it now and show progress (otherwise `serve` does it)."),
@@ -149,6 +153,7 @@ def request(
         key_pem=key_pem,
         subject=subject,
         renew_before_days=renew_before_days,
+        profile=profile,
     )
     state: State = ctx.obj
     broker = state.broker

@@ -105,6 +105,7 @@ class Certificate:
     alarm_since: datetime | None = None  # its issuance or renewal keeps failing
     alarm_message: str | None = None  # the last error
     ari_next_check: datetime | None = None
+    profile: str | None = None
 
     @property
     def common_name(self) -> str:

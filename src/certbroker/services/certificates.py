@@ -68,6 +68,7 @@ class CertificateService:
                 "renew_at": cert.renew_at.isoformat() if cert.renew_at else None,
                 "renewal_reason": cert.renewal_reason,
                 "renew_before_days": cert.renew_before_days,
+                "profile": cert.profile,
                 "attempts": [o.to_json() for o in orders],
                 "history": [h.to_json() for h in self.repo.history_of(cert_id)],
                 "alarm": (

@@ -102,6 +102,7 @@ class CertificateRequest:
     key_pem: bytes | None = None  # with KeyPolicy.IMPORTED
     subject: Subject | None = None
     renew_before_days: float | None = None  # None: the global policy
+    profile: str | None = None  # an ACME profile the CA advertises
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,8 @@ class IssuanceService:
                 f"--renew-before-days {req.renew_before_days:g} is not a number of days "
                 "(more than 0); leave it out to use the global policy"
             )
+        if req.profile is not None:
+            self._check_profile(account, req.profile)
         make_csr(key, names, subject)  # proves now that the CSR can be built
         return PreparedRequest(
             NewCertificate(
@@ -231,8 +234,22 @@ class IssuanceService:
                 subject=subject.as_dict(),
                 key_sealed=self.ctx.sealer.seal(private_key_to_pem(key)),
                 renew_before_days=req.renew_before_days,
+                profile=req.profile,
             )
         )
+
+    def _check_profile(self, account: Account, profile: str) -> None:
+        offered = self.ctx.ca_for(account).profiles()
+        if not offered:
+            raise UsageError(
+                f"--profile {profile!r}: the CA of account {account.name!r} "
+                f"({account.directory_url}) offers no profiles; leave --profile out"
+            )
+        if profile not in offered:
+            raise UsageError(
+                f"--profile {profile!r} is not offered by the CA; choose one of "
+                + ", ".join(f"{name} ({about})" for name, about in offered.items())
+            )
 
     def store(
         self, prepared: PreparedRequest, lease_owner: str | None = None
@@ -482,7 +499,7 @@ class _OrderRun:
     def _new_order(self) -> OrderInfo:
         self.progress(f"ordering {', '.join(self.cert.names)}")
         replaces = self._replaces()
-        info = self.ca.new_order(self.cert.names, replaces=replaces)
+        info = self.ca.new_order(self.cert.names, replaces=replaces, profile=self.cert.profile)
         self.record(state=OrderState.ORDERED, order_url=info.url, replaces=replaces)
         self.progress(f"order {info.url} created")
         return info

@@ -67,6 +67,7 @@ class NewCertificate:
     subject: dict[str, str]
     key_sealed: bytes | None
     renew_before_days: float | None = None
+    profile: str | None = None
 
 
 class Repository(RenewalStore):
@@ -197,6 +198,7 @@ class Repository(RenewalStore):
                         subject=json.dumps(new.subject),
                         key_sealed=new.key_sealed,
                         renew_before_days=new.renew_before_days,
+                        profile=new.profile,
                         created_at=now,
                         updated_at=now,
                     )

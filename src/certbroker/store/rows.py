@@ -75,6 +75,7 @@ def certificate_row(row: Row[Any]) -> Certificate:
         alarm_since=row.alarm_since,
         alarm_message=row.alarm_message,
         ari_next_check=row.ari_next_check,
+        profile=row.profile,
     )
 
 

@@ -99,6 +99,7 @@ certificates = Table(
     Column("alarm_since", UTCDateTime, nullable=True),
     Column("alarm_message", Text, nullable=True),
     Column("ari_next_check", UTCDateTime, nullable=True),  # ask the CA's ARI again then
+    Column("profile", String(100), nullable=True),  # the ACME profile its orders ask for
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_certificates_status_renew_at", "status", "renew_at"),  # the scheduler
