@@ -137,3 +137,85 @@ def test_a_profile_at_a_ca_without_profiles_is_refused(cli: Cli) -> None:
     assert proc.returncode == 2
     assert "offers no profiles" in proc.stderr
     assert cli.json("cert", "list") == []
+
+
+def _serve(cli: Cli) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "certbroker", "serve"],
+        env={**cli.env, "CERTBROKER_SCHEDULER_INTERVAL": "0.5"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _events(cli: Cli, kind: str) -> list[dict[str, object]]:
+    return [e for e in cli.json("events", "--json") if e["kind"] == kind]
+
+
+def test_a_ca_outage_heals_by_itself(ari: AriProxy, ari_cli: Cli) -> None:
+    """The CA goes away while `serve` has work; when it is back, every certificate ends
+    valid and every alarm clears, nobody acting."""
+    names = [f"outage{i}.example.com" for i in range(5)]
+    for name in names:
+        ari_cli("cert", "request", name)
+    ari.down = True
+    serve = _serve(ari_cli)
+    try:
+        deadline = time.monotonic() + 60
+        while not _events(ari_cli, "attempt-failed"):
+            assert serve.poll() is None and time.monotonic() < deadline, "no failed attempt"
+            time.sleep(0.5)
+        assert ari_cli.json("alarms", "--json")  # failing, and said so
+        ari.down = False
+        deadline = time.monotonic() + 120
+        while any(c["status"] != "valid" for c in ari_cli.json("cert", "list")):
+            assert serve.poll() is None and time.monotonic() < deadline, "not healed"
+            time.sleep(0.5)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        log, _ = serve.communicate(timeout=60)
+    assert serve.returncode == 0, log
+    assert ari_cli.json("alarms", "--json") == []
+    failed = _events(ari_cli, "attempt-failed")
+    assert all("cannot reach the CA" in str(e["message"]) for e in failed)
+
+
+def test_a_renewal_that_fails_for_good_is_not_retried_until_a_person_acts(
+    ari: AriProxy, ari_cli: Cli
+) -> None:
+    ari_cli("cert", "request", "stopped.example.com", "--wait")
+    ari_cli("account", "deactivate", "main", "--yes")  # every order now fails for good
+    _make_due(ari_cli)
+    serve = _serve(ari_cli)
+    try:
+        deadline = time.monotonic() + 60
+        while not _events(ari_cli, "failed"):
+            assert serve.poll() is None and time.monotonic() < deadline, "no failure"
+            time.sleep(0.5)
+        time.sleep(3)  # several scheduler ticks: none may queue the renewal again
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        log, _ = serve.communicate(timeout=60)
+    assert serve.returncode == 0, log
+    shown = ari_cli.json("cert", "show", "1")
+    assert [a["state"] for a in shown["attempts"]] == ["valid", "failed"]
+    assert shown["renew_at"] is None and shown["renewal_reason"] == "stopped"
+    assert shown["status"] == "valid"  # the current certificate is still good
+    assert "renewal stopped until `certbroker cert renew 1`" in shown["alarm"]["last_error"]
+
+
+def _make_due(cli: Cli) -> None:
+    from sqlalchemy import update
+
+    from certbroker.store.db import make_engine
+    from certbroker.store.schema import certificates
+
+    engine = make_engine(f"sqlite:///{cli.data_dir / 'certbroker.db'}")
+    with engine.begin() as conn:
+        conn.execute(
+            update(certificates).values(
+                renew_at=datetime.now(UTC) - timedelta(minutes=1), ari_next_check=None
+            )
+        )
+    engine.dispose()

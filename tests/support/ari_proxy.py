@@ -9,7 +9,9 @@ is rewritten to the proxy. On top:
   `window`), with
   `Retry-After: retry_after`, and records which certIDs were asked (`asked`);
 * each newOrder payload is decoded and recorded (`new_orders`), so a test can see
-  `replaces` on the wire.
+  `replaces` on the wire;
+* `down = True` makes the CA unreachable (connections closed unanswered), as in an
+  outage, until it is set back.
 
 It uses Pebble's own listener certificate (for 127.0.0.1), so clients trust it with the
 same CA bundle.
@@ -40,6 +42,7 @@ class AriProxy:
         self.retry_after = 3600
         self.asked: list[str] = []
         self.new_orders: list[dict[str, Any]] = []
+        self.down = False
         self.upstream = pebble.directory_url.rsplit("/", 1)[0]  # https://127.0.0.1:port
         self._session = requests.Session()
         self._session.verify = str(pebble.ca_bundle)
@@ -112,7 +115,14 @@ class AriProxy:
                 }
                 self._send(upstream.status_code, passed, content)
 
+            def _outage(self) -> bool:
+                if proxy.down:
+                    self.close_connection = True  # hang up without an answer
+                return proxy.down
+
             def do_GET(self) -> None:
+                if self._outage():
+                    return
                 if self.path.startswith("/renewal-info/"):
                     cert_id = self.path.rsplit("/", 1)[1]
                     proxy.asked.append(cert_id)
@@ -137,10 +147,13 @@ class AriProxy:
                 self._forward(None)
 
             def do_HEAD(self) -> None:
-                self._forward(None)
+                if not self._outage():
+                    self._forward(None)
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self._outage():
+                    return
                 if self.path.endswith("/order-plz"):  # Pebble's newOrder path
                     jws = json.loads(body)
                     payload = jws.get("payload") or ""

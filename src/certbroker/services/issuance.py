@@ -64,6 +64,8 @@ log = logging.getLogger("certbroker.issuance")
 LEASE = timedelta(seconds=120)
 ARI_DEFAULT_RETRY = timedelta(hours=6)  # when the CA sends no Retry-After (RFC 9773 §4.3)
 ARI_LONGEST_RETRY = timedelta(days=1)
+RENEWAL_RETRY_FIRST = timedelta(minutes=10)  # a renewal that failed transiently, again
+RENEWAL_RETRY_MAX = timedelta(hours=6)
 LONGEST_WAIT = 60.0  # seconds wait_for sleeps for a retry; a later one is left to serve
 FAULT_ENV = "CERTBROKER_FAULT_KILL_AFTER"  # test hook: SIGKILL this process after a step
 CHALLENGE_TYPES = ("http-01",)
@@ -356,17 +358,51 @@ class IssuanceService:
             return RunResult(Outcome.FAILED, self.repo.get_order(order_id), str(exc))
         return RunResult(Outcome.ISSUED, self.repo.get_order(order_id))
 
-    def _fail(self, order_id: int, owner: str, message: str, problem: AcmeProblem | None) -> None:
+    def _fail(
+        self,
+        order_id: int,
+        owner: str,
+        message: str,
+        problem: AcmeProblem | None,
+        *,
+        transient: bool = False,
+    ) -> None:
+        """The order failed for good. For a certificate that was issued before, this was
+        a renewal: after transient failures the scheduler tries again later (10 minutes,
+        doubling with each failed renewal, at most 6 hours), so the broker heals itself
+        when the cause goes away; after a permanent one (unauthorized, caa, a
+        deactivated account…) renewal stops until a person acts (`cert renew ID`)."""
+        now = self.ctx.clock()
+        order = self.repo.get_order(order_id)
+        cert = self.repo.get_certificate(order.certificate_id)
+        retry_at: datetime | None = None
+        stop = False
+        if cert.cert_pem is not None:
+            if transient:
+                history = self.repo.orders_of(cert.id)
+                since_valid = [o for o in history if o.state is OrderState.VALID][-1:]
+                last_valid = since_valid[0].id if since_valid else 0
+                failed = sum(
+                    1 for o in history if o.id > last_valid and o.state is OrderState.FAILED
+                )
+                wait = min(RENEWAL_RETRY_MAX, RENEWAL_RETRY_FIRST * 2**failed)
+                retry_at = now + wait
+                message += f"; renewal tried again at {retry_at:%Y-%m-%d %H:%M} UTC"
+            else:
+                stop = True
+                message += f"; renewal stopped until `certbroker cert renew {cert.id}`"
         log.warning("order %d failed: %s", order_id, message)
         with contextlib.suppress(LeaseLost):
-            self.repo.fail_order(order_id, owner, self.ctx.clock(), message, problem)
+            self.repo.fail_order(
+                order_id, owner, now, message, problem, retry_renewal_at=retry_at, stop=stop
+            )
 
     def _transient(self, order_id: int, owner: str, exc: TransientError) -> RunResult:
         order = self.repo.get_order(order_id)
         attempts = order.attempts + 1
         if attempts >= self.retry_attempts:
             message = f"{exc} (gave up after {attempts} attempts)"
-            self._fail(order_id, owner, message, exc.problem)
+            self._fail(order_id, owner, message, exc.problem, transient=True)
             return RunResult(Outcome.FAILED, self.repo.get_order(order_id), message)
         delay = max(exc.retry_after or 0.0, min(300.0, 2.0**attempts))
         delay *= 1 + secrets.randbelow(250) / 1000  # jitter, so retries spread out

@@ -460,7 +460,12 @@ class Repository(RenewalStore):
         now: datetime,
         message: str,
         problem: AcmeProblem | None,
+        *,
+        retry_renewal_at: datetime | None = None,
+        stop: bool = False,
     ) -> None:
+        """The order failed for good. For an issued certificate (a renewal), either plan
+        the next try (`retry_renewal_at`) or stop renewing until a person acts (`stop`)."""
         with self._write() as conn:
             self._check_lease(conn, order_id, owner)
             cert_id = conn.execute(
@@ -486,6 +491,16 @@ class Repository(RenewalStore):
                 .values(status=CertificateStatus.FAILED.value, updated_at=now)
             )
             conn.execute(delete(challenges).where(challenges.c.order_id == order_id))
+            if retry_renewal_at is not None or stop:
+                conn.execute(
+                    update(certificates)
+                    .where(certificates.c.id == cert_id)
+                    .values(
+                        renew_at=retry_renewal_at,
+                        renewal_reason="retry-after-failure" if not stop else "stopped",
+                        ari_next_check=None,
+                    )
+                )
             record_failure(conn, now, cert_id, order_id, message, problem, final=True)
 
     def retry_later(
