@@ -219,3 +219,47 @@ def _make_due(cli: Cli) -> None:
             )
         )
     engine.dispose()
+
+
+def test_ca_fallback_when_the_first_ca_is_down(
+    ari: AriProxy, ari_cli: Cli, pebble: PebbleServer
+) -> None:
+    """Two accounts at two CAs (the proxy, and Pebble itself): with the first CA gone,
+    the second issues, and the events say so."""
+    ari_cli(
+        "account", "register", "--directory", pebble.directory_url, "--email",
+        "second@example.com", "--agree-tos", "--ca-bundle", str(pebble.ca_bundle),
+        "--name", "second",
+    )  # fmt: skip
+    ari.down = True
+    out = ari_cli(
+        "cert", "request", "fallback.example.com", "--account", "main", "--account", "second",
+        "--wait", env={"CERTBROKER_RETRY_ATTEMPTS": "2"},
+    )  # fmt: skip
+    assert "falling back to account 'second'" in out.stderr
+    shown = ari_cli.json("cert", "show", "1")
+    assert shown["status"] == "valid" and shown["fallback_accounts"] == ["second"]
+    first, second = shown["attempts"]
+    assert first["state"] == "failed" and "cannot reach the CA" in first["error"]
+    assert second["state"] == "valid" and second["order_url"].startswith(
+        pebble.directory_url.rsplit("/", 1)[0]
+    )  # the second CA's order
+    (fallback,) = _events(ari_cli, "ca-fallback")
+    assert "account 'main'" in str(fallback["message"])
+    assert "falling back to account 'second'" in str(fallback["message"])
+    assert ari_cli.json("alarms", "--json") == []  # cleared by the success
+
+
+@pytest.mark.parametrize(
+    ("accounts", "hint"),
+    [
+        (["main", "main"], "named twice"),
+        (["main", "nosuch"], "nosuch"),
+    ],
+)
+def test_fallback_accounts_are_checked(ari_cli: Cli, accounts: list[str], hint: str) -> None:
+    args = [a for name in accounts for a in ("--account", name)]
+    proc = ari_cli("cert", "request", "x.example.com", *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert hint in proc.stderr
+    assert ari_cli.json("cert", "list") == []

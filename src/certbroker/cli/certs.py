@@ -88,7 +88,13 @@ def _drive(broker: Broker, cert_id: int, as_json: bool, owner: str) -> None:
 def request(
     ctx: typer.Context,
     names: Annotated[list[str], typer.Argument(help="DNS names; the first is the common name.")],
-    account: Annotated[str | None, typer.Option(help="Account name or ID.")] = None,
+    account: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Account name or ID. Give it several times for CA fallback: the next "
+            "account (at another CA) takes over when one fails for good or is rate-limited."
+        ),
+    ] = None,
     challenge: Annotated[str, typer.Option(help="Validation method: http-01.")] = "http-01",
     key_type: Annotated[str | None, typer.Option(help=f"{KEY_TYPES} (default ec-p256).")] = None,
     subject_country: Annotated[str | None, typer.Option(help="Two-letter country code.")] = None,
@@ -144,9 +150,11 @@ def request(
         ou=subject_ou,
         email=subject_email,
     )
+    accounts = account or []
     req = CertificateRequest(
         names=names,
-        account=account,
+        account=accounts[0] if accounts else None,
+        fallback_accounts=accounts[1:],
         challenge=challenge,
         key_type=KeyType.parse(key_type) if key_type is not None else None,
         key_policy=policy,

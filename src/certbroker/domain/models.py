@@ -106,6 +106,12 @@ class Certificate:
     alarm_message: str | None = None  # the last error
     ari_next_check: datetime | None = None
     profile: str | None = None
+    fallback_account_ids: tuple[int, ...] = ()  # tried in order when a CA fails
+
+    @property
+    def account_ids(self) -> tuple[int, ...]:
+        """Every account that may obtain it, in the order they are tried."""
+        return (self.account_id, *self.fallback_account_ids)
 
     @property
     def common_name(self) -> str:
@@ -143,6 +149,7 @@ class Order:
     started_at: datetime | None = None  # first taken by a worker; created_at is when queued
     purpose: OrderPurpose = OrderPurpose.ISSUE
     replaces: str | None = None  # the ARI certID sent with the new order
+    account_id: int | None = None  # None: the certificate's first account
     lease_owner: str | None = None
     lease_until: datetime | None = None
     next_run_at: datetime | None = None
@@ -153,6 +160,7 @@ class Order:
             "state": self.state.value,
             "purpose": self.purpose.value,
             "replaces": self.replaces,
+            "account_id": self.account_id,
             "order_url": self.order_url,
             "attempts": self.attempts,
             "created_at": self.created_at.isoformat(),
@@ -197,6 +205,7 @@ class EventKind(StrEnum):
     ALARM_RAISED = "alarm-raised"
     ALARM_CLEARED = "alarm-cleared"
     RENEWAL_QUEUED = "renewal-queued"
+    CA_FALLBACK = "ca-fallback"  # an account's CA failed; the next account takes over
     HELD_BACK = "held-back"  # too many failed validations of a name in the last hour
 
 

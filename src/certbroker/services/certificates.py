@@ -69,6 +69,9 @@ class CertificateService:
                 "renewal_reason": cert.renewal_reason,
                 "renew_before_days": cert.renew_before_days,
                 "profile": cert.profile,
+                "fallback_accounts": [
+                    self.repo.get_account(i).name for i in cert.fallback_account_ids
+                ],
                 "attempts": [o.to_json() for o in orders],
                 "history": [h.to_json() for h in self.repo.history_of(cert_id)],
                 "alarm": (

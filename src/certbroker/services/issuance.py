@@ -105,6 +105,7 @@ class CertificateRequest:
     subject: Subject | None = None
     renew_before_days: float | None = None  # None: the global policy
     profile: str | None = None  # an ACME profile the CA advertises
+    fallback_accounts: Sequence[str] = ()  # tried in order when the account's CA fails
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,10 @@ class IssuanceService:
                 f"--renew-before-days {req.renew_before_days:g} is not a number of days "
                 "(more than 0); leave it out to use the global policy"
             )
+        fallbacks = [self._pick_account(ref) for ref in req.fallback_accounts]
+        chosen = [account.id, *(a.id for a in fallbacks)]
+        if len(set(chosen)) != len(chosen):
+            raise UsageError("an account is named twice in --account; name each once")
         if req.profile is not None:
             self._check_profile(account, req.profile)
         make_csr(key, names, subject)  # proves now that the CSR can be built
@@ -237,6 +242,7 @@ class IssuanceService:
                 key_sealed=self.ctx.sealer.seal(private_key_to_pem(key)),
                 renew_before_days=req.renew_before_days,
                 profile=req.profile,
+                fallback_account_ids=[a.id for a in fallbacks],
             )
         )
 
@@ -375,6 +381,20 @@ class IssuanceService:
         now = self.ctx.clock()
         order = self.repo.get_order(order_id)
         cert = self.repo.get_certificate(order.certificate_id)
+        fallback = self._next_account(cert, order)
+        if fallback is not None:
+            used = self.repo.get_account(order.account_id or cert.account_id)
+            note = (
+                f"account {used.name!r} ({used.directory_url}) failed: {message}; falling "
+                f"back to account {fallback.name!r} ({fallback.directory_url})"
+            )
+            log.warning("order %d: %s", order_id, note)
+            with contextlib.suppress(LeaseLost):
+                self.repo.fail_order(
+                    order_id, owner, now, message, problem, fall_back_to=fallback.id,
+                    fallback_message=note,
+                )  # fmt: skip
+            return
         retry_at: datetime | None = None
         stop = False
         if cert.cert_pem is not None:
@@ -396,6 +416,17 @@ class IssuanceService:
             self.repo.fail_order(
                 order_id, owner, now, message, problem, retry_renewal_at=retry_at, stop=stop
             )
+
+    def _next_account(self, cert: Certificate, order: Order) -> Account | None:
+        """The usable account after the one this order went to, for CA fallback."""
+        ids = cert.account_ids
+        current = order.account_id or cert.account_id
+        later = ids[ids.index(current) + 1 :] if current in ids else ()
+        for account_id in later:
+            account = self.repo.get_account(account_id)
+            if account.status is AccountStatus.VALID:
+                return account
+        return None
 
     def _transient(self, order_id: int, owner: str, exc: TransientError) -> RunResult:
         order = self.repo.get_order(order_id)
@@ -449,6 +480,12 @@ class IssuanceService:
             if result.outcome is Outcome.BUSY:
                 self.sleep(0.5)
                 continue
+            if result.outcome is Outcome.FAILED:
+                following = self.repo.active_order_of(cert_id)
+                if following is not None and following.account_id is not None:
+                    account = self.repo.get_account(following.account_id)
+                    progress(f"{result.message}; falling back to account {account.name!r}")
+                    continue
             return result
 
 
@@ -465,7 +502,8 @@ class _OrderRun:
         self.deadline = time.monotonic() + svc.order_timeout
         self._touched = time.monotonic()
         self._private_key: PrivateKey | None = None
-        account = self.repo.get_account(self.cert.account_id)
+        account = self.repo.get_account(order.account_id or self.cert.account_id)
+        self.account = account
         if account.status is not AccountStatus.VALID:
             raise PermanentError(
                 f"account {account.name!r} is deactivated at the CA; "
@@ -598,7 +636,7 @@ class _OrderRun:
         now = self.svc.ctx.clock()
         cap = self.svc.validation_cap
         failures = self.repo.validation_failures_since(
-            self.cert.account_id, names, now - VALIDATION_WINDOW
+            self.account.id, names, now - VALIDATION_WINDOW
         )
         held = {
             name: at

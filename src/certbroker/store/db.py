@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from certbroker.domain.errors import ConfigError
 
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 
 
 def make_engine(url: str) -> Engine:

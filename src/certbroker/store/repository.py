@@ -68,6 +68,7 @@ class NewCertificate:
     key_sealed: bytes | None
     renew_before_days: float | None = None
     profile: str | None = None
+    fallback_account_ids: Sequence[int] = ()
 
 
 class Repository(RenewalStore):
@@ -199,6 +200,11 @@ class Repository(RenewalStore):
                         key_sealed=new.key_sealed,
                         renew_before_days=new.renew_before_days,
                         profile=new.profile,
+                        fallback_account_ids=(
+                            json.dumps(list(new.fallback_account_ids))
+                            if new.fallback_account_ids
+                            else None
+                        ),
                         created_at=now,
                         updated_at=now,
                     )
@@ -463,14 +469,18 @@ class Repository(RenewalStore):
         *,
         retry_renewal_at: datetime | None = None,
         stop: bool = False,
+        fall_back_to: int | None = None,
+        fallback_message: str = "",
     ) -> None:
-        """The order failed for good. For an issued certificate (a renewal), either plan
-        the next try (`retry_renewal_at`) or stop renewing until a person acts (`stop`)."""
+        """The order failed for good. With `fall_back_to`, a new order for the same
+        certificate goes to that account at once (CA fallback). Otherwise, for an issued
+        certificate (a renewal), either plan the next try (`retry_renewal_at`) or stop
+        renewing until a person acts (`stop`)."""
         with self._write() as conn:
             self._check_lease(conn, order_id, owner)
-            cert_id = conn.execute(
-                select(orders.c.certificate_id).where(orders.c.id == order_id)
-            ).scalar_one()
+            cert_id, purpose = conn.execute(
+                select(orders.c.certificate_id, orders.c.purpose).where(orders.c.id == order_id)
+            ).one()
             conn.execute(
                 update(orders)
                 .where(orders.c.id == order_id)
@@ -484,13 +494,29 @@ class Repository(RenewalStore):
                     finished_at=now,
                 )
             )
+            conn.execute(delete(challenges).where(challenges.c.order_id == order_id))
+            record_failure(conn, now, cert_id, order_id, message, problem, final=True)
+            if fall_back_to is not None:
+                conn.execute(
+                    insert(orders).values(
+                        certificate_id=cert_id,
+                        account_id=fall_back_to,
+                        state=OrderState.QUEUED.value,
+                        purpose=purpose,
+                        attempts=0,
+                        next_run_at=now,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                add_event(conn, now, EventKind.CA_FALLBACK, fallback_message, cert_id=cert_id)
+                return
             # A certificate that was never issued is failed; an issued one keeps its status.
             conn.execute(
                 update(certificates)
                 .where(and_(certificates.c.id == cert_id, certificates.c.status == "pending"))
                 .values(status=CertificateStatus.FAILED.value, updated_at=now)
             )
-            conn.execute(delete(challenges).where(challenges.c.order_id == order_id))
             if retry_renewal_at is not None or stop:
                 conn.execute(
                     update(certificates)
@@ -501,7 +527,6 @@ class Repository(RenewalStore):
                         ari_next_check=None,
                     )
                 )
-            record_failure(conn, now, cert_id, order_id, message, problem, final=True)
 
     def retry_later(
         self,

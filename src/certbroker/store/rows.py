@@ -76,6 +76,7 @@ def certificate_row(row: Row[Any]) -> Certificate:
         alarm_message=row.alarm_message,
         ari_next_check=row.ari_next_check,
         profile=row.profile,
+        fallback_account_ids=tuple(json.loads(row.fallback_account_ids or "[]")),
     )
 
 
@@ -94,6 +95,7 @@ def order_row(row: Row[Any]) -> Order:
         started_at=row.started_at,
         purpose=OrderPurpose(row.purpose),
         replaces=row.replaces,
+        account_id=row.account_id,
         lease_owner=row.lease_owner,
         lease_until=row.lease_until,
         next_run_at=row.next_run_at,

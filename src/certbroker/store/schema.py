@@ -100,6 +100,8 @@ certificates = Table(
     Column("alarm_message", Text, nullable=True),
     Column("ari_next_check", UTCDateTime, nullable=True),  # ask the CA's ARI again then
     Column("profile", String(100), nullable=True),  # the ACME profile its orders ask for
+    # JSON list of account IDs tried in order when account_id's CA fails (CA fallback).
+    Column("fallback_account_ids", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_certificates_status_renew_at", "status", "renew_at"),  # the scheduler
@@ -129,6 +131,7 @@ orders = Table(
     # A renewal's new private key, until the new certificate replaces the old one.
     Column("key_sealed", LargeBinary, nullable=True),
     Column("replaces", Text, nullable=True),  # ARI certID of the certificate it renews
+    Column("account_id", Integer, nullable=True),  # None: the certificate's account_id
     Index("ix_orders_certificate_id", "certificate_id"),
     Index("ix_orders_state_next_run", "state", "next_run_at"),
     Index(
