@@ -3,9 +3,6 @@ of it adds one (tests/support/ari_proxy.py) and serves the window each test choo
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +15,7 @@ from certbroker.crypto.ari import ari_cert_id
 from tests.conftest import Cli, make_cli
 from tests.support.ari_proxy import AriProxy
 from tests.support.pebble import PebbleServer
+from tests.support.serve import start_serve, stop_serve, wait_until
 
 
 @pytest.fixture
@@ -77,21 +75,11 @@ def test_serve_renews_at_once_when_the_ca_moves_the_window_into_the_past(
     ari.windows[old_id] = (now - timedelta(hours=2), now - timedelta(hours=1))
     _ask_again_now(ari_cli)  # the CA's Retry-After (an hour) has passed
 
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "certbroker", "serve"],
-        env={**ari_cli.env, "CERTBROKER_SCHEDULER_INTERVAL": "0.5"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    serve = start_serve(ari_cli, CERTBROKER_SCHEDULER_INTERVAL="0.5")
     try:
-        deadline = time.monotonic() + 60
-        while not ari_cli.json("cert", "show", "1")["history"]:
-            assert serve.poll() is None and time.monotonic() < deadline, "not renewed"
-            time.sleep(0.5)
+        wait_until("the renewal", lambda: ari_cli.json("cert", "show", "1")["history"], serve=serve)
     finally:
-        serve.send_signal(signal.SIGTERM)
-        log, _ = serve.communicate(timeout=60)
+        log = stop_serve(serve)
     assert serve.returncode == 0, log
     (past,) = ari_cli.json("cert", "show", "1")["history"]
     assert past["serial"] == first["serial"]
@@ -139,16 +127,6 @@ def test_a_profile_at_a_ca_without_profiles_is_refused(cli: Cli) -> None:
     assert cli.json("cert", "list") == []
 
 
-def _serve(cli: Cli) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "certbroker", "serve"],
-        env={**cli.env, "CERTBROKER_SCHEDULER_INTERVAL": "0.5"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def _events(cli: Cli, kind: str) -> list[dict[str, object]]:
     return [e for e in cli.json("events", "--json") if e["kind"] == kind]
 
@@ -160,21 +138,19 @@ def test_a_ca_outage_heals_by_itself(ari: AriProxy, ari_cli: Cli) -> None:
     for name in names:
         ari_cli("cert", "request", name)
     ari.down = True
-    serve = _serve(ari_cli)
+    serve = start_serve(ari_cli, CERTBROKER_SCHEDULER_INTERVAL="0.5")
     try:
-        deadline = time.monotonic() + 60
-        while not _events(ari_cli, "attempt-failed"):
-            assert serve.poll() is None and time.monotonic() < deadline, "no failed attempt"
-            time.sleep(0.5)
+        wait_until("a failed attempt", lambda: _events(ari_cli, "attempt-failed"), serve=serve)
         assert ari_cli.json("alarms", "--json")  # failing, and said so
         ari.down = False
-        deadline = time.monotonic() + 120
-        while any(c["status"] != "valid" for c in ari_cli.json("cert", "list")):
-            assert serve.poll() is None and time.monotonic() < deadline, "not healed"
-            time.sleep(0.5)
+        wait_until(
+            "every certificate valid",
+            lambda: all(c["status"] == "valid" for c in ari_cli.json("cert", "list")),
+            serve=serve,
+            timeout=120,
+        )
     finally:
-        serve.send_signal(signal.SIGTERM)
-        log, _ = serve.communicate(timeout=60)
+        log = stop_serve(serve)
     assert serve.returncode == 0, log
     assert ari_cli.json("alarms", "--json") == []
     failed = _events(ari_cli, "attempt-failed")
@@ -187,16 +163,12 @@ def test_a_renewal_that_fails_for_good_is_not_retried_until_a_person_acts(
     ari_cli("cert", "request", "stopped.example.com", "--wait")
     ari_cli("account", "deactivate", "main", "--yes")  # every order now fails for good
     _make_due(ari_cli)
-    serve = _serve(ari_cli)
+    serve = start_serve(ari_cli, CERTBROKER_SCHEDULER_INTERVAL="0.5")
     try:
-        deadline = time.monotonic() + 60
-        while not _events(ari_cli, "failed"):
-            assert serve.poll() is None and time.monotonic() < deadline, "no failure"
-            time.sleep(0.5)
+        wait_until("the failed renewal", lambda: _events(ari_cli, "failed"), serve=serve)
         time.sleep(3)  # several scheduler ticks: none may queue the renewal again
     finally:
-        serve.send_signal(signal.SIGTERM)
-        log, _ = serve.communicate(timeout=60)
+        log = stop_serve(serve)
     assert serve.returncode == 0, log
     shown = ari_cli.json("cert", "show", "1")
     assert [a["state"] for a in shown["attempts"]] == ["valid", "failed"]

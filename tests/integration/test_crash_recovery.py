@@ -7,7 +7,6 @@ import itertools
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from cryptography import x509
 from certbroker.crypto.keys import key_matches_certificate, load_private_key
 from tests.conftest import Cli
 from tests.support.acme_peek import post_as_get
+from tests.support.serve import start_serve, stop_serve, wait_until
 
 STEPS = ["ordered", "presented", "answered", "finalizing", "downloaded"]
 
@@ -72,20 +72,8 @@ def test_killed_cli_resumes_with_cert_resume(cli: Cli, tmp_path: Path, step: str
     _assert_one_good_certificate(cli, tmp_path, attempt["order_url"], account["uri"])
 
 
-def _serve(cli: Cli, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "certbroker", "serve"],
-        env={**cli.env, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
-    return out
+_serve = start_serve
+_stop = stop_serve
 
 
 def _wait_until(cli: Cli, predicate: object, timeout: float = 120) -> list[dict[str, object]]:
@@ -165,11 +153,7 @@ def _running(pid: int) -> bool:
 
 
 def _wait_for(what: str, predicate: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    wait_until(what, predicate, timeout=timeout, interval=0.1)
 
 
 @pytest.mark.parametrize("processes", [1, 2])

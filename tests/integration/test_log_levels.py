@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import Cli
+from tests.support.serve import start_serve
 
 
 def test_levels_come_from_defaults_and_configuration(offline_cli: Cli) -> None:
@@ -79,13 +79,7 @@ def _issued(cli: Cli, name: str) -> None:
 
 def test_a_running_serve_follows_log_level_changes(cli: Cli) -> None:
     cli.register()
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "certbroker", "serve"],
-        env={**cli.env, "CERTBROKER_WORKER_PROCESSES": "2"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    serve = start_serve(cli, CERTBROKER_WORKER_PROCESSES="2")
     out = _Output(serve)
 
     def acme_debug(lines: list[str]) -> list[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from certbroker.crypto.keys import key_matches_certificate, load_private_key
 from tests.conftest import Cli, make_cli
 from tests.support.pebble import PebbleServer, start_pebble
 from tests.support.ports import free_port
+from tests.support.serve import start_serve, stop_serve, wait_until
 
 SHORT_LIFETIME = 30  # seconds: one third left after 20 s, so `serve` sees it fall due
 
@@ -159,22 +159,17 @@ def test_serve_renews_due_certificates_by_itself(
     cli("cert", "request", "auto-reuse.example.com", "--key-policy", "reuse", "--wait")
     first = {c["id"]: c for c in (cli.json("cert", "show", str(i)) for i in (1, 2))}
     old = {i: _exported(cli, i, tmp_path / f"old{i}")[0] for i in (1, 2)}
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "certbroker", "serve"],
-        env={**cli.env, "CERTBROKER_SCHEDULER_INTERVAL": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    serve = start_serve(cli, CERTBROKER_SCHEDULER_INTERVAL="1")
     try:
-        deadline = time.monotonic() + SHORT_LIFETIME * 4
-        while not all(cli.json("cert", "show", str(i))["history"] for i in (1, 2)):
-            assert serve.poll() is None, "serve ended"
-            assert time.monotonic() < deadline, "serve did not renew both certificates"
-            time.sleep(0.5)
+        wait_until(
+            "both renewals",
+            lambda: all(cli.json("cert", "show", str(i))["history"] for i in (1, 2)),
+            serve=serve,
+            timeout=SHORT_LIFETIME * 4,
+            interval=0.5,
+        )
     finally:
-        serve.send_signal(signal.SIGTERM)
-        log, _ = serve.communicate(timeout=60)
+        log = stop_serve(serve)
     assert serve.returncode == 0, log
     assert "renewal due for" in log
     for cert_id in (1, 2):
@@ -276,21 +271,7 @@ def _make_due(broker: Any, cert_ids: list[int]) -> None:
 
 
 def _serve(cli: Cli) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "certbroker", "serve"],
-        env={**cli.env, "CERTBROKER_SCHEDULER_INTERVAL": "0.5"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _wait(what: str, serve: subprocess.Popen[str], done: Any, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert serve.poll() is None, f"serve ended while waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+    return start_serve(cli, CERTBROKER_SCHEDULER_INTERVAL="0.5")
 
 
 def test_serve_killed_in_a_renewal_storm_renews_each_certificate_exactly_once(
@@ -315,16 +296,15 @@ def test_serve_killed_in_a_renewal_storm_renews_each_certificate_exactly_once(
 
     serve = _serve(cli)
     try:
-        _wait("the first issuance", serve, all_valid)
+        wait_until("the first issuance", all_valid, serve=serve, timeout=180)
     finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.communicate(timeout=60)
+        stop_serve(serve)
     first = {c.id: c.serial for c in broker.certificates.search()}
     _make_due(broker, ids)
 
     serve = _serve(cli)
     try:  # kill it once some renewals are done and others are under way
-        _wait("the first renewals", serve, lambda: renewed() >= 5)
+        wait_until("the first renewals", lambda: renewed() >= 5, serve=serve, timeout=180)
     finally:
         serve.kill()
         serve.communicate(timeout=60)
@@ -332,16 +312,15 @@ def test_serve_killed_in_a_renewal_storm_renews_each_certificate_exactly_once(
 
     serve = _serve(cli)
     try:
-        _wait(
+        wait_until(
             "every renewal",
-            serve,
             lambda: renewed() >= count and not any(broker.repo.active_order_of(i) for i in ids),
+            serve=serve,
             timeout=240,
         )
         time.sleep(2)  # a few more scheduler ticks: nothing may be renewed twice
     finally:
-        serve.send_signal(signal.SIGTERM)
-        log, _ = serve.communicate(timeout=60)
+        log = stop_serve(serve)
     assert serve.returncode == 0, log
     assert renewed() == count
     for cert_id in ids:

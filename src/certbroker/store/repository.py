@@ -71,6 +71,12 @@ class NewCertificate:
     fallback_account_ids: Sequence[int] = ()
 
 
+def _certificate_of(conn: Connection, order_id: int) -> int:
+    return int(
+        conn.execute(select(orders.c.certificate_id).where(orders.c.id == order_id)).scalar_one()
+    )
+
+
 class Repository(RenewalStore):
     """Typed storage; renewal, history and arrival of certificates in store/renewals.py."""
 
@@ -434,9 +440,7 @@ class Repository(RenewalStore):
         with self._write() as conn:
             self._advance(conn, order_id, owner, now, lease_until, values)
             if failed_attempt:
-                cert_id = conn.execute(
-                    select(orders.c.certificate_id).where(orders.c.id == order_id)
-                ).scalar_one()
+                cert_id = _certificate_of(conn, order_id)
                 message = str(values.get("error_message") or problem or "failed")
                 failed = problem if isinstance(problem, AcmeProblem) else None
                 record_failure(conn, now, cert_id, order_id, message, failed, final=False)
@@ -556,9 +560,7 @@ class Repository(RenewalStore):
                     "lease_owner": None,
                 },
             )
-            cert_id = conn.execute(
-                select(orders.c.certificate_id).where(orders.c.id == order_id)
-            ).scalar_one()
+            cert_id = _certificate_of(conn, order_id)
             record_failure(conn, now, cert_id, order_id, message, problem, final=False)
 
     def hold(self, order_id: int, owner: str, now: datetime, until: datetime, message: str) -> None:
@@ -573,9 +575,7 @@ class Repository(RenewalStore):
                 None,
                 {"error_message": message, "next_run_at": until, "lease_owner": None},
             )
-            cert_id = conn.execute(
-                select(orders.c.certificate_id).where(orders.c.id == order_id)
-            ).scalar_one()
+            cert_id = _certificate_of(conn, order_id)
             add_event(conn, now, EventKind.HELD_BACK, message, cert_id=cert_id, order_id=order_id)
 
     # -- runtime settings ----------------------------------------------------------------

@@ -1,0 +1,47 @@
+"""Running `certbroker serve` in tests: start it on a CLI's store, wait, stop it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from tests.conftest import Cli
+
+
+def start_serve(cli: Cli, **env: str) -> subprocess.Popen[str]:
+    """`certbroker serve` on the CLI's store and Pebble; its log on stdout (and stderr)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "certbroker", "serve"],
+        env={**cli.env, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop_serve(serve: subprocess.Popen[str]) -> str:
+    """SIGTERM, wait for it to end, and return what it printed."""
+    serve.send_signal(signal.SIGTERM)
+    out, _ = serve.communicate(timeout=60)
+    return out
+
+
+def wait_until(
+    what: str,
+    done: Callable[[], object],
+    *,
+    serve: subprocess.Popen[str] | None = None,
+    timeout: float = 60.0,
+    interval: float = 0.2,
+) -> None:
+    """Poll `done` until it is true; fail naming `what` on timeout or if `serve` ended."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if serve is not None and serve.poll() is not None:
+            raise AssertionError(f"serve ended while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
