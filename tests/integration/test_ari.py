@@ -235,3 +235,26 @@ def test_fallback_accounts_are_checked(ari_cli: Cli, accounts: list[str], hint: 
     assert proc.returncode == 2, proc.stderr
     assert hint in proc.stderr
     assert ari_cli.json("cert", "list") == []
+
+
+def test_serve_renews_inside_the_window_the_ca_suggests(
+    ari: AriProxy, ari_cli: Cli, tmp_path: Path
+) -> None:
+    ari_cli("cert", "request", "ari-window.example.com", "--wait")
+    old_id = ari_cert_id(_leaf(ari_cli, tmp_path))
+    now = datetime.now(UTC)
+    window = (now + timedelta(seconds=2), now + timedelta(seconds=8))
+    ari.windows[old_id] = window
+    _ask_again_now(ari_cli)
+    serve = start_serve(ari_cli, CERTBROKER_SCHEDULER_INTERVAL="0.5")
+    try:
+        wait_until("the renewal", lambda: ari_cli.json("cert", "show", "1")["history"], serve=serve)
+    finally:
+        log = stop_serve(serve)
+    assert serve.returncode == 0, log
+    (past,) = ari_cli.json("cert", "show", "1")["history"]
+    replaced = datetime.fromisoformat(past["replaced_at"])
+    # Ordered inside the window; stored a moment later (one tick and one issuance).
+    assert window[0] <= replaced <= window[1] + timedelta(seconds=5)
+    assert past["replaced_because"] == "renewed when due (ari)"
+    assert ari.new_orders[-1]["replaces"] == old_id

@@ -329,3 +329,17 @@ def test_serve_killed_in_a_renewal_storm_renews_each_certificate_exactly_once(
         assert [h.serial for h in broker.repo.history_of(cert_id)] == [first[cert_id]]
         renewals = [o for o in broker.repo.orders_of(cert_id) if o.purpose.value == "renew"]
         assert [o.state.value for o in renewals] == ["valid"]
+
+
+def test_renew_all_with_force_renews_every_valid_certificate(cli: Cli) -> None:
+    cli.register()
+    for name in ("all1.example.com", "all2.example.com"):
+        cli("cert", "request", name, "--wait")
+    cli("cert", "request", "never.example.com")  # queued, never issued: not renewed
+    before = {c["id"]: c["serial"] for c in cli.json("cert", "list")}
+    renewed = cli.json("cert", "renew", "--all", "--force", "--json")
+    assert sorted(c["id"] for c in renewed) == [1, 2]
+    for cert in renewed:
+        assert cert["serial"] != before[cert["id"]]
+        assert [h["replaced_because"] for h in cert["history"]] == ["renewed early, on request"]
+    assert cli.json("cert", "show", "3")["status"] == "pending"
