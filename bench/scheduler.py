@@ -152,7 +152,7 @@ def section(r: dict[str, float]) -> str:
             f"| again, those now queued | {r['after_ms']:.1f} |",
             "",
             f"- target: a tick among {int(r['n']):,} certificates under {TARGET_MS:.0f} ms "
-            f"({verdict}); RSS grew {r['rss_growth_kib']:.0f} KiB over 20 idle ticks, "
+            f"({verdict}); RSS changed by {r['rss_growth_kib']:+.0f} KiB over 20 idle ticks, "
             f"peak {r['maxrss_mib']:.0f} MiB (building the store included)",
             f"- building the store took {r['build_s']:.0f} s (not timed)",
             "",
