@@ -343,3 +343,29 @@ def test_renew_all_with_force_renews_every_valid_certificate(cli: Cli) -> None:
         assert cert["serial"] != before[cert["id"]]
         assert [h["replaced_because"] for h in cert["history"]] == ["renewed early, on request"]
     assert cli.json("cert", "show", "3")["status"] == "pending"
+
+
+def test_renew_with_an_imported_key_keeps_that_key(cli: Cli, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    key_file = tmp_path / "imported.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cli.register()
+    cli(
+        "cert", "request", "imported.example.com", "--key-policy", "imported",
+        "--key-file", str(key_file), "--wait",
+    )  # fmt: skip
+    cli("cert", "renew", "1")
+    leaf, _ = _exported(cli, 1, tmp_path / "pem")
+    assert cli.json("cert", "show", "1")["history"]
+    assert _public(leaf) == key.public_key().public_bytes(
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+    )
