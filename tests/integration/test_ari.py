@@ -258,3 +258,39 @@ def test_serve_renews_inside_the_window_the_ca_suggests(
     assert window[0] <= replaced <= window[1] + timedelta(seconds=5)
     assert past["replaced_because"] == "renewed when due (ari)"
     assert ari.new_orders[-1]["replaces"] == old_id
+
+
+def test_one_unreadable_certificate_does_not_stop_the_others_renewal_checks(
+    ari: AriProxy, ari_cli: Cli, tmp_path: Path
+) -> None:
+    from sqlalchemy import update
+
+    from certbroker.store.db import make_engine
+    from certbroker.store.schema import certificates
+
+    ari_cli("cert", "request", "broken.example.com", "--wait")
+    ari_cli("cert", "request", "healthy.example.com", "--wait")
+    out = tmp_path / "pem2"
+    ari_cli("cert", "export", "2", "--format", "pem", "--out", str(out))
+    healthy_id = ari_cert_id(x509.load_pem_x509_certificate((out / "cert.pem").read_bytes()))
+    now = datetime.now(UTC)
+    ari.windows[healthy_id] = (now - timedelta(hours=2), now - timedelta(hours=1))
+    _ask_again_now(ari_cli)
+    engine = make_engine(f"sqlite:///{ari_cli.data_dir / 'certbroker.db'}")
+    with engine.begin() as conn:  # a row this code cannot read, first in line
+        conn.execute(
+            update(certificates).where(certificates.c.id == 1).values(cert_pem="not a PEM")
+        )
+    engine.dispose()
+    serve = start_serve(ari_cli, CERTBROKER_SCHEDULER_INTERVAL="0.5")
+    try:
+        wait_until(
+            "the healthy certificate's renewal",
+            lambda: ari_cli.json("cert", "show", "2")["history"],
+            serve=serve,
+        )
+    finally:
+        log = stop_serve(serve)
+    assert "certificate 1: asking for renewal information failed" in log
+    assert log.count("certificate 1: asking for renewal information failed") == 1  # an hour
+    assert ari_cli.json("cert", "show", "1")["history"] == []

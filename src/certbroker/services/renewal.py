@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime, timedelta
 
 from cryptography import x509
 
 from certbroker.domain.errors import UsageError
-from certbroker.domain.models import CertificateStatus, Order
+from certbroker.domain.models import Certificate, CertificateStatus, Order
 from certbroker.domain.renewal import RenewalPlan, RenewalReason, plan_renewal
 from certbroker.services.common import ServiceContext
 from certbroker.services.issuance import LEASE, IssuanceService
@@ -23,6 +24,7 @@ from certbroker.services.issuance import LEASE, IssuanceService
 log = logging.getLogger("certbroker.scheduler")
 
 BATCH = 500
+ARI_RETRY_AFTER_ERROR = timedelta(hours=1)
 
 
 class RenewalService:
@@ -52,28 +54,38 @@ class RenewalService:
         now = self.ctx.clock()
         due = self.repo.ari_due(now, limit)
         for cert in due:
-            if cert.cert_pem is None or cert.not_before is None or cert.not_after is None:
-                continue
-            account = self.repo.get_account(cert.account_id)
-            leaf = x509.load_pem_x509_certificate(cert.cert_pem.encode())
-            window, next_check = self.issuance.ask_renewal_info(self.ctx.ca_for(account), leaf, now)
-            plan = plan_renewal(
-                cert.not_before,
-                cert.not_after,
-                now=now,
-                days_before_expiry=cert.renew_before_days or self.issuance.renew_before_days,
-                ari=window,
-            )
-            kept = cert.renewal_reason == RenewalReason.ARI.value and cert.renew_at
-            if window is not None and kept and window.start <= kept <= window.end:
-                # The same window: keep the moment drawn in it, rather than draw again.
-                plan = RenewalPlan(kept, RenewalReason.ARI)
-            if plan.renew_at != cert.renew_at and window is not None:
-                log.info(
-                    "certificate %d: the CA's window moves renewal to %s", cert.id, plan.describe()
+            try:
+                self._refresh_one(cert, now)
+            except Exception as exc:  # one bad row must not keep the others from their turn
+                log.warning(
+                    "certificate %d: asking for renewal information failed: %s", cert.id, exc
                 )
-            self.repo.set_renewal_plan(cert.id, plan, next_check, now)
+                self.repo.postpone_ari_check(cert.id, now + ARI_RETRY_AFTER_ERROR)
         return len(due)
+
+    def _refresh_one(self, cert: Certificate, now: datetime) -> None:
+        if cert.cert_pem is None or cert.not_before is None or cert.not_after is None:
+            self.repo.postpone_ari_check(cert.id, None)
+            return
+        account = self.repo.get_account(cert.account_id)
+        leaf = x509.load_pem_x509_certificate(cert.cert_pem.encode())
+        window, next_check = self.issuance.ask_renewal_info(self.ctx.ca_for(account), leaf, now)
+        plan = plan_renewal(
+            cert.not_before,
+            cert.not_after,
+            now=now,
+            days_before_expiry=cert.renew_before_days or self.issuance.renew_before_days,
+            ari=window,
+        )
+        kept = cert.renewal_reason == RenewalReason.ARI.value and cert.renew_at
+        if window is not None and kept and window.start <= kept <= window.end:
+            # The same window: keep the moment drawn in it, rather than draw again.
+            plan = RenewalPlan(kept, RenewalReason.ARI)
+        if plan.renew_at != cert.renew_at and window is not None:
+            log.info(
+                "certificate %d: the CA's window moves renewal to %s", cert.id, plan.describe()
+            )
+        self.repo.set_renewal_plan(cert.id, plan, next_check, now)
 
     def queue_due(self) -> list[int]:
         """Queue a renewal for every certificate that is due; returns their IDs."""

@@ -110,6 +110,14 @@ class RenewalStore(EventStore):
                 )
             ]
 
+    def postpone_ari_check(self, cert_id: int, until: datetime | None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(certificates)
+                .where(certificates.c.id == cert_id)
+                .values(ari_next_check=until)
+            )
+
     def set_renewal_plan(
         self, cert_id: int, plan: RenewalPlan, ari_next_check: datetime | None, now: datetime
     ) -> None:
