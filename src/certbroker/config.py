@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from certbroker.domain.errors import ConfigError
+from certbroker.logs import parse_levels
 
 DEFAULT_CONFIG_FILE = Path("certbroker.toml")
 ENV_PREFIX = "CERTBROKER_"
@@ -32,7 +33,7 @@ class Settings:
     worker_processes: int = 0  # processes `serve` runs workers in; 0: one per CPU core
     log_level: str = "info"
     log_levels: str = ""  # per component: "acme=debug,scheduler=warning" (certbroker.logs)
-    master_key: str = ""  # empty: read or create <data_dir>/master.key
+    master_key: str = field(default="", repr=False)  # empty: <data_dir>/master.key
     order_timeout: float = 300.0  # seconds one order may take before it counts as failed
     retry_attempts: int = 4  # transient CA failures retried this many times per order
     renew_before_days: float = 0.0  # 0: when one third of the lifetime is left
@@ -161,8 +162,6 @@ def _validate(settings: Settings) -> None:
             "log_level", f"log_level {settings.log_level!r}: choose one of {', '.join(LOG_LEVELS)}"
         )
     settings.log_level = settings.log_level.lower()
-    from certbroker.logs import parse_levels
-
     source = settings.sources.get("log_levels", "default")
     parse_levels(settings.log_levels, f"{source}: log_levels")
     if not 0 < settings.order_timeout < math.inf:

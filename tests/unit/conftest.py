@@ -9,7 +9,7 @@ import pytest
 
 from certbroker.domain.models import AccountStatus
 from certbroker.store.db import make_engine, migrate
-from certbroker.store.repository import IssuedCertificate, Repository
+from certbroker.store.repository import IssuedCertificate, NewCertificate, Repository
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=120)
@@ -36,6 +36,19 @@ def repo(tmp_path: Path) -> Repository:
         now=NOW,
     )
     return repo
+
+
+def new_certificate(name: str = "a.example.com", key_sealed: bytes = b"k") -> NewCertificate:
+    """A request for one name on account 1, as the store receives it."""
+    return NewCertificate(
+        names=[name],
+        account_id=1,
+        challenge="http-01",
+        key_type="ec-p256",
+        key_policy="new",
+        subject={},
+        key_sealed=key_sealed,
+    )
 
 
 def issued(serial: str, days: int = 90) -> IssuedCertificate:

@@ -78,3 +78,11 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_bad_environment_value_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="CERTBROKER_HTTP01_PORT"):
         load_settings(None, {"CERTBROKER_HTTP01_PORT": "x"})
+
+
+def test_the_master_key_stays_out_of_the_settings_repr() -> None:
+    """Settings travel to worker processes and could end up in a log line or traceback."""
+    secret = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="
+    settings = load_settings(environ={"CERTBROKER_MASTER_KEY": secret})
+    assert settings.master_key == secret
+    assert secret not in repr(settings) and secret not in str(settings)

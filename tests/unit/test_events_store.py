@@ -8,21 +8,12 @@ from datetime import timedelta
 from certbroker.domain.errors import AcmeProblem
 from certbroker.domain.models import EventKind
 from certbroker.domain.renewal import RenewalPlan, RenewalReason
-from certbroker.store.repository import NewCertificate, Repository
-from tests.unit.conftest import LEASE, NOW, issued
+from certbroker.store.repository import Repository
+from tests.unit.conftest import LEASE, NOW, issued, new_certificate
 
 
 def test_an_alarm_lasts_while_attempts_fail_and_clears_on_success(repo: Repository) -> None:
-    new = NewCertificate(
-        names=["a.example.com"],
-        account_id=1,
-        challenge="http-01",
-        key_type="ec-p256",
-        key_policy="new",
-        subject={},
-        key_sealed=b"k",
-    )
-    cert, order = repo.create_certificate(new, NOW, "w", NOW + LEASE)
+    cert, order = repo.create_certificate(new_certificate(), NOW, "w", NOW + LEASE)
     later = NOW + timedelta(minutes=1)
     problem = AcmeProblem(
         "urn:ietf:params:acme:error:connection", "refused", identifier="a.example.com"

@@ -12,21 +12,12 @@ import pytest
 
 from certbroker.domain.models import OrderState
 from certbroker.services.issuance import holder_is_dead, make_owner, split_chain
-from certbroker.store.repository import LeaseLost, NewCertificate, Repository
-from tests.unit.conftest import NOW
+from certbroker.store.repository import LeaseLost, Repository
+from tests.unit.conftest import NOW, new_certificate
 
 
 def _order(repo: Repository, owner: str | None = None) -> int:
-    new = NewCertificate(
-        names=["a.example.com"],
-        account_id=1,
-        challenge="http-01",
-        key_type="ec-p256",
-        key_policy="new",
-        subject={},
-        key_sealed=b"k",
-    )
-    _, order = repo.create_certificate(new, NOW, owner, NOW + timedelta(seconds=120))
+    _, order = repo.create_certificate(new_certificate(), NOW, owner, NOW + timedelta(seconds=120))
     return order.id
 
 
@@ -98,8 +89,7 @@ def test_claim_next_takes_free_and_expired_leases_once_each(repo: Repository) ->
 def test_claim_next_waits_for_an_orders_next_run(repo: Repository) -> None:
     order_id = _order(repo, owner="w1")
     retry_at = NOW + timedelta(seconds=30)
-    repo.advance_order(order_id, "w1", NOW, NOW, next_run_at=retry_at)
-    repo.release(order_id, "w1")
+    repo.hold(order_id, "w1", NOW, retry_at, "not before retry_at")
     assert repo.claim_next("w2", NOW + timedelta(seconds=29), retry_at) is None
     claimed = repo.claim_next("w2", retry_at, retry_at + timedelta(seconds=120))
     assert claimed is not None and claimed.id == order_id
@@ -110,7 +100,7 @@ def test_started_at_is_when_a_worker_first_took_the_order(repo: Repository) -> N
     assert repo.get_order(queued).started_at is None
     first = NOW + timedelta(seconds=5)
     repo.claim_next("w1", first, first + timedelta(seconds=1))
-    repo.release(queued, "w1")
+    repo.hold(queued, "w1", first, first, "let go")
     again = NOW + timedelta(seconds=9)
     assert repo.try_claim(queued, "w2", again, again + timedelta(seconds=120), None)
     order = repo.get_order(queued)

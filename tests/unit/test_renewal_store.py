@@ -11,21 +11,13 @@ from sqlalchemy.exc import IntegrityError
 
 from certbroker.domain.models import OrderPurpose, OrderState
 from certbroker.domain.renewal import RenewalPlan, RenewalReason
-from certbroker.store.repository import NewCertificate, Repository
+from certbroker.store.repository import Repository
 from certbroker.store.schema import orders
-from tests.unit.conftest import LEASE, NOW, issued
+from tests.unit.conftest import LEASE, NOW, issued, new_certificate
 
 
 def _valid_certificate(repo: Repository, serial: str, renew_at: datetime) -> int:
-    new = NewCertificate(
-        names=[f"{serial}.example.com"],
-        account_id=1,
-        challenge="http-01",
-        key_type="ec-p256",
-        key_policy="new",
-        subject={},
-        key_sealed=b"key-1",
-    )
+    new = new_certificate(f"{serial}.example.com", key_sealed=b"key-1")
     cert, order = repo.create_certificate(new, NOW, "w", NOW + LEASE)
     plan = RenewalPlan(renew_at, RenewalReason.LIFETIME)
     repo.store_issued(cert.id, order.id, "w", issued(serial), NOW, plan)

@@ -599,14 +599,6 @@ class Repository(RenewalStore):
                     insert(runtime_settings).values(name=name, value=value, updated_at=now)
                 )
 
-    def release(self, order_id: int, owner: str) -> None:
-        with self._write() as conn:
-            conn.execute(
-                update(orders)
-                .where(and_(orders.c.id == order_id, orders.c.lease_owner == owner))
-                .values(lease_owner=None, lease_until=None)
-            )
-
     # -- challenge tokens ----------------------------------------------------------------
 
     def put_challenges(
