@@ -6,29 +6,53 @@
 #   - otherwise: print the command to run and exit 1.
 set -euo pipefail
 
-# "binary:debian-package" pairs. The pebble package ships both pebble binaries.
+# "binary:debian-package" pairs. The pebble package ships both pebble binaries; named and
+# pdns_server (DNS-01 tests) live in /usr/sbin.
 REQUIRED=(
     "pebble:pebble"
     "pebble-challtestsrv:pebble"
+    "named:bind9"
+    "nsupdate:bind9-dnsutils"
+    "pdns_server:pdns-server"
 )
+# PowerDNS loads its SQLite backend from this module (package pdns-backend-sqlite3).
+GSQLITE3_GLOB="/usr/lib/*/pdns/libgsqlite3backend.so"
+
+# True if the binary is on PATH or in /usr/sbin or /sbin (a non-root PATH often lacks those).
+have_binary() {
+    command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]
+}
+
+have_gsqlite3() {
+    local so
+    # shellcheck disable=SC2086 # the glob is meant to expand
+    for so in $GSQLITE3_GLOB; do
+        [[ -e "$so" ]] && return 0
+    done
+    return 1
+}
 
 missing=()
+add_missing() {
+    local pkg
+    for pkg in "${missing[@]+"${missing[@]}"}"; do
+        if [[ "$pkg" == "$1" ]]; then
+            return 0
+        fi
+    done
+    missing+=("$1")
+}
+
 for entry in "${REQUIRED[@]}"; do
     binary="${entry%%:*}"
     package="${entry#*:}"
-    if ! command -v "$binary" >/dev/null 2>&1; then
-        already=0
-        for pkg in "${missing[@]+"${missing[@]}"}"; do
-            if [[ "$pkg" == "$package" ]]; then
-                already=1
-                break
-            fi
-        done
-        if [[ $already -eq 0 ]]; then
-            missing+=("$package")
-        fi
+    if ! have_binary "$binary"; then
+        add_missing "$package"
     fi
 done
+if ! have_gsqlite3; then
+    add_missing "pdns-backend-sqlite3"
+fi
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     exit 0
@@ -53,8 +77,12 @@ apt-get install -y --no-install-recommends ${packages}
 
 for entry in "${REQUIRED[@]}"; do
     binary="${entry%%:*}"
-    if ! command -v "$binary" >/dev/null 2>&1; then
+    if ! have_binary "$binary"; then
         echo "certbroker tests: '${binary}' is still missing after installing ${packages}" >&2
         exit 1
     fi
 done
+if ! have_gsqlite3; then
+    echo "certbroker tests: ${GSQLITE3_GLOB} is still missing after installing ${packages}" >&2
+    exit 1
+fi

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from certbroker.domain.errors import ConfigError
+from certbroker.domain.dns import parse_servers
+from certbroker.domain.errors import ConfigError, UsageError
 from certbroker.logs import parse_levels
 
 DEFAULT_CONFIG_FILE = Path("certbroker.toml")
@@ -39,6 +40,9 @@ class Settings:
     renew_before_days: float = 0.0  # 0: when one third of the lifetime is left
     scheduler_interval: float = 60.0  # seconds between looks for due renewals in serve
     validation_failures_per_hour: int = 3  # per account and name; Let's Encrypt allows 5
+    dns_resolvers: str = ""  # "IP[:PORT],…" for every DNS lookup; empty: the system's
+    dns_check_servers: str = ""  # "IP[:PORT],…" checked for propagation; "off"; empty: auto
+    dns_propagation_timeout: float = 120.0  # seconds until unseen TXT records count as failed
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     SECRET_KEYS = ("master_key",)
@@ -106,12 +110,18 @@ _FIELD_TYPES: dict[str, type] = {
     "renew_before_days": float,
     "scheduler_interval": float,
     "validation_failures_per_hour": int,
+    "dns_resolvers": str,
+    "dns_check_servers": str,
+    "dns_propagation_timeout": float,
 }
 
 # TOML tables the issue tracker and the seeds speak of, mapped to the flat settings.
 _TABLE_KEYS = {
     ("renewal", "days_before_expiry"): "renew_before_days",
     ("renewal", "scheduler_interval"): "scheduler_interval",
+    ("dns", "resolvers"): "dns_resolvers",
+    ("dns", "check_servers"): "dns_check_servers",
+    ("dns", "propagation_timeout"): "dns_propagation_timeout",
 }
 
 
@@ -190,6 +200,21 @@ def _validate(settings: Settings) -> None:
             "validation_failures_per_hour",
             "validation_failures_per_hour must be at least 1 (Let's Encrypt allows 5), "
             f"not {settings.validation_failures_per_hour}",
+        )
+    for name in ("dns_resolvers", "dns_check_servers"):
+        value = str(getattr(settings, name))
+        if name == "dns_check_servers" and value.strip().lower() == "off":
+            settings.dns_check_servers = "off"
+            continue
+        try:
+            parse_servers(value, name)
+        except UsageError as exc:
+            raise refuse(name, str(exc)) from None
+    if not 0 < settings.dns_propagation_timeout < math.inf:
+        raise refuse(
+            "dns_propagation_timeout",
+            "dns_propagation_timeout must be a positive number of seconds, "
+            f"not {settings.dns_propagation_timeout:g}",
         )
     if settings.database_url and "://" not in settings.database_url:
         raise refuse(

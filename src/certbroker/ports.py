@@ -104,3 +104,46 @@ class CertificateAuthority(Protocol):
     def finalize(self, order: OrderInfo, csr_pem: bytes) -> OrderInfo: ...
     def download_certificate(self, url: str) -> str: ...
     def revoke(self, cert_pem: bytes, reason: int) -> None: ...
+
+
+class DnsProvider(Protocol):
+    """Writes and removes the TXT records of DNS-01 challenges through one DNS account.
+
+    Names are absolute, without the trailing dot ("_acme-challenge.www.example.com");
+    values are the TXT strings themselves, without quotes. Raises PermanentError when the
+    provider rejects the request (a wrong credential, a zone it does not serve) and
+    TransientError when it cannot be reached; the message names the account's server or
+    provider and what to check.
+    """
+
+    def add_txt(self, name: str, value: str) -> None:
+        """Add `value` to the TXT records at `name`; other values there stay."""
+        ...
+
+    def remove_txt(self, name: str, value: str) -> None:
+        """Remove exactly `value` from the TXT records at `name`; absent is not an error."""
+        ...
+
+    def check_servers(self) -> tuple[tuple[str, int], ...]:
+        """Servers (IP, port) the propagation check asks by default; () to find the
+        zone's authoritative servers by walking the delegation."""
+        ...
+
+
+class DnsLookups(Protocol):
+    """DNS questions for DNS-01 (certbroker.dns.propagation.DnsLookups)."""
+
+    def cname_target(self, name: str) -> str:
+        """The end of the CNAME chain at `name`, or `name` itself."""
+        ...
+
+    def authoritative_servers(self, name: str) -> tuple[tuple[str, int], ...]:
+        """The addresses of the authoritative servers of the zone `name` is in."""
+        ...
+
+    def wait_visible(
+        self, checks: Sequence[tuple[tuple[str, int], str, str]], timeout: float
+    ) -> float:
+        """Until each (server, name, value) is visible; seconds taken. TransientError
+        naming a lagging server after `timeout`."""
+        ...

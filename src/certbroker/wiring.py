@@ -14,11 +14,13 @@ from certbroker.challenges.http01 import Responder, bind_responder, probe
 from certbroker.config import Settings
 from certbroker.crypto.keys import PrivateKey
 from certbroker.crypto.sealing import Sealer, load_or_create_master_key
+from certbroker.domain.dns import RFC2136, DnsAccountConfig, parse_servers
 from certbroker.domain.errors import CertbrokerError
-from certbroker.ports import CertificateAuthority
+from certbroker.ports import CertificateAuthority, DnsProvider
 from certbroker.services.accounts import AccountService
 from certbroker.services.certificates import CertificateService
 from certbroker.services.common import ServiceContext, utcnow
+from certbroker.services.dns import DnsService, DnsSettings
 from certbroker.services.issuance import IssuanceService
 from certbroker.services.renewal import RenewalService
 from certbroker.store.db import make_engine, migrate
@@ -70,6 +72,34 @@ class CAClients:
         return client
 
 
+def make_dns_provider(config: DnsAccountConfig) -> DnsProvider:
+    """The adapter for one DNS account: certbroker's RFC 2136, or a dns-lexicon provider."""
+    if config.provider == RFC2136:
+        from certbroker.dns.rfc2136 import Rfc2136Provider
+
+        return Rfc2136Provider(
+            config.name,
+            config.settings["server"],
+            config.settings["tsig_key_name"],
+            config.secrets["tsig_secret"],
+            config.settings.get("tsig_algorithm", "hmac-sha256"),
+            zones=config.zones,
+        )
+    from certbroker.dns.lexicon_provider import LexiconProvider
+
+    return LexiconProvider(
+        config.provider, config.options(), zones=config.zones, account=config.name
+    )
+
+
+def dns_settings(settings: Settings) -> DnsSettings:
+    check = settings.dns_check_servers
+    return DnsSettings(
+        check_servers=(() if check == "off" else parse_servers(check, "dns_check_servers") or None),
+        propagation_timeout=settings.dns_propagation_timeout,
+    )
+
+
 @dataclass
 class Broker:
     settings: Settings
@@ -79,15 +109,25 @@ class Broker:
     issuance: IssuanceService = field(init=False)
     renewal: RenewalService = field(init=False)
     certificates: CertificateService = field(init=False)
+    dns: DnsService = field(init=False)
 
     def __post_init__(self) -> None:
+        from certbroker.dns.propagation import DnsLookups
+
         self.accounts = AccountService(self.ctx)
+        self.dns = DnsService(
+            self.ctx,
+            make_dns_provider,
+            DnsLookups(parse_servers(self.settings.dns_resolvers, "dns_resolvers")),
+            dns_settings(self.settings),
+        )
         self.issuance = IssuanceService(
             self.ctx,
             order_timeout=self.settings.order_timeout,
             retry_attempts=self.settings.retry_attempts,
             renew_before_days=self.settings.renew_before_days or None,
             validation_cap=self.settings.validation_failures_per_hour,
+            dns=self.dns,
         )
         self.renewal = RenewalService(self.ctx, self.issuance)
         self.certificates = CertificateService(self.ctx)

@@ -12,6 +12,7 @@ import typer
 from certbroker.cli.state import State, console, console_err, escape, print_json
 
 if TYPE_CHECKING:
+    from certbroker.services.issuance import RunResult
     from certbroker.wiring import Broker
 
 app = typer.Typer(
@@ -49,12 +50,15 @@ def _progress(message: str) -> None:
 
 def _wait(broker: Broker, cert_id: int, as_json: bool, owner: str) -> None:
     """Drive the certificate's order here, running the HTTP-01 responder if nobody else does."""
-    with _responder(broker):
+    with _responder(broker, broker.certificates.get(cert_id).challenge):
         _drive(broker, cert_id, as_json, owner)
 
 
 @contextlib.contextmanager
-def _responder(broker: Broker) -> Iterator[None]:
+def _responder(broker: Broker, challenge: str) -> Iterator[None]:
+    if challenge != "http-01":
+        yield
+        return
     responder = broker.ensure_responder()
     if responder is not None:
         _progress(f"answering HTTP-01 on port {responder.port} for the duration")
@@ -65,14 +69,29 @@ def _responder(broker: Broker) -> Iterator[None]:
             responder.stop()
 
 
+def _print_dns_records(cert_id: int, details: dict[str, Any]) -> None:
+    console.print(f"certificate {cert_id} waits for these DNS records (manual mode):")
+    for record in details["dns_records"]:
+        console.print(f"  {escape(record['name'])}. TXT {escape(record['value'])}")
+    console.print(f"write them at your DNS provider, then run `certbroker cert verify {cert_id}`")
+
+
 def _drive(broker: Broker, cert_id: int, as_json: bool, owner: str) -> None:
+    result = broker.issuance.wait_for(cert_id, owner, _progress)
+    _report(broker, cert_id, as_json, result)
+
+
+def _report(broker: Broker, cert_id: int, as_json: bool, result: RunResult) -> None:
     from certbroker.domain.errors import CertbrokerError
     from certbroker.services.issuance import Outcome
 
-    result = broker.issuance.wait_for(cert_id, owner, _progress)
     details = broker.certificates.details(cert_id)
     if as_json:
         print_json(details)
+    if result.outcome is Outcome.AWAITING:
+        if not as_json:
+            _print_dns_records(cert_id, details)
+        return
     if result.outcome is Outcome.RETRY:
         raise CertbrokerError(f"certificate {cert_id} is not issued yet: {result.message}")
     if result.outcome is not Outcome.ISSUED:
@@ -95,7 +114,16 @@ def request(
             "account (at another CA) takes over when one fails for good or is rate-limited."
         ),
     ] = None,
-    challenge: Annotated[str, typer.Option(help="Validation method: http-01.")] = "http-01",
+    challenge: Annotated[
+        str, typer.Option(help="Validation method: http-01, or dns-01 (needed for wildcards).")
+    ] = "http-01",
+    dns_account: Annotated[
+        str | None,
+        typer.Option(
+            help="dns-01: the DNS account to write the TXT records with (default: the "
+            "account of each name's zone), or 'manual' to write them yourself."
+        ),
+    ] = None,
     key_type: Annotated[str | None, typer.Option(help=f"{KEY_TYPES} (default ec-p256).")] = None,
     subject_country: Annotated[str | None, typer.Option(help="Two-letter country code.")] = None,
     subject_state: Annotated[str | None, typer.Option(help="State or province.")] = None,
@@ -162,6 +190,7 @@ def request(
         subject=subject,
         renew_before_days=renew_before_days,
         profile=profile,
+        dns_account=dns_account,
     )
     state: State = ctx.obj
     broker = state.broker
@@ -177,12 +206,40 @@ def request(
         return
     owner = make_owner("cli")
     prepared = broker.issuance.prepare(req)  # refused before the responder starts
-    with _responder(broker):
+    with _responder(broker, req.challenge):
         # Leased to this process from the start, so a running `serve` leaves it alone.
         cert, _ = broker.issuance.store(prepared, lease_owner=owner)
         if not as_json:
             console.print(f"certificate {cert.id}: obtaining {escape(', '.join(cert.names))}")
         _drive(broker, cert.id, as_json, owner)
+
+
+@app.command("verify")
+def verify(
+    ctx: typer.Context,
+    cert_id: CertId,
+    new_challenge: Annotated[
+        bool,
+        typer.Option(
+            "--new-challenge",
+            help="Start over with a new order at the CA (new TXT values), e.g. when the "
+            "old one expired.",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Manual dns-01: check the TXT records you wrote are visible, then obtain the certificate."""
+    from certbroker.domain.errors import CertbrokerError
+    from certbroker.services.issuance import Outcome, make_owner
+
+    state: State = ctx.obj
+    broker = state.broker
+    result = broker.issuance.verify(cert_id, make_owner("cli"), new_challenge, _progress)
+    if result.outcome is Outcome.AWAITING and not new_challenge:
+        if as_json:
+            print_json(broker.certificates.details(cert_id))
+        raise CertbrokerError(f"certificate {cert_id}: {result.message}")
+    _report(broker, cert_id, as_json, result)
 
 
 @app.command("resume")

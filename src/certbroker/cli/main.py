@@ -11,7 +11,7 @@ from typer._click.exceptions import NoArgsIsHelpError
 from typer._click.exceptions import UsageError as ClickUsageError
 
 from certbroker import __version__
-from certbroker.cli import accounts, certs, config_cmd, events_cmd, log_level
+from certbroker.cli import accounts, certs, config_cmd, dns_cmd, events_cmd, log_level
 from certbroker.cli.state import State, console_err
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app = typer.Typer(
 app.add_typer(accounts.app, name="account")
 app.add_typer(certs.app, name="cert")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(dns_cmd.app, name="dns")
 app.command("alarms")(events_cmd.alarms)
 app.command("events")(events_cmd.events)
 app.command("log-level")(log_level.log_level)

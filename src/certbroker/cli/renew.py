@@ -49,7 +49,8 @@ def renew_now(
         mine = owner if cert_ids else make_owner("cli")
         return broker.issuance.wait_for(cert_id, mine, progress)
 
-    with _responder(broker):
+    challenges = {broker.certificates.get(i).challenge for i in ids}
+    with _responder(broker, "http-01" if "http-01" in challenges else "dns-01"):
         if cert_ids:
             results = [drive(cert_id) for cert_id in ids]
         else:

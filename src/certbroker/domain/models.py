@@ -34,6 +34,8 @@ class OrderState(StrEnum):
     QUEUED = "queued"  # nothing sent to the CA yet
     ORDERED = "ordered"  # the CA has the order; its URL is stored
     PRESENTED = "presented"  # every challenge token is in the store, served by the responder
+    # (dns-01: every TXT record is written)
+    AWAITING_DNS = "awaiting-dns"  # manual dns-01: a person writes the records, then `cert verify`
     ANSWERED = "answered"  # the CA was told to validate
     FINALIZING = "finalizing"  # the CSR was sent
     VALID = "valid"  # the certificate is stored
@@ -45,6 +47,8 @@ class OrderState(StrEnum):
 
 
 ACTIVE_ORDER_STATES = tuple(s.value for s in OrderState if s.active)
+# Active but left alone by workers: only `cert verify` moves it on.
+WAITING_FOR_A_PERSON = (OrderState.AWAITING_DNS.value,)
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class Certificate:
     ari_next_check: datetime | None = None
     profile: str | None = None
     fallback_account_ids: tuple[int, ...] = ()  # tried in order when a CA fails
+    dns_account_id: int | None = None  # dns-01: None means the zone's default DNS account
+    dns_manual: bool = False  # dns-01: a person writes the TXT records
 
     @property
     def account_ids(self) -> tuple[int, ...]:
@@ -207,6 +213,7 @@ class EventKind(StrEnum):
     RENEWAL_QUEUED = "renewal-queued"
     CA_FALLBACK = "ca-fallback"  # an account's CA failed; the next account takes over
     HELD_BACK = "held-back"  # too many failed validations of a name in the last hour
+    AWAITING_DNS = "awaiting-dns"  # manual DNS-01: the records a person must write
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 from certbroker.crypto.export import ExportBundle, ExportFormat, write_export
 from certbroker.crypto.keys import load_private_key
-from certbroker.domain.errors import CAError, UsageError
+from certbroker.domain.errors import CAError, NotFoundError, UsageError
 from certbroker.domain.keys import RevocationReason
 from certbroker.domain.models import Account, Certificate, CertificateStatus, Event, Order
 from certbroker.services.common import ServiceContext
@@ -69,6 +69,14 @@ class CertificateService:
                 "renewal_reason": cert.renewal_reason,
                 "renew_before_days": cert.renew_before_days,
                 "profile": cert.profile,
+                "dns_account": self._dns_account(cert),
+                # The TXT records of the current order (manual mode: the ones to write).
+                "dns_records": [
+                    r.to_json()
+                    for o in orders
+                    if o.state.active
+                    for r in self.repo.dns_records_of(o.id)
+                ],
                 "fallback_accounts": [
                     self.repo.get_account(i).name for i in cert.fallback_account_ids
                 ],
@@ -86,6 +94,18 @@ class CertificateService:
             }
         )
         return data
+
+    def _dns_account(self, cert: Certificate) -> str | None:
+        if cert.challenge != "dns-01":
+            return None
+        if cert.dns_manual:
+            return "manual"
+        if cert.dns_account_id is None:
+            return "by zone"
+        try:
+            return self.repo.get_dns_account(cert.dns_account_id).name
+        except NotFoundError:
+            return f"#{cert.dns_account_id} (deleted)"
 
     def alarms(self) -> list[dict[str, Any]]:
         return [

@@ -49,9 +49,11 @@ from certbroker.domain.names import validate_names
 from certbroker.domain.renewal import RenewalWindow
 from certbroker.ports import CertificateAuthority
 from certbroker.services.common import Progress, ServiceContext, no_progress
+from certbroker.services.dns import DnsService
 from certbroker.services.order_run import (
     FAULT_ENV,
     LEASE,
+    AwaitingDns,
     HeldBack,
     OrderRun,
     describe,
@@ -80,7 +82,7 @@ ARI_LONGEST_RETRY = timedelta(days=1)
 RENEWAL_RETRY_FIRST = timedelta(minutes=10)  # a renewal that failed transiently, again
 RENEWAL_RETRY_MAX = timedelta(hours=6)
 LONGEST_WAIT = 60.0  # seconds wait_for sleeps for a retry; a later one is left to serve
-CHALLENGE_TYPES = ("http-01",)
+CHALLENGE_TYPES = ("http-01", "dns-01")
 T = TypeVar("T")
 
 
@@ -89,6 +91,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     RETRY = "retry"  # a transient failure; next_run_at says when
     BUSY = "busy"  # another live worker holds the order
+    AWAITING = "awaiting"  # manual DNS-01: a person writes the records, then `cert verify`
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class CertificateRequest:
     renew_before_days: float | None = None  # None: the global policy
     profile: str | None = None  # an ACME profile the CA advertises
     fallback_accounts: Sequence[str] = ()  # tried in order when the account's CA fails
+    dns_account: str | None = None  # dns-01: a DNS account, "manual", or None (by zone)
 
 
 @dataclass(frozen=True)
@@ -153,9 +157,11 @@ class IssuanceService:
         retry_attempts: int = 4,
         renew_before_days: float | None = None,
         validation_cap: int = 3,
+        dns: DnsService | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.ctx = ctx
+        self.dns = dns  # DNS-01; None in a process that only does http-01
         self.repo = ctx.repo
         self.order_timeout = order_timeout
         self.retry_attempts = retry_attempts
@@ -180,6 +186,14 @@ class IssuanceService:
             )
         names = validate_names(req.names, req.challenge)
         account = self._pick_account(req.account)
+        dns_account_id: int | None = None
+        dns_manual = False
+        if req.challenge == "dns-01":
+            if self.dns is None:
+                raise UsageError("DNS-01 is not set up in this process")
+            dns_account_id, dns_manual = self.dns.check_request(names, req.dns_account)
+        elif req.dns_account is not None:
+            raise UsageError("--dns-account is only used with --challenge dns-01")
         if req.key_policy is KeyPolicy.IMPORTED:
             if req.key_pem is None:
                 raise UsageError("--key-policy imported needs --key-file PEM")
@@ -220,6 +234,8 @@ class IssuanceService:
                 renew_before_days=req.renew_before_days,
                 profile=req.profile,
                 fallback_account_ids=[a.id for a in fallbacks],
+                dns_account_id=dns_account_id,
+                dns_manual=dns_manual,
             )
         )
 
@@ -311,9 +327,27 @@ class IssuanceService:
 
     # -- the state machine -------------------------------------------------------------------
 
-    def run(self, order: int | Order, owner: str, progress: Progress = no_progress) -> RunResult:
+    def run(
+        self,
+        order: int | Order,
+        owner: str,
+        progress: Progress = no_progress,
+        *,
+        verify: bool = False,
+    ) -> RunResult:
         """Advance one order (by ID, or as just claimed) as far as it goes. The caller
-        holds the lease."""
+        holds the lease. `verify`: a person says the manual DNS records are written."""
+        result = self._run(order, owner, progress, verify)
+        if not result.order.state.active and self.dns is not None:
+            cert = self.repo.get_certificate(result.order.certificate_id)
+            if cert.challenge == "dns-01":
+                try:
+                    self.dns.cleanup(result.order.id)
+                except Exception:  # never turns an outcome around; serve retries it
+                    log.exception("order %d: removing its TXT records failed", result.order.id)
+        return result
+
+    def _run(self, order: int | Order, owner: str, progress: Progress, verify: bool) -> RunResult:
         if isinstance(order, int):
             order = self.repo.get_order(order)
         order_id = order.id
@@ -322,7 +356,11 @@ class IssuanceService:
                 Outcome.ISSUED if order.state is OrderState.VALID else Outcome.FAILED, order
             )
         try:
-            OrderRun(self, order, owner, progress).drive()
+            OrderRun(self, order, owner, progress, verify=verify).drive()
+        except AwaitingDns as exc:
+            with contextlib.suppress(LeaseLost):
+                self.repo.await_person(order_id, owner, self.ctx.clock(), str(exc), exc.first)
+            return RunResult(Outcome.AWAITING, self.repo.get_order(order_id), str(exc))
         except LeaseLost as exc:
             log.info("order %d: %s", order_id, exc)
             return RunResult(Outcome.BUSY, self.repo.get_order(order_id), str(exc))
@@ -429,6 +467,36 @@ class IssuanceService:
             return RunResult(Outcome.BUSY, self.repo.get_order(order_id), str(exc))
         log.info("order %d: %s; retrying in %.1f s", order_id, exc, delay)
         return RunResult(Outcome.RETRY, self.repo.get_order(order_id), str(exc))
+
+    def verify(
+        self, cert_id: int, owner: str, new_challenge: bool, progress: Progress = no_progress
+    ) -> RunResult:
+        """Manual DNS-01: check the records a person wrote and go on to the certificate;
+        with `new_challenge`, start over with a fresh order (new values to write)."""
+        cert = self.repo.get_certificate(cert_id)
+        if not cert.dns_manual:
+            raise UsageError(
+                f"certificate {cert_id} does not use manual DNS validation; nothing to verify"
+            )
+        order = self.repo.active_order_of(cert_id)
+        if order is None or order.state is not OrderState.AWAITING_DNS:
+            state = order.state.value if order else "no active order"
+            raise UsageError(
+                f"certificate {cert_id} is not waiting for DNS records ({state}); "
+                f"`certbroker cert renew {cert_id}` starts a new order"
+            )
+        if not self.claim(order.id, owner):
+            raise UsageError(
+                f"order {order.id} is being worked on by {order.lease_owner}; try again shortly"
+            )
+        if new_challenge:
+            self.repo.restart_order(order.id, owner, self.ctx.clock())
+            progress(f"order {order.id}: starting over with a new order at the CA")
+            return self.run(order.id, owner, progress)
+        result = self.run(order.id, owner, progress, verify=True)
+        if result.outcome in (Outcome.RETRY, Outcome.BUSY):
+            return self.wait_for(cert_id, owner, progress)
+        return result
 
     def wait_for(self, cert_id: int, owner: str, progress: Progress = no_progress) -> RunResult:
         """Drive the certificate's active order to the end in this process (CLI --wait)."""

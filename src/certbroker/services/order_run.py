@@ -29,6 +29,7 @@ from certbroker.crypto.keys import (
     load_private_key,
     private_key_to_pem,
 )
+from certbroker.domain.dns import txt_value
 from certbroker.domain.errors import AcmeProblem, PermanentError, TransientError
 from certbroker.domain.keys import KeyPolicy, KeyType
 from certbroker.domain.limits import VALIDATION_WINDOW, validation_allowed_at
@@ -45,6 +46,14 @@ log = logging.getLogger("certbroker.issuance")
 
 LEASE = timedelta(seconds=120)
 FAULT_ENV = "CERTBROKER_FAULT_KILL_AFTER"  # test hook: SIGKILL this process after a step
+
+
+class AwaitingDns(Exception):
+    """Manual DNS-01: the run stops until a person writes the records (`cert verify`)."""
+
+    def __init__(self, message: str, *, first: bool) -> None:
+        super().__init__(message)
+        self.first = first  # the records were just shown; False: still not there
 
 
 class HeldBack(Exception):
@@ -85,8 +94,17 @@ def describe(cert_pem: str, chain_pem: str, order_url: str) -> IssuedCertificate
 class OrderRun:
     """One pass over one order, holding its lease."""
 
-    def __init__(self, svc: IssuanceService, order: Order, owner: str, progress: Progress) -> None:
+    def __init__(
+        self,
+        svc: IssuanceService,
+        order: Order,
+        owner: str,
+        progress: Progress,
+        *,
+        verify: bool = False,
+    ) -> None:
         self.svc = svc
+        self.verify = verify  # `cert verify`: a person says the manual records are there
         self.repo = svc.repo
         self.order = order
         self.owner = owner
@@ -137,10 +155,14 @@ class OrderRun:
             try:
                 info = self.ca.get_order(self.order.order_url)
             except PermanentError as exc:
+                if self.order.state is OrderState.AWAITING_DNS:
+                    raise self._expired(str(exc)) from None
                 # The CA forgot the order (expired, or the CA was reset): start a new one.
                 self.progress(f"the CA no longer has order {self.order.order_url} ({exc})")
                 return self._new_order()
             self.progress(f"resuming order {info.url} ({info.status})")
+            if self.order.state is OrderState.AWAITING_DNS and info.status == "invalid":
+                raise self._expired(f"the CA marked it {info.status}")
             interrupted = self.order.state in (OrderState.PRESENTED, OrderState.ANSWERED)
             if info.status == "invalid" and interrupted:
                 # Validation ran while the process that answered it was gone (killed, or
@@ -163,6 +185,13 @@ class OrderRun:
             return info
         return self._new_order()
 
+    def _expired(self, why: str) -> AwaitingDns:
+        return AwaitingDns(
+            f"the CA's order for these TXT records is no longer usable ({why}); run "
+            f"`certbroker cert verify {self.cert.id} --new-challenge` for new values",
+            first=False,
+        )
+
     def _new_order(self) -> OrderInfo:
         self.progress(f"ordering {', '.join(self.cert.names)}")
         replaces = self._replaces()
@@ -175,6 +204,7 @@ class OrderRun:
         authzs = [self.ca.get_authorization(url) for url in info.authorizations]
         pending = [a for a in authzs if a.status == "pending"]
         rows = []
+        dns_items = []  # (identifier, '*.example.com' for a wildcard; key authorization)
         to_answer = []
         for authz in pending:
             chall = authz.challenge(self.cert.challenge)
@@ -186,18 +216,22 @@ class OrderRun:
                 )
             key_auth = self.ca.key_authorization(chall.token)
             rows.append((chall.token, key_auth, authz.identifier, chall.type))
+            dns_items.append((authz.identifier, key_auth))
             if chall.status == "pending":
                 to_answer.append((authz, chall))
         # Present every challenge before answering any.
-        now = self.svc.ctx.clock()
-        self.repo.present_challenges(self.order.id, self.owner, rows, now, now + LEASE)
-        self._touched = time.monotonic()
-        _fault(OrderState.PRESENTED.value)
+        if self.cert.challenge == "dns-01":
+            self._present_dns(dns_items)
+        else:
+            now = self.svc.ctx.clock()
+            self.repo.present_challenges(self.order.id, self.owner, rows, now, now + LEASE)
+            self._touched = time.monotonic()
+            _fault(OrderState.PRESENTED.value)
         for authz in authzs:
             if authz.status == "valid":
                 self.progress(f"{authz.identifier}: already authorized")
             elif authz.status == "pending":
-                self.progress(f"{authz.identifier}: http-01 challenge presented")
+                self.progress(f"{authz.identifier}: {self.cert.challenge} challenge presented")
         self._check_validation_cap([authz.identifier for authz, _ in to_answer])
         for _, chall in to_answer:
             self.ca.answer_challenge(chall.url)
@@ -209,6 +243,39 @@ class OrderRun:
             for authz in pending:
                 self.progress(f"{authz.identifier}: validated")
         return info
+
+    def _present_dns(self, items: list[tuple[str, str]]) -> None:
+        """Write (or, in manual mode, show) the TXT records, and wait until they are
+        visible where the CA will look."""
+        dns = self.svc.dns
+        if dns is None:
+            raise PermanentError("DNS-01 is not set up in this process")
+        if self.cert.dns_manual and self.order.state is OrderState.AWAITING_DNS:
+            if not self.verify:
+                raise AwaitingDns(
+                    "waiting for the TXT records (`certbroker cert verify`)", first=False
+                )
+            records = self.repo.dns_records_of(self.order.id)
+            expected = {(identifier, txt_value(key_auth)) for identifier, key_auth in items}
+            if not expected <= {(r.identifier, r.value) for r in records}:
+                raise self._expired("its challenges changed")
+            try:
+                dns.wait_visible(records, self.progress)
+            except TransientError as exc:
+                raise AwaitingDns(f"not yet: {exc}", first=False) from None
+        else:
+            records = dns.present(self.cert, self.order.id, self.owner, items, self.progress)
+            _fault("dns-written")
+            if self.cert.dns_manual:
+                self.record(state=OrderState.AWAITING_DNS)
+                shown = "; ".join(f"{r.name} TXT {r.value!r}" for r in records)
+                raise AwaitingDns(
+                    f"write these TXT records, then run `certbroker cert verify "
+                    f"{self.cert.id}`: {shown}",
+                    first=True,
+                )
+            dns.wait_visible(records, self.progress)
+        self.record(state=OrderState.PRESENTED)
 
     def _replaces(self) -> str | None:
         """For a renewal at a CA with ARI: the certificate it replaces (RFC 9773 §5)."""

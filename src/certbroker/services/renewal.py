@@ -117,6 +117,12 @@ class Scheduler:
 
     def tick(self) -> list[int]:
         self.renewal.refresh_renewal_info()
+        dns = self.renewal.issuance.dns
+        if dns is not None:
+            # TXT records whose order ended while no process could remove them (a crash).
+            removed = dns.cleanup()
+            if removed:
+                log.info("removed %d leftover TXT record(s) of ended orders", removed)
         queued = self.renewal.queue_due()
         if queued:
             log.info("renewal due for %d certificate(s): %s", len(queued), _ids(queued))

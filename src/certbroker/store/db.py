@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from certbroker.domain.errors import ConfigError
 
-HEAD_REVISION = "0010"
+HEAD_REVISION = "0011"
 
 
 def make_engine(url: str) -> Engine:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from certbroker.domain.errors import AcmeProblem, NotFoundError, UsageError
 from certbroker.domain.models import (
     ACTIVE_ORDER_STATES,
+    WAITING_FOR_A_PERSON,
     Account,
     AccountStatus,
     Certificate,
@@ -33,6 +34,7 @@ from certbroker.domain.models import (
     OrderState,
 )
 from certbroker.store.base import LeaseLost, StoreBase
+from certbroker.store.dns import DnsStore
 from certbroker.store.events import add_event
 from certbroker.store.events import failed_attempt as record_failure
 from certbroker.store.renewals import IssuedCertificate, RenewalStore
@@ -50,6 +52,7 @@ from certbroker.store.schema import (
     certificate_history,
     certificates,
     challenges,
+    dns_records,
     orders,
     runtime_settings,
 )
@@ -69,6 +72,8 @@ class NewCertificate:
     renew_before_days: float | None = None
     profile: str | None = None
     fallback_account_ids: Sequence[int] = ()
+    dns_account_id: int | None = None
+    dns_manual: bool = False
 
 
 def _certificate_of(conn: Connection, order_id: int) -> int:
@@ -77,7 +82,7 @@ def _certificate_of(conn: Connection, order_id: int) -> int:
     )
 
 
-class Repository(RenewalStore):
+class Repository(RenewalStore, DnsStore):
     """Typed storage; renewal, history and arrival of certificates in store/renewals.py."""
 
     # -- accounts ------------------------------------------------------------------------
@@ -211,6 +216,8 @@ class Repository(RenewalStore):
                             if new.fallback_account_ids
                             else None
                         ),
+                        dns_account_id=new.dns_account_id,
+                        dns_manual=new.dns_manual,
                         created_at=now,
                         updated_at=now,
                     )
@@ -380,6 +387,7 @@ class Repository(RenewalStore):
                 .where(
                     and_(
                         orders.c.state.in_(ACTIVE_ORDER_STATES),
+                        orders.c.state.not_in(WAITING_FOR_A_PERSON),
                         or_(orders.c.next_run_at.is_(None), orders.c.next_run_at <= now),
                     )
                 )
@@ -394,6 +402,7 @@ class Repository(RenewalStore):
         skips rows another claim has locked; SQLite runs one writer at a time)."""
         free = and_(
             orders.c.state.in_(ACTIVE_ORDER_STATES),
+            orders.c.state.not_in(WAITING_FOR_A_PERSON),
             or_(orders.c.next_run_at.is_(None), orders.c.next_run_at <= now),
             or_(orders.c.lease_owner.is_(None), orders.c.lease_until <= now),
         )
@@ -577,6 +586,40 @@ class Repository(RenewalStore):
             )
             cert_id = _certificate_of(conn, order_id)
             add_event(conn, now, EventKind.HELD_BACK, message, cert_id=cert_id, order_id=order_id)
+
+    def await_person(
+        self, order_id: int, owner: str, now: datetime, message: str, first: bool
+    ) -> None:
+        """Manual DNS-01: let the order go until `cert verify`; no worker takes it
+        (claim_next skips WAITING_FOR_A_PERSON). `first`: the event that shows the records."""
+        with self._write() as conn:
+            self._advance(
+                conn,
+                order_id,
+                owner,
+                now,
+                None,
+                {"error_message": message, "next_run_at": None, "lease_owner": None},
+            )
+            if first:
+                cert_id = _certificate_of(conn, order_id)
+                add_event(
+                    conn, now, EventKind.AWAITING_DNS, message, cert_id=cert_id, order_id=order_id
+                )
+
+    def restart_order(self, order_id: int, owner: str, now: datetime) -> None:
+        """Start the order over at the CA (`cert verify --new-challenge`): a new order URL,
+        new challenges; the records a person was shown are forgotten."""
+        with self._write() as conn:
+            self._advance(
+                conn,
+                order_id,
+                owner,
+                now,
+                now + timedelta(minutes=2),
+                {"state": OrderState.QUEUED.value, "order_url": None, "error_message": None},
+            )
+            conn.execute(delete(dns_records).where(dns_records.c.order_id == order_id))
 
     # -- runtime settings ----------------------------------------------------------------
 

@@ -77,6 +77,8 @@ def certificate_row(row: Row[Any]) -> Certificate:
         ari_next_check=row.ari_next_check,
         profile=row.profile,
         fallback_account_ids=tuple(json.loads(row.fallback_account_ids or "[]")),
+        dns_account_id=row.dns_account_id,
+        dns_manual=bool(row.dns_manual),
     )
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -102,6 +103,9 @@ certificates = Table(
     Column("profile", String(100), nullable=True),  # the ACME profile its orders ask for
     # JSON list of account IDs tried in order when account_id's CA fails (CA fallback).
     Column("fallback_account_ids", Text, nullable=True),
+    # DNS-01: the DNS account its records go through; None: the zone's default account.
+    Column("dns_account_id", Integer, nullable=True),
+    Column("dns_manual", Boolean, nullable=False, server_default="0"),  # a person writes them
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_certificates_status_renew_at", "status", "renew_at"),  # the scheduler
@@ -213,4 +217,43 @@ runtime_settings = Table(
     Column("name", String(100), primary_key=True),
     Column("value", Text, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# DNS providers' credentials: `settings` in clear (server, key name...), secrets sealed.
+dns_accounts = Table(
+    "dns_accounts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("provider", String(100), nullable=False),
+    Column("settings", Text, nullable=False, default="{}"),  # JSON, not secret
+    Column("secrets_sealed", LargeBinary, nullable=False),  # sealed JSON of the secret options
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# The default DNS account of a zone and every name below it.
+dns_zones = Table(
+    "dns_zones",
+    metadata,
+    Column("zone", String(255), primary_key=True),
+    Column("dns_account_id", Integer, ForeignKey("dns_accounts.id"), nullable=False),
+)
+
+# Every TXT record certbroker writes, stored BEFORE it is written, so that the records of
+# an order are removed after success, failure or a crash in between, and only those.
+dns_records = Table(
+    "dns_records",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("order_id", Integer, ForeignKey("orders.id"), nullable=False),
+    Column("identifier", String(255), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("value", String(255), nullable=False),
+    Column("dns_account_id", Integer, nullable=True),  # None: manual, a person writes it
+    Column("written", Boolean, nullable=False, default=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("cleanup_error", Text, nullable=True),  # why the last removal failed
+    Column("cleanup_after", UTCDateTime, nullable=True),  # do not retry the removal before
+    Index("ix_dns_records_order_id", "order_id"),
 )

@@ -10,7 +10,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from certbroker.store.schema import ACTIVE_STATES_SQL, UTCDateTime
+from certbroker.store.schema import UTCDateTime
+
+# The active states as they were at this revision (0011 adds awaiting-dns).
+ACTIVE_STATES_SQL = "state IN ('queued', 'ordered', 'presented', 'answered', 'finalizing')"
 
 revision = "0003"
 down_revision = "0002"

@@ -1,0 +1,1 @@
+"""Adapters that write DNS-01 TXT records (RFC 2136, dns-lexicon) and check they are visible."""

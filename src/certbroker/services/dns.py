@@ -1,0 +1,395 @@
+"""DNS-01: DNS accounts (add, list, show, test, delete) and the TXT records of orders
+(write, check they are visible, remove exactly what was written)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from certbroker.domain.dns import (
+    MANUAL,
+    RFC2136,
+    DnsAccount,
+    DnsAccountConfig,
+    DnsRecord,
+    Server,
+    challenge_record_name,
+    check_account_name,
+    txt_value,
+)
+from certbroker.domain.errors import CAError, NotFoundError, PermanentError, UsageError
+from certbroker.domain.models import Certificate
+from certbroker.domain.names import normalize_name
+from certbroker.ports import DnsLookups, DnsProvider
+from certbroker.services.common import Progress, ServiceContext, no_progress
+
+log = logging.getLogger("certbroker.challenges")
+
+DnsFactory = Callable[[DnsAccountConfig], DnsProvider]
+CLEANUP_RETRY = timedelta(minutes=10)
+RFC2136_SECRETS = ("tsig_secret",)
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    """How records are checked: `check_servers` None means "find them" (the account's own
+    server for RFC 2136, else the zone's authoritative servers); () means no check."""
+
+    check_servers: tuple[Server, ...] | None = None
+    propagation_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class DnsTestReport:
+    account: str
+    name: str
+    written_in: float
+    visible_in: float | None  # None: the check is off
+    servers: tuple[Server, ...]
+    removed_in: float
+
+
+class DnsService:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        factory: DnsFactory,
+        lookups: DnsLookups,
+        settings: DnsSettings,
+    ) -> None:
+        self.ctx = ctx
+        self.repo = ctx.repo
+        self.factory = factory
+        self.lookups = lookups
+        self.settings = settings
+
+    # -- DNS accounts ----------------------------------------------------------------------
+
+    def add(
+        self,
+        name: str,
+        provider: str,
+        options: Mapping[str, str],
+        zones: Sequence[str] = (),
+        environ: Mapping[str, str] | None = None,
+    ) -> DnsAccount:
+        """Check everything, then store the account with its secrets sealed."""
+        check_account_name(name)
+        provider = provider.strip().lower()
+        zone_names = [_zone(z) for z in zones]
+        if len(set(zone_names)) != len(zone_names):
+            raise UsageError("a zone is named twice in --zone; name each once")
+        if provider == RFC2136:
+            settings, secret = _rfc2136_options(options)
+        else:
+            settings, secret = _lexicon_options(provider, options, environ or os.environ)
+        return self.repo.add_dns_account(
+            name=name,
+            provider=provider,
+            settings=settings,
+            secret_names=sorted(secret),
+            secrets_sealed=self.ctx.sealer.seal(json.dumps(secret).encode()),
+            zones=zone_names,
+            now=self.ctx.clock(),
+        )
+
+    def accounts(self) -> list[DnsAccount]:
+        return self.repo.list_dns_accounts()
+
+    def get(self, ref: str) -> DnsAccount:
+        if ref.lower() == MANUAL:
+            raise UsageError(
+                f"{MANUAL!r} is manual DNS validation, not a stored account; a person writes "
+                "the records it shows"
+            )
+        return self.repo.get_dns_account(ref)
+
+    def set_zones(self, ref: str, add: Sequence[str], remove: Sequence[str]) -> DnsAccount:
+        account = self.get(ref)
+        added = [_zone(z) for z in add]
+        removed = [_zone(z) for z in remove]
+        unknown = [z for z in removed if z not in account.zones]
+        if unknown:
+            raise UsageError(
+                f"DNS account {account.name!r} is not the default of {', '.join(unknown)} "
+                f"(its zones: {', '.join(account.zones) or 'none'})"
+            )
+        self.repo.set_dns_zones(account.id, added, removed)
+        return self.repo.get_dns_account(account.id)
+
+    def delete(self, ref: str) -> DnsAccount:
+        account = self.get(ref)
+        certs, records = self.repo.dns_account_users(account.id)
+        if certs:
+            raise UsageError(
+                f"DNS account {account.name!r} is chosen by {certs} certificate(s) "
+                "(--dns-account); delete or re-request them first"
+            )
+        if records:
+            raise UsageError(
+                f"DNS account {account.name!r} still has {records} TXT record(s) to remove; "
+                "wait for their orders to end (`certbroker serve` removes them), then delete"
+            )
+        self.repo.delete_dns_account(account.id)
+        return account
+
+    def config(self, account_id: int) -> DnsAccountConfig:
+        account = self.repo.get_dns_account(account_id)
+        sealed = self.repo.dns_account_secrets_sealed(account_id)
+        secret = json.loads(self.ctx.sealer.unseal(sealed))
+        return DnsAccountConfig(
+            name=account.name,
+            provider=account.provider,
+            settings=dict(account.settings),
+            secrets=secret,
+            zones=account.zones,
+        )
+
+    def provider(self, account_id: int) -> DnsProvider:
+        return self.factory(self.config(account_id))
+
+    def test(self, ref: str, zone: str | None, progress: Progress = no_progress) -> DnsTestReport:
+        """Write a TXT record with a random value in `zone`, wait until it is visible,
+        remove it: a bad credential or a wrong server shows now, not at the next renewal."""
+        account = self.get(ref)
+        if zone is None:
+            if len(account.zones) != 1:
+                raise UsageError(
+                    f"name the zone to test DNS account {account.name!r} in: --zone ZONE"
+                )
+            zone = account.zones[0]
+        zone = _zone(zone)
+        provider = self.provider(account.id)
+        name = challenge_record_name(zone)
+        value = "certbroker-test-" + secrets.token_urlsafe(12)
+        started = time.monotonic()
+        provider.add_txt(name, value)
+        written = time.monotonic() - started
+        progress(f"wrote TXT {name} = {value!r} in {written:.2f} s")
+        visible: float | None = None
+        servers: tuple[Server, ...] = ()
+        try:
+            servers = self.check_servers(provider, name)
+            if servers:
+                visible = self.lookups.wait_visible(
+                    [(s, name, value) for s in servers], self.settings.propagation_timeout
+                )
+                progress(
+                    f"visible at {', '.join(f'{h}:{p}' for h, p in servers)} after {visible:.2f} s"
+                )
+        finally:
+            started = time.monotonic()
+            provider.remove_txt(name, value)
+            removed = time.monotonic() - started
+            progress(f"removed it in {removed:.2f} s")
+        return DnsTestReport(account.name, name, written, visible, servers, removed)
+
+    def check_servers(self, provider: DnsProvider | None, name: str) -> tuple[Server, ...]:
+        """Where the propagation check asks for `name`; () when the check is off."""
+        configured = self.settings.check_servers
+        if configured is not None:
+            return configured
+        own = provider.check_servers() if provider is not None else ()
+        return own or self.lookups.authoritative_servers(name)
+
+    # -- the records of an order -----------------------------------------------------------
+
+    def check_request(
+        self, names: Sequence[str], dns_account: str | None
+    ) -> tuple[int | None, bool]:
+        """(DNS account ID or None for "by zone", manual) for a dns-01 request; refuses a
+        request some name of which has no DNS account."""
+        if dns_account is not None and dns_account.strip().lower() == MANUAL:
+            return None, True
+        if dns_account is not None:
+            return self.get(dns_account).id, False
+        missing = [n for n in names if self.repo.dns_account_for(challenge_record_name(n)) is None]
+        if missing:
+            raise UsageError(
+                f"no DNS account for {', '.join(missing)}: choose one with --dns-account NAME "
+                "(or --dns-account manual), or make one the default of the zone with "
+                "`certbroker dns zones NAME --add ZONE`"
+            )
+        return None, False
+
+    def present(
+        self,
+        cert: Certificate,
+        order_id: int,
+        owner: str,
+        items: Sequence[tuple[str, str]],
+        progress: Progress = no_progress,
+    ) -> list[DnsRecord]:
+        """Store, then (unless manual) write, the TXT records for (identifier, key
+        authorization) pairs. CNAMEs at `_acme-challenge.<name>` are followed and the
+        record goes to the target, through the DNS account of the target's zone."""
+        rows: list[tuple[str, str, str, int | None]] = []
+        for identifier, key_authorization in items:
+            name = challenge_record_name(identifier)
+            target = self.lookups.cname_target(name)
+            account_id = None if cert.dns_manual else self._account_for(cert, name, target)
+            rows.append((identifier, target, txt_value(key_authorization), account_id))
+        records = self.repo.add_dns_records(order_id, owner, rows, self.ctx.clock())
+        if cert.dns_manual:
+            return records
+        providers: dict[int, DnsProvider] = {}
+        for record in records:
+            if record.written or record.dns_account_id is None:
+                continue
+            provider = providers.get(record.dns_account_id)
+            if provider is None:
+                provider = providers[record.dns_account_id] = self.provider(record.dns_account_id)
+            try:
+                provider.add_txt(record.name, record.value)
+            except PermanentError:
+                # Refused: nothing was written, so there is nothing to clean up later.
+                self.repo.forget_dns_record(record.id)
+                raise
+            self.repo.mark_dns_record_written(record.id)
+            progress(f"{record.identifier}: TXT record {record.name} written")
+        return records
+
+    def _account_for(self, cert: Certificate, name: str, target: str) -> int:
+        if target != name:
+            by_zone = self.repo.dns_account_for(target)
+            if by_zone is not None:
+                return by_zone
+        if cert.dns_account_id is not None:
+            return cert.dns_account_id
+        by_zone = self.repo.dns_account_for(target)
+        if by_zone is None:
+            raise PermanentError(
+                f"no DNS account serves {target}: make one the default of its zone with "
+                "`certbroker dns zones NAME --add ZONE`, or request with --dns-account"
+            )
+        return by_zone
+
+    def wait_visible(self, records: Sequence[DnsRecord], progress: Progress = no_progress) -> float:
+        """Until every record is visible at the servers that matter; the seconds it took."""
+        checks: list[tuple[Server, str, str]] = []
+        providers: dict[int | None, DnsProvider | None] = {}
+        for record in records:
+            key = record.dns_account_id
+            if key not in providers:
+                providers[key] = None if key is None else self.provider(key)
+            for server in self.check_servers(providers[key], record.name):
+                checks.append((server, record.name, record.value))
+        if not checks:
+            return 0.0
+        took = self.lookups.wait_visible(checks, self.settings.propagation_timeout)
+        servers = sorted({f"{h}:{p}" for (h, p), _, _ in checks})
+        progress(f"TXT records visible at {', '.join(servers)} after {took:.2f} s")
+        return took
+
+    def cleanup(self, order_id: int | None = None) -> int:
+        """Remove the records of `order_id` (or of every order that ended) and forget
+        them; the records of a person (manual mode) are only forgotten. A removal that
+        fails is retried later. Returns how many records were removed."""
+        now = self.ctx.clock()
+        if order_id is None:
+            records = self.repo.dns_records_to_remove(now)
+        else:
+            records = self.repo.dns_records_of(order_id)
+        providers: dict[int, DnsProvider] = {}
+        removed = 0
+        for record in records:
+            if record.dns_account_id is None:
+                self.repo.forget_dns_record(record.id)
+                continue
+            try:
+                provider = providers.get(record.dns_account_id)
+                if provider is None:
+                    provider = self.provider(record.dns_account_id)
+                    providers[record.dns_account_id] = provider
+                provider.remove_txt(record.name, record.value)
+            except NotFoundError:
+                log.warning(
+                    "TXT record %s of order %d: its DNS account is gone; remove it by hand",
+                    record.name,
+                    record.order_id,
+                )
+            except CAError as exc:
+                log.warning("could not remove TXT record %s: %s", record.name, exc)
+                self.repo.dns_cleanup_failed(record.id, str(exc), now + CLEANUP_RETRY)
+                continue
+            self.repo.forget_dns_record(record.id)
+            removed += 1
+        return removed
+
+
+def _zone(text: str) -> str:
+    return normalize_name(text.strip().rstrip("."))
+
+
+def _rfc2136_options(options: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    from certbroker.dns.rfc2136 import check_tsig, parse_server
+
+    known = {"server", "tsig_key_name", "tsig_secret", "tsig_algorithm"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(
+            f"provider rfc2136 has no option --{unknown[0].replace('_', '-')}; its options: "
+            "--server, --tsig-key-name, --tsig-secret, --tsig-algorithm, --zone"
+        )
+    missing = [o for o in ("server", "tsig_key_name", "tsig_secret") if not options.get(o)]
+    if missing:
+        raise UsageError(
+            "provider rfc2136 needs "
+            + ", ".join(f"--{m.replace('_', '-')}" for m in missing)
+            + " (the TSIG key as `tsig-keygen` prints it)"
+        )
+    algorithm = options.get("tsig_algorithm") or "hmac-sha256"
+    parse_server(options["server"])
+    check_tsig(options["tsig_key_name"], options["tsig_secret"], algorithm)
+    settings = {
+        "server": options["server"].strip(),
+        "tsig_key_name": options["tsig_key_name"],
+        "tsig_algorithm": algorithm,
+    }
+    return settings, {"tsig_secret": options["tsig_secret"]}
+
+
+def _lexicon_options(
+    provider: str, options: Mapping[str, str], environ: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    from certbroker.dns.lexicon_provider import LexiconProvider, list_providers, provider_options
+
+    available = list_providers()
+    if provider not in available:
+        raise UsageError(
+            f"no DNS provider {provider!r}; choose rfc2136 or one of dns-lexicon's "
+            "(`certbroker dns providers` lists them)"
+        )
+    if not available[provider]:
+        raise UsageError(
+            f"DNS provider {provider!r} needs Python packages that are not installed: "
+            f"pip install 'dns-lexicon[{provider}]'"
+        )
+    described = {o.name: o for o in provider_options(provider)}
+    unknown = sorted(set(options) - set(described))
+    if unknown:
+        flags = ", ".join(f"--{n.replace('_', '-')}" for n in sorted(described))
+        raise UsageError(
+            f"provider {provider} has no option --{unknown[0].replace('_', '-')}; its options: "
+            f"{flags} (see docs/dns-providers.md)"
+        )
+    chosen = dict(options)
+    for name, option in described.items():
+        if name not in chosen and environ.get(option.env):
+            chosen[name] = environ[option.env]
+    if not chosen:
+        flags = ", ".join(f"--{n.replace('_', '-')}" for n in sorted(described))
+        raise UsageError(
+            f"provider {provider} needs its credentials: give them as options ({flags}) or "
+            f"in the environment ({', '.join(o.env for o in described.values())})"
+        )
+    LexiconProvider(provider, chosen)  # refuses a bad switch or choice value now
+    settings = {k: v for k, v in chosen.items() if not described[k].secret}
+    secret = {k: v for k, v in chosen.items() if described[k].secret}
+    return settings, secret

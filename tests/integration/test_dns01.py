@@ -1,0 +1,225 @@
+"""DNS-01 end to end: BIND 9 on loopback takes TSIG-signed RFC 2136 updates from certbroker,
+and Pebble's VA (started with -dnsserver pointing at that BIND) reads the TXT records.
+
+example.com and example.net are separate zones with separate keys; each key may only
+write TXT records in its own zone, so a CNAME into example.net proves the record was
+written with the target zone's DNS account.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from tests.conftest import Cli, make_cli
+from tests.support.dns_servers import BindServer, start_bind
+from tests.support.pebble import PebbleServer, start_pebble
+from tests.support.ports import free_port
+
+COM_KEY = "certbroker-com"
+NET_KEY = "certbroker-net"
+
+
+@pytest.fixture(scope="module")
+def bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BindServer]:
+    server = start_bind(
+        tmp_path_factory.mktemp("bind"),
+        zones={
+            "example.com": ["_acme-challenge.alias 60 IN CNAME _acme-challenge.alias.example.net."],
+            "example.net": [],
+        },
+        keys={COM_KEY: ["example.com"], NET_KEY: ["example.net"]},
+        recursion=True,  # so Pebble's VA, like a resolver, follows the CNAME into example.net
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def dns_pebble(
+    tmp_path_factory: pytest.TempPathFactory, bind: BindServer
+) -> Iterator[PebbleServer]:
+    server = start_pebble(
+        tmp_path_factory.mktemp("pebble-dns"), http_port=free_port(), dns_server=bind.address
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def dcli(tmp_path: Path, dns_pebble: PebbleServer, bind: BindServer) -> Cli:
+    cli = make_cli(tmp_path / "data", dns_pebble)
+    cli.env["CERTBROKER_DNS_RESOLVERS"] = bind.address  # for the CNAME lookups
+    cli.register()
+    return cli
+
+
+def add_account(
+    cli: Cli, bind: BindServer, name: str, key: str, zone: str, secret: str | None = None
+) -> None:
+    cli(
+        "dns", "add", name, "--provider", "rfc2136", "--server", bind.address,
+        "--tsig-key-name", key, "--zone", zone,
+        env={"CERTBROKER_DNS_TSIG_SECRET": secret or bind.keys[key][1]},
+    )  # fmt: skip
+
+
+def sans(cli: Cli, cert_id: int) -> list[str]:
+    out = cli.data_dir.parent / f"export-{cert_id}"
+    cli("cert", "export", str(cert_id), "--format", "pem", "--out", str(out))
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return sorted(ext.value.get_values_for_type(x509.DNSName))
+
+
+def test_one_name_a_wildcard_and_wildcard_plus_apex(dcli: Cli, bind: BindServer) -> None:
+    add_account(dcli, bind, "com", COM_KEY, "example.com")
+    tested = dcli("dns", "test", "com")
+    assert "visible at " + bind.address in tested.stdout
+    assert "DNS account com works" in tested.stdout
+
+    out = dcli("cert", "request", "www.example.com", "--challenge", "dns-01", "--wait")
+    assert "certificate 1 issued" in out.stdout
+    assert "TXT records visible at " + bind.address in out.stderr
+    assert sans(dcli, 1) == ["www.example.com"]
+    assert bind.txt("_acme-challenge.www.example.com") == []  # removed after success
+
+    dcli("cert", "request", "*.example.com", "--challenge", "dns-01", "--wait")
+    assert sans(dcli, 2) == ["*.example.com"]
+
+    # Two authorizations, two values at one name, both present when the CA looks.
+    out = dcli("cert", "request", "example.com", "*.example.com", "--challenge", "dns-01", "--wait")
+    assert "certificate 3 issued" in out.stdout
+    assert sans(dcli, 3) == ["*.example.com", "example.com"]
+    assert bind.txt("_acme-challenge.example.com") == []
+    shown = dcli.json("cert", "show", "3")
+    assert shown["dns_account"] == "by zone" and shown["dns_records"] == []
+
+
+def test_a_cname_is_followed_into_another_zone_with_that_zones_account(
+    dcli: Cli, bind: BindServer
+) -> None:
+    add_account(dcli, bind, "com", COM_KEY, "example.com")
+    add_account(dcli, bind, "net", NET_KEY, "example.net")
+    out = dcli("cert", "request", "alias.example.com", "--challenge", "dns-01", "--wait")
+    assert "certificate 1 issued" in out.stdout
+    assert "_acme-challenge.alias.example.net written" in out.stderr
+    assert sans(dcli, 1) == ["alias.example.com"]
+    assert bind.txt("_acme-challenge.alias.example.net") == []
+
+
+def test_a_wrong_tsig_secret_is_named_and_leaves_no_record(dcli: Cli, bind: BindServer) -> None:
+    wrong = "c2VjcmV0LXRoYXQtaXMtbm90LXRoZS1rZXlzLXNlY3JldA=="
+    add_account(dcli, bind, "bad", COM_KEY, "example.com", secret=wrong)
+    tested = dcli("dns", "test", "bad", check=False)
+    assert tested.returncode == 1
+    assert "rejected the TSIG signature" in tested.stderr
+    assert "--tsig-secret" in tested.stderr
+    assert wrong not in tested.stderr + tested.stdout
+
+    failed = dcli(
+        "cert", "request", "bad.example.com", "--challenge", "dns-01", "--wait", check=False
+    )
+    assert failed.returncode == 1
+    assert "rejected the TSIG signature" in failed.stderr
+    assert bind.txt("_acme-challenge.bad.example.com") == []
+    assert dcli.json("cert", "show", "1")["dns_records"] == []
+    assert dcli.json("cert", "show", "1")["status"] == "failed"
+
+
+def test_a_propagation_timeout_names_the_lagging_server(
+    dcli: Cli, bind: BindServer, tmp_path: Path
+) -> None:
+    # A second authoritative server for example.com that never gets the update, as a
+    # secondary whose zone transfer is broken.
+    with start_bind(tmp_path / "lagging", {"example.com": []}, {}) as lagging:
+        add_account(dcli, bind, "com", COM_KEY, "example.com")
+        env = {
+            "CERTBROKER_DNS_CHECK_SERVERS": f"{bind.address},{lagging.address}",
+            "CERTBROKER_DNS_PROPAGATION_TIMEOUT": "1.5",
+            "CERTBROKER_RETRY_ATTEMPTS": "1",
+        }
+        tested = dcli("dns", "test", "com", env=env, check=False)
+        assert tested.returncode == 1
+        assert f"is not visible at {lagging.address}" in tested.stderr
+        assert f"lagging: {lagging.address}" in tested.stderr
+        assert bind.txt("_acme-challenge.example.com") == []  # the test record is removed
+
+        failed = dcli(
+            "cert", "request", "slow.example.com", "--challenge", "dns-01", "--wait",
+            env=env, check=False,
+        )  # fmt: skip
+        assert failed.returncode == 1
+        assert f"is not visible at {lagging.address}" in failed.stderr
+        assert bind.txt("_acme-challenge.slow.example.com") == []  # removed after the failure
+
+
+def test_records_written_before_a_crash_are_removed_when_the_order_ends(
+    dcli: Cli, bind: BindServer
+) -> None:
+    add_account(dcli, bind, "com", COM_KEY, "example.com")
+    killed = dcli(
+        "cert", "request", "crash.example.com", "--challenge", "dns-01", "--wait",
+        env={"CERTBROKER_FAULT_KILL_AFTER": "dns-written"}, check=False,
+    )  # fmt: skip
+    assert killed.returncode == -9
+    assert len(bind.txt("_acme-challenge.crash.example.com")) == 1  # written, then killed
+    (record,) = dcli.json("cert", "show", "1")["dns_records"]
+    assert record["name"] == "_acme-challenge.crash.example.com" and record["written"]
+
+    dcli("cert", "resume", "1")
+    assert sans(dcli, 1) == ["crash.example.com"]
+    assert bind.txt("_acme-challenge.crash.example.com") == []
+
+
+def test_manual_mode_waits_for_a_person_then_verify_issues(dcli: Cli, bind: BindServer) -> None:
+    env = {"CERTBROKER_DNS_CHECK_SERVERS": bind.address}
+    out = dcli(
+        "cert", "request", "manual.example.com", "*.manual.example.com",
+        "--challenge", "dns-01", "--dns-account", "manual", "--wait", env=env,
+    )  # fmt: skip
+    assert "waits for these DNS records" in out.stdout
+    assert "cert verify 1" in out.stdout
+    shown = dcli.json("cert", "show", "1")
+    assert shown["dns_account"] == "manual"
+    assert shown["attempts"][-1]["state"] == "awaiting-dns"
+    records = shown["dns_records"]
+    assert {r["name"] for r in records} == {"_acme-challenge.manual.example.com"}
+    assert len({r["value"] for r in records}) == 2  # the name and its wildcard
+    assert bind.txt("_acme-challenge.manual.example.com") == []  # nothing written for us
+
+    early = dcli(
+        "cert", "verify", "1", env={**env, "CERTBROKER_DNS_PROPAGATION_TIMEOUT": "1"},
+        check=False,
+    )  # fmt: skip
+    assert early.returncode == 1
+    assert f"not visible at {bind.address}" in early.stderr
+    assert dcli.json("cert", "show", "1")["attempts"][-1]["state"] == "awaiting-dns"
+
+    commands = "".join(f'update add {r["name"]}. 60 IN TXT "{r["value"]}"\n' for r in records)
+    written = bind.nsupdate(commands, COM_KEY)
+    assert written.returncode == 0, written.stderr
+    out = dcli("cert", "verify", "1", env=env)
+    assert "certificate 1 issued" in out.stdout
+    assert sans(dcli, 1) == ["*.manual.example.com", "manual.example.com"]
+
+
+def test_manual_new_challenge_gives_new_values(dcli: Cli, bind: BindServer) -> None:
+    dcli(
+        "cert", "request", "again.example.com", "--challenge", "dns-01",
+        "--dns-account", "manual", "--wait",
+    )  # fmt: skip
+    (first,) = dcli.json("cert", "show", "1")["dns_records"]
+    out = dcli("cert", "verify", "1", "--new-challenge")
+    (second,) = dcli.json("cert", "show", "1")["dns_records"]
+    assert second["name"] == first["name"] and second["value"] != first["value"]
+    assert second["value"] in out.stdout
+    missing = dcli("cert", "verify", "2", check=False)
+    assert missing.returncode == 2 and "no certificate with ID 2" in missing.stderr
