@@ -18,6 +18,7 @@ from tests.conftest import Cli, make_cli
 from tests.support.dns_servers import BindServer, start_bind
 from tests.support.pebble import PebbleServer, start_pebble
 from tests.support.ports import free_port
+from tests.support.serve import start_serve, stop_serve, wait_until
 
 COM_KEY = "certbroker-com"
 NET_KEY = "certbroker-net"
@@ -223,3 +224,56 @@ def test_manual_new_challenge_gives_new_values(dcli: Cli, bind: BindServer) -> N
     assert second["value"] in out.stdout
     missing = dcli("cert", "verify", "2", check=False)
     assert missing.returncode == 2 and "no certificate with ID 2" in missing.stderr
+
+
+def test_serve_issues_queued_dns01_requests_and_leaves_manual_ones_to_a_person(
+    dcli: Cli, bind: BindServer
+) -> None:
+    add_account(dcli, bind, "com", COM_KEY, "example.com")
+    dcli("cert", "request", "queued.example.com", "--challenge", "dns-01")
+    dcli("cert", "request", "hand.example.com", "--challenge", "dns-01", "--dns-account", "manual")
+    serve = start_serve(dcli, CERTBROKER_DNS_CHECK_SERVERS=bind.address)
+    try:
+        wait_until(
+            "the queued certificate", lambda: dcli.json("cert", "show", "1")["status"] == "valid",
+            serve=serve, timeout=60,
+        )  # fmt: skip
+        wait_until(
+            "the manual records",
+            lambda: dcli.json("cert", "show", "2")["attempts"][-1]["state"] == "awaiting-dns",
+            serve=serve, timeout=60,
+        )  # fmt: skip
+        assert bind.txt("_acme-challenge.queued.example.com") == []
+        (record,) = dcli.json("cert", "show", "2")["dns_records"]
+        events = dcli.json("events", "--cert", "2", "--json")
+        assert [e["kind"] for e in events] == ["awaiting-dns"]
+        assert record["value"] in events[0]["message"]
+        # A person writes the record; `cert verify` finishes while serve runs.
+        written = bind.nsupdate(f'update add {record["name"]}. 60 IN TXT "{record["value"]}"\n',
+                                COM_KEY)  # fmt: skip
+        assert written.returncode == 0, written.stderr
+        dcli("cert", "verify", "2", env={"CERTBROKER_DNS_CHECK_SERVERS": bind.address})
+        assert dcli.json("cert", "show", "2")["status"] == "valid"
+    finally:
+        stop_serve(serve)
+
+
+def test_records_of_a_deleted_certificate_are_removed_by_serve(dcli: Cli, bind: BindServer) -> None:
+    add_account(dcli, bind, "com", COM_KEY, "example.com")
+    killed = dcli(
+        "cert", "request", "gone.example.com", "--challenge", "dns-01", "--wait",
+        env={"CERTBROKER_FAULT_KILL_AFTER": "dns-written"}, check=False,
+    )  # fmt: skip
+    assert killed.returncode == -9
+    assert len(bind.txt("_acme-challenge.gone.example.com")) == 1
+    dcli("cert", "delete", "1")
+    serve = start_serve(dcli, CERTBROKER_SCHEDULER_INTERVAL="0.5")
+    try:
+        wait_until(
+            "the orphaned record removed",
+            lambda: bind.txt("_acme-challenge.gone.example.com") == [],
+            serve=serve, timeout=30,
+        )  # fmt: skip
+    finally:
+        log = stop_serve(serve)
+    assert "removed 1 leftover TXT record(s)" in log

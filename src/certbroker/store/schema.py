@@ -246,7 +246,8 @@ dns_records = Table(
     "dns_records",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("order_id", Integer, ForeignKey("orders.id"), nullable=False),
+    # No foreign key: a record outlives its order (a deleted certificate) until removed.
+    Column("order_id", Integer, nullable=False),
     Column("identifier", String(255), nullable=False),
     Column("name", String(255), nullable=False),
     Column("value", String(255), nullable=False),

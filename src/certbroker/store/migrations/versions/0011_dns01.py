@@ -56,7 +56,7 @@ def upgrade() -> None:
     op.create_table(
         "dns_records",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id"), nullable=False),
+        sa.Column("order_id", sa.Integer, nullable=False),
         sa.Column("identifier", sa.String(255), nullable=False),
         sa.Column("name", sa.String(255), nullable=False),
         sa.Column("value", sa.String(255), nullable=False),
