@@ -46,6 +46,7 @@ bench: install
 	bash scripts/ensure-test-deps.sh
 	$(BIN)/python bench/issuance.py $(if $(QUICK),--quick) $(BENCH_ARGS)
 	$(BIN)/python bench/scheduler.py $(if $(QUICK),--quick) $(SCHEDULER_ARGS)
+	$(BIN)/python bench/dns01.py $(if $(QUICK),--quick,--write)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
