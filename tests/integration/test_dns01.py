@@ -86,11 +86,14 @@ def test_one_name_a_wildcard_and_wildcard_plus_apex(dcli: Cli, bind: BindServer)
     assert "visible at " + bind.address in tested.stdout
     assert "DNS account com works" in tested.stdout
 
+    # Someone else's TXT value at the same name stays: only what certbroker wrote goes.
+    name = "_acme-challenge.www.example.com"
+    assert bind.nsupdate(f'update add {name}. 60 IN TXT "not-ours"\n', COM_KEY).returncode == 0
     out = dcli("cert", "request", "www.example.com", "--challenge", "dns-01", "--wait")
     assert "certificate 1 issued" in out.stdout
     assert "TXT records visible at " + bind.address in out.stderr
     assert sans(dcli, 1) == ["www.example.com"]
-    assert bind.txt("_acme-challenge.www.example.com") == []  # removed after success
+    assert bind.txt(name) == ["not-ours"]  # ours removed after success
 
     dcli("cert", "request", "*.example.com", "--challenge", "dns-01", "--wait")
     assert sans(dcli, 2) == ["*.example.com"]

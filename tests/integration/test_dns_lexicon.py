@@ -134,7 +134,9 @@ def test_route53_records_are_created_and_deleted_through_the_api(tmp_path: Path,
         requests.post(f"{moto}/moto-api/recorder/stop-recording", timeout=10)
     assert "certificate 1 issued" in out.stdout
 
-    changes = [c["body"] for c in _recorded(moto) if c["url"].endswith("/rrset/")]
+    calls = _recorded(moto)
+    assert any(c["method"] == "GET" and "/rrset" in c["url"] for c in calls)  # listed
+    changes = [c["body"] for c in calls if c["url"].endswith("/rrset/")]
     creates = [b for b in changes if "<Action>CREATE</Action>" in b or "UPSERT" in b]
     deletes = [b for b in changes if "<Action>DELETE</Action>" in b]
     assert creates and all("_acme-challenge.r53.example.com" in b for b in creates)
