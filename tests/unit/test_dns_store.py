@@ -82,3 +82,22 @@ def test_an_order_awaiting_a_person_is_not_claimed_by_workers(repo: Repository) 
     assert repo.claimable_orders(NOW, 10) == []
     assert repo.try_claim(order.id, "cli", NOW, NOW + LEASE, None)  # `cert verify` may
     assert [e.kind.value for e in repo.list_events(cert_id=1)] == ["awaiting-dns"]
+
+
+def test_a_renewal_waiting_for_a_person_raises_the_alarm(repo: Repository) -> None:
+    from certbroker.domain.renewal import RenewalPlan, RenewalReason
+    from tests.unit.conftest import issued
+
+    cert, order = repo.create_certificate(new_certificate(), NOW, "w", NOW + LEASE)
+    repo.store_issued(
+        cert.id, order.id, "w", issued("s1"), NOW, RenewalPlan(NOW, RenewalReason.LIFETIME)
+    )
+    renewal = repo.add_renewal_order(cert.id, NOW, "w", LEASE)
+    repo.await_person(renewal.id, "w", NOW, "write _acme-challenge.a.example.com", first=True)
+    shown = repo.get_certificate(cert.id)
+    assert shown.alarm_since == NOW
+    assert shown.alarm_message == "renewal waits for a person: write _acme-challenge.a.example.com"
+    assert repo.try_claim(renewal.id, "cli", NOW, NOW + LEASE, None)  # `cert verify`
+    repo.await_person(renewal.id, "cli", NOW, "still waiting", first=False)  # no second alarm
+    kinds = [e.kind.value for e in repo.list_events(cert_id=cert.id)]
+    assert kinds.count("alarm-raised") == 1 and kinds.count("awaiting-dns") == 1

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, and_, select, update
 
 from certbroker.store.db import write_lock
 from certbroker.store.schema import orders
@@ -36,3 +37,21 @@ class StoreBase:
         ).scalar_one_or_none()
         if holder != owner:
             raise LeaseLost(f"order {order_id} is now held by {holder}")
+
+    def _advance(
+        self,
+        conn: Connection,
+        order_id: int,
+        owner: str,
+        now: datetime,
+        lease_until: datetime | None,
+        values: dict[str, Any],
+    ) -> None:
+        done = conn.execute(
+            update(orders)
+            .where(and_(orders.c.id == order_id, orders.c.lease_owner == owner))
+            .values(updated_at=now, lease_until=lease_until, **values)
+        )
+        if not done.rowcount:
+            self._check_lease(conn, order_id, owner)  # raises LeaseLost, naming the holder
+            raise LeaseLost(f"order {order_id} is gone")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
@@ -12,8 +12,9 @@ from sqlalchemy.exc import IntegrityError
 
 from certbroker.domain.dns import DnsAccount, DnsRecord, zone_of
 from certbroker.domain.errors import NotFoundError, UsageError
-from certbroker.domain.models import ACTIVE_ORDER_STATES
+from certbroker.domain.models import ACTIVE_ORDER_STATES, EventKind, OrderPurpose, OrderState
 from certbroker.store.base import StoreBase
+from certbroker.store.events import add_event, raise_alarm
 from certbroker.store.rows import new_id
 from certbroker.store.schema import certificates, dns_accounts, dns_records, dns_zones, orders
 
@@ -249,3 +250,50 @@ class DnsStore(StoreBase):
                 .where(dns_records.c.id == record_id)
                 .values(cleanup_error=error, cleanup_after=retry_at)
             )
+
+    # -- manual mode ---------------------------------------------------------------------
+
+    def await_person(
+        self, order_id: int, owner: str, now: datetime, message: str, first: bool
+    ) -> None:
+        """Manual DNS-01: let the order go until `cert verify`; no worker takes it
+        (claim_next skips WAITING_FOR_A_PERSON). `first`: the event that shows the records,
+        and for a renewal (a certificate in use that will expire) the alarm."""
+        with self._write() as conn:
+            self._advance(
+                conn,
+                order_id,
+                owner,
+                now,
+                None,
+                {"error_message": message, "next_run_at": None, "lease_owner": None},
+            )
+            if first:
+                cert_id, purpose = conn.execute(
+                    select(orders.c.certificate_id, orders.c.purpose).where(orders.c.id == order_id)
+                ).one()
+                add_event(
+                    conn, now, EventKind.AWAITING_DNS, message, cert_id=cert_id, order_id=order_id
+                )
+                if purpose == OrderPurpose.RENEW.value:
+                    since = conn.execute(
+                        select(certificates.c.alarm_since).where(certificates.c.id == cert_id)
+                    ).scalar_one()
+                    raise_alarm(
+                        conn, now, cert_id, order_id, f"renewal waits for a person: {message}",
+                        already=since is not None,
+                    )  # fmt: skip
+
+    def restart_order(self, order_id: int, owner: str, now: datetime) -> None:
+        """Start the order over at the CA (`cert verify --new-challenge`): a new order URL,
+        new challenges; the records a person was shown are forgotten."""
+        with self._write() as conn:
+            self._advance(
+                conn,
+                order_id,
+                owner,
+                now,
+                now + timedelta(minutes=2),
+                {"state": OrderState.QUEUED.value, "order_url": None, "error_message": None},
+            )
+            conn.execute(delete(dns_records).where(dns_records.c.order_id == order_id))

@@ -69,8 +69,15 @@ def failed_attempt(
         )
     kind = EventKind.FAILED if final else EventKind.ATTEMPT_FAILED
     add_event(conn, now, kind, message, cert_id=cert_id, order_id=order_id, problem=problem)
+    raise_alarm(conn, now, cert_id, order_id, message, already=row.alarm_since is not None)
+
+
+def raise_alarm(
+    conn: Connection, now: datetime, cert_id: int, order_id: int, message: str, *, already: bool
+) -> None:
+    """The certificate's alarm raised (with its event), or its message updated."""
     values: dict[str, Any] = {"alarm_message": message}
-    if row.alarm_since is None:
+    if not already:
         values["alarm_since"] = now
         add_event(conn, now, EventKind.ALARM_RAISED, message, cert_id=cert_id, order_id=order_id)
     conn.execute(update(certificates).where(certificates.c.id == cert_id).values(values))

@@ -52,7 +52,6 @@ from certbroker.store.schema import (
     certificate_history,
     certificates,
     challenges,
-    dns_records,
     orders,
     runtime_settings,
 )
@@ -454,24 +453,6 @@ class Repository(RenewalStore, DnsStore):
                 failed = problem if isinstance(problem, AcmeProblem) else None
                 record_failure(conn, now, cert_id, order_id, message, failed, final=False)
 
-    def _advance(
-        self,
-        conn: Connection,
-        order_id: int,
-        owner: str,
-        now: datetime,
-        lease_until: datetime | None,
-        values: dict[str, Any],
-    ) -> None:
-        done = conn.execute(
-            update(orders)
-            .where(and_(orders.c.id == order_id, orders.c.lease_owner == owner))
-            .values(updated_at=now, lease_until=lease_until, **values)
-        )
-        if not done.rowcount:
-            self._check_lease(conn, order_id, owner)  # raises LeaseLost, naming the holder
-            raise LeaseLost(f"order {order_id} is gone")
-
     def fail_order(
         self,
         order_id: int,
@@ -586,40 +567,6 @@ class Repository(RenewalStore, DnsStore):
             )
             cert_id = _certificate_of(conn, order_id)
             add_event(conn, now, EventKind.HELD_BACK, message, cert_id=cert_id, order_id=order_id)
-
-    def await_person(
-        self, order_id: int, owner: str, now: datetime, message: str, first: bool
-    ) -> None:
-        """Manual DNS-01: let the order go until `cert verify`; no worker takes it
-        (claim_next skips WAITING_FOR_A_PERSON). `first`: the event that shows the records."""
-        with self._write() as conn:
-            self._advance(
-                conn,
-                order_id,
-                owner,
-                now,
-                None,
-                {"error_message": message, "next_run_at": None, "lease_owner": None},
-            )
-            if first:
-                cert_id = _certificate_of(conn, order_id)
-                add_event(
-                    conn, now, EventKind.AWAITING_DNS, message, cert_id=cert_id, order_id=order_id
-                )
-
-    def restart_order(self, order_id: int, owner: str, now: datetime) -> None:
-        """Start the order over at the CA (`cert verify --new-challenge`): a new order URL,
-        new challenges; the records a person was shown are forgotten."""
-        with self._write() as conn:
-            self._advance(
-                conn,
-                order_id,
-                owner,
-                now,
-                now + timedelta(minutes=2),
-                {"state": OrderState.QUEUED.value, "order_url": None, "error_message": None},
-            )
-            conn.execute(delete(dns_records).where(dns_records.c.order_id == order_id))
 
     # -- runtime settings ----------------------------------------------------------------
 
