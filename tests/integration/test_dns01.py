@@ -46,7 +46,12 @@ def dns_pebble(
     tmp_path_factory: pytest.TempPathFactory, bind: BindServer
 ) -> Iterator[PebbleServer]:
     server = start_pebble(
-        tmp_path_factory.mktemp("pebble-dns"), http_port=free_port(), dns_server=bind.address
+        tmp_path_factory.mktemp("pebble-dns"),
+        http_port=free_port(),
+        dns_server=bind.address,
+        # Every order gets fresh authorizations (Pebble reuses half of them by default), so
+        # each test validates every name it asks for.
+        env={"PEBBLE_AUTHZREUSE": "0"},
     )
     try:
         yield server
@@ -213,6 +218,15 @@ def test_manual_mode_waits_for_a_person_then_verify_issues(dcli: Cli, bind: Bind
     out = dcli("cert", "verify", "1", env=env)
     assert "certificate 1 issued" in out.stdout
     assert sans(dcli, 1) == ["*.manual.example.com", "manual.example.com"]
+
+    # Its renewal needs a person again (new values), and until then the alarm is up.
+    renewal = dcli("cert", "renew", "1", env=env, check=False)
+    assert renewal.returncode == 1
+    assert "certificate 1 waits for its DNS records" in renewal.stderr
+    (alarm,) = dcli.json("alarms", "--json")
+    assert alarm["last_error"].startswith("renewal waits for a person: write these TXT records")
+    new_values = {r["value"] for r in dcli.json("cert", "show", "1")["dns_records"]}
+    assert len(new_values) == 2 and not new_values & {r["value"] for r in records}
 
 
 def test_manual_new_challenge_gives_new_values(dcli: Cli, bind: BindServer) -> None:

@@ -69,7 +69,10 @@ def renew_now(
                 )
     if len(failed) == 1 and len(ids) == 1:
         ((cert_id, result),) = failed
-        what = "is not issued yet" if result.outcome is Outcome.RETRY else "failed"
+        what = {
+            Outcome.RETRY: "is not issued yet",
+            Outcome.AWAITING: "waits for its DNS records",
+        }.get(result.outcome, "failed")
         raise CertbrokerError(f"certificate {cert_id} {what}: {result.message}")
     if failed:
         detail = "; ".join(f"certificate {i}: {r.message}" for i, r in failed)

@@ -250,6 +250,9 @@ class OrderRun:
         dns = self.svc.dns
         if dns is None:
             raise PermanentError("DNS-01 is not set up in this process")
+        if not items:  # every name is still authorized at the CA: nothing to write or wait for
+            self.record(state=OrderState.PRESENTED)
+            return
         if self.cert.dns_manual and self.order.state is OrderState.AWAITING_DNS:
             if not self.verify:
                 raise AwaitingDns(
