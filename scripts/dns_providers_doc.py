@@ -17,7 +17,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from certbroker.dns.lexicon_provider import ProviderOption, list_providers, provider_options
+from certbroker.dns.lexicon_catalog import ProviderOption, list_providers, provider_options
 from certbroker.domain.dns import TSIG_ALGORITHMS
 from certbroker.domain.errors import CertbrokerError
 

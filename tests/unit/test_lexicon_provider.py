@@ -26,12 +26,8 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
-from certbroker.dns.lexicon_provider import (
-    LexiconProvider,
-    ProviderOption,
-    list_providers,
-    provider_options,
-)
+from certbroker.dns.lexicon_catalog import ProviderOption, list_providers, provider_options
+from certbroker.dns.lexicon_provider import LexiconProvider
 from certbroker.domain.errors import PermanentError, TransientError, UsageError
 from tests.support.ports import free_port
 

@@ -207,7 +207,7 @@ def providers(
     ] = None,
 ) -> None:
     """List the DNS providers, or one provider's options and environment variables."""
-    from certbroker.dns.lexicon_provider import list_providers, provider_options
+    from certbroker.dns.lexicon_catalog import list_providers, provider_options
 
     if provider is None:
         console.print("rfc2136 (certbroker's own: BIND, PowerDNS, Knot, Windows DNS…)")

@@ -358,7 +358,8 @@ def _rfc2136_options(options: Mapping[str, str]) -> tuple[dict[str, str], dict[s
 def _lexicon_options(
     provider: str, options: Mapping[str, str], environ: Mapping[str, str]
 ) -> tuple[dict[str, str], dict[str, str]]:
-    from certbroker.dns.lexicon_provider import LexiconProvider, list_providers, provider_options
+    from certbroker.dns.lexicon_catalog import list_providers, provider_options
+    from certbroker.dns.lexicon_provider import LexiconProvider
 
     available = list_providers()
     if provider not in available:
