@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -142,8 +142,11 @@ class DnsLookups(Protocol):
         ...
 
     def wait_visible(
-        self, checks: Sequence[tuple[tuple[str, int], str, str]], timeout: float
+        self,
+        checks: Sequence[tuple[tuple[str, int], str, str]],
+        timeout: float,
+        between: Callable[[], None] = ...,
     ) -> float:
         """Until each (server, name, value) is visible; seconds taken. TransientError
-        naming a lagging server after `timeout`."""
+        naming a lagging server after `timeout`. `between` runs before each pause."""
         ...

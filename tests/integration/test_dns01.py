@@ -115,8 +115,11 @@ def test_one_name_a_wildcard_and_wildcard_plus_apex(dcli: Cli, bind: BindServer)
 def test_a_cname_is_followed_into_another_zone_with_that_zones_account(
     dcli: Cli, bind: BindServer
 ) -> None:
-    add_account(dcli, bind, "com", COM_KEY, "example.com")
+    # The acme-dns pattern: certbroker holds no credential for example.com at all, only
+    # for the zone the CNAME points into.
     add_account(dcli, bind, "net", NET_KEY, "example.net")
+    refused = dcli("cert", "request", "plain.example.com", "--challenge", "dns-01", check=False)
+    assert refused.returncode == 2 and "no DNS account for plain.example.com" in refused.stderr
     out = dcli("cert", "request", "alias.example.com", "--challenge", "dns-01", "--wait")
     assert "certificate 1 issued" in out.stdout
     assert "_acme-challenge.alias.example.net written" in out.stderr

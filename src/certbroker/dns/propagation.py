@@ -146,9 +146,15 @@ class DnsLookups:
         )
         return values, said
 
-    def wait_visible(self, checks: Sequence[tuple[Server, str, str]], timeout: float) -> float:
+    def wait_visible(
+        self,
+        checks: Sequence[tuple[Server, str, str]],
+        timeout: float,
+        between: Callable[[], None] = lambda: None,
+    ) -> float:
         """Ask each (server, name, value) until every value is there; the seconds it took.
-        On timeout: TransientError naming a server that lacks a record."""
+        On timeout: TransientError naming a server that lacks a record. `between` runs
+        before each pause (an order keeps its lease with it)."""
         pending = list(dict.fromkeys(checks))
         started = time.monotonic()
         delay = 0.05
@@ -177,5 +183,6 @@ class DnsLookups:
                     "the DNS account writes to this zone's primary and that its secondaries "
                     "are notified, or raise CERTBROKER_DNS_PROPAGATION_TIMEOUT"
                 )
+            between()
             self.sleep(min(delay, max(0.0, timeout - elapsed)))
             delay = min(delay * 1.5, 2.0)

@@ -209,7 +209,7 @@ class DnsService:
             return None, True
         if dns_account is not None:
             return self.get(dns_account).id, False
-        missing = [n for n in names if self.repo.dns_account_for(challenge_record_name(n)) is None]
+        missing = [n for n in names if not self._served(challenge_record_name(n))]
         if missing:
             raise UsageError(
                 f"no DNS account for {', '.join(missing)}: choose one with --dns-account NAME "
@@ -217,6 +217,16 @@ class DnsService:
                 "`certbroker dns zones NAME --add ZONE`"
             )
         return None, False
+
+    def _served(self, name: str) -> bool:
+        """A zone default serves `name`, or the target of its CNAME (acme-dns pattern)."""
+        if self.repo.dns_account_for(name) is not None:
+            return True
+        try:
+            target = self.lookups.cname_target(name)
+        except CAError:
+            return False
+        return target != name and self.repo.dns_account_for(target) is not None
 
     def present(
         self,
@@ -270,8 +280,14 @@ class DnsService:
             )
         return by_zone
 
-    def wait_visible(self, records: Sequence[DnsRecord], progress: Progress = no_progress) -> float:
-        """Until every record is visible at the servers that matter; the seconds it took."""
+    def wait_visible(
+        self,
+        records: Sequence[DnsRecord],
+        progress: Progress = no_progress,
+        between: Callable[[], None] = lambda: None,
+    ) -> float:
+        """Until every record is visible at the servers that matter; the seconds it took.
+        `between` runs while waiting (an order keeps its lease with it)."""
         checks: list[tuple[Server, str, str]] = []
         providers: dict[int | None, DnsProvider | None] = {}
         for record in records:
@@ -282,7 +298,7 @@ class DnsService:
                 checks.append((server, record.name, record.value))
         if not checks:
             return 0.0
-        took = self.lookups.wait_visible(checks, self.settings.propagation_timeout)
+        took = self.lookups.wait_visible(checks, self.settings.propagation_timeout, between)
         servers = sorted({f"{h}:{p}" for (h, p), _, _ in checks})
         progress(f"TXT records visible at {', '.join(servers)} after {took:.2f} s")
         return took

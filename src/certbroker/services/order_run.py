@@ -263,7 +263,7 @@ class OrderRun:
             if not expected <= {(r.identifier, r.value) for r in records}:
                 raise self._expired("its challenges changed")
             try:
-                dns.wait_visible(records, self.progress)
+                dns.wait_visible(records, self.progress, self._keep_lease)
             except TransientError as exc:
                 raise AwaitingDns(f"not yet: {exc}", first=False) from None
         else:
@@ -277,7 +277,7 @@ class OrderRun:
                     f"{self.cert.id}`: {shown}",
                     first=True,
                 )
-            dns.wait_visible(records, self.progress)
+            dns.wait_visible(records, self.progress, self._keep_lease)
         self.record(state=OrderState.PRESENTED)
 
     def _replaces(self) -> str | None:
@@ -388,9 +388,14 @@ class OrderRun:
             pause = min(max(delay, info.retry_after or 0.0), remaining)
             self.svc.sleep(pause)
             delay = min(delay * 1.5, 2.0)
-            if time.monotonic() - self._touched > LEASE.total_seconds() / 4:
-                self.record()  # keep the lease while the CA works
+            self._keep_lease()  # while the CA works
             info = self.ca.get_order(info.url)
+
+    def _keep_lease(self) -> None:
+        """Renew the lease when a quarter of it has passed since the last write, so a
+        long wait (the CA, DNS propagation) never lets another worker take the order."""
+        if time.monotonic() - self._touched > LEASE.total_seconds() / 4:
+            self.record()
 
     def _authz_problem(self, info: OrderInfo) -> AcmeProblem | None:
         problems = []
