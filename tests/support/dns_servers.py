@@ -31,11 +31,9 @@ Facts this relies on (BIND 9.18, PowerDNS 4.7, see docs/research/dns-01.md §3 a
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import os
 import re
 import secrets
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -54,6 +52,7 @@ import dns.rdatatype
 import requests
 
 from .ports import free_port, free_udp_tcp_port
+from .processes import LOG_TAIL_LINES, log_tail, require_binary, spawn, terminate
 
 __all__ = [
     "BindServer",
@@ -64,11 +63,8 @@ __all__ = [
 ]
 
 STARTUP_TIMEOUT = 20.0
-STOP_TIMEOUT = 5.0
 QUERY_TIMEOUT = 5.0
 _PORT_ATTEMPTS = 3
-_LOG_TAIL_LINES = 40
-_SBIN_DIRS = "/usr/sbin:/sbin"
 _PDNS_SCHEMA = Path("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql")
 _PDNS_SERVER_ID = "localhost"
 # Log lines meaning "lost the race for a free port": retry on fresh ports.
@@ -90,18 +86,6 @@ class DnsServerStartupError(RuntimeError):
 # -- shared helpers -----------------------------------------------------------------------
 
 
-def _require_binary(name: str, package: str) -> str:
-    """Find a binary on PATH, else in /usr/sbin and /sbin (often not on a non-root PATH)."""
-    path = shutil.which(name) or shutil.which(name, path=_SBIN_DIRS)
-    if path is None:
-        raise RuntimeError(
-            f"`{name}` is not on PATH or in {_SBIN_DIRS}. certbroker's DNS-01 tests run the "
-            f"real server from the Debian package '{package}'; run `make test`, which installs "
-            f"it (scripts/ensure-test-deps.sh), or `sudo apt-get install {package}`."
-        )
-    return path
-
-
 def _zone_name(zone: str) -> str:
     name = zone.rstrip(".")
     if not _DNS_LABELS.match(name):
@@ -114,42 +98,6 @@ def _conf_path(path: Path) -> str:
     if '"' in text or "\\" in text:
         raise ValueError(f"work directory path {text!r} cannot be quoted in a config file")
     return text
-
-
-def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"<cannot read {path}: {exc}>"
-    tail = text.splitlines()[-lines:]
-    return "\n".join(tail) if tail else "<empty log>"
-
-
-def _spawn(argv: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as log:
-        log.write(
-            f"--- {dt.datetime.now(dt.UTC).isoformat()} starting: {' '.join(argv)}\n".encode()
-        )
-        log.flush()
-        return subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=log_path.parent,
-        )
-
-
-def _terminate(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM the process by PID, wait up to STOP_TIMEOUT seconds, then SIGKILL."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=STOP_TIMEOUT)
 
 
 def _query(
@@ -220,10 +168,10 @@ class _Stoppable:
 
     def stop(self) -> None:
         """SIGTERM the server by PID, wait, SIGKILL if it lingers (idempotent)."""
-        _terminate(self._proc)
+        terminate(self._proc)
 
-    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        return _log_tail(self.log_path, lines)
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return log_tail(self.log_path, lines)
 
     def __enter__(self) -> _Stoppable:
         return self
@@ -301,7 +249,7 @@ class BindServer(_Stoppable):
         Never raises on failure: check ``returncode`` (nsupdate exits 2 on REFUSED or a
         TSIG error) and ``stderr``. ``secret``/``algorithm`` as for ``key_file``.
         """
-        nsupdate = _require_binary("nsupdate", "bind9-dnsutils")
+        nsupdate = require_binary("nsupdate", "bind9-dnsutils", "DNS-01")
         key_path = self.key_file(key, secret=secret, algorithm=algorithm)
         script = f"server 127.0.0.1 {self.port}\n{commands.rstrip()}\nsend\n"
         return subprocess.run(
@@ -328,7 +276,7 @@ def _key_statement(name: str, algorithm: str, secret: str) -> str:
 
 def _generate_tsig_secret(name: str, algorithm: str) -> str:
     """A fresh secret of the right size for ``algorithm``, made by BIND's tsig-keygen."""
-    keygen = _require_binary("tsig-keygen", "bind9")
+    keygen = require_binary("tsig-keygen", "bind9", "DNS-01")
     result = subprocess.run(
         [keygen, "-a", algorithm, name],
         capture_output=True,
@@ -413,7 +361,7 @@ def start_bind(
         at or below the zone apex only). A zone no key lists refuses all updates.
     :param algorithm: TSIG algorithm for every key (as BIND spells it).
     """
-    named = _require_binary("named", "bind9")
+    named = require_binary("named", "bind9", "DNS-01")
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -446,11 +394,11 @@ def start_bind(
         port = free_udp_tcp_port()
         conf_path.write_text(_named_conf(workdir, port, grants, recursion))
         log_offset = log_path.stat().st_size if log_path.exists() else 0
-        proc = _spawn([named, "-g", "-4", "-n", "1", "-c", str(conf_path)], log_path)
+        proc = spawn([named, "-g", "-4", "-n", "1", "-c", str(conf_path)], log_path)
         try:
             problem = _wait_bind(proc, port, list(zone_lines), log_path, log_offset)
         except BaseException:
-            _terminate(proc)
+            terminate(proc)
             raise
         if problem is None:
             return BindServer(
@@ -463,12 +411,12 @@ def start_bind(
                 zones=tuple(zone_lines),
                 _proc=proc,
             )
-        _terminate(proc)
+        terminate(proc)
         last_error = problem
         if not problem.startswith("port clash"):
             break
     raise DnsServerStartupError(
-        f"named did not start ({last_error}); last lines of {log_path}:\n{_log_tail(log_path)}"
+        f"named did not start ({last_error}); last lines of {log_path}:\n{log_tail(log_path)}"
     )
 
 
@@ -577,7 +525,7 @@ def start_powerdns(workdir: Path, zones: Sequence[str]) -> PowerDnsServer:
     :param workdir: pdns.conf, the SQLite database, the control socket and pdns.log go here
         (created if missing; must be writable by the current user).
     """
-    pdns = _require_binary("pdns_server", "pdns-server")
+    pdns = require_binary("pdns_server", "pdns-server", "DNS-01")
     if not _PDNS_SCHEMA.is_file():
         raise RuntimeError(
             f"{_PDNS_SCHEMA} is missing: install the Debian package 'pdns-backend-sqlite3' "
@@ -599,7 +547,7 @@ def start_powerdns(workdir: Path, zones: Sequence[str]) -> PowerDnsServer:
         dns_port, api_port = free_udp_tcp_port(), free_port()
         _write_private(workdir / "pdns.conf", _pdns_conf(workdir, dns_port, api_port, api_key))
         log_offset = log_path.stat().st_size if log_path.exists() else 0
-        proc = _spawn([pdns, f"--config-dir={workdir}"], log_path)
+        proc = spawn([pdns, f"--config-dir={workdir}"], log_path)
         server = PowerDnsServer(
             dns_port=dns_port,
             dns_address=f"127.0.0.1:{dns_port}",
@@ -614,17 +562,16 @@ def start_powerdns(workdir: Path, zones: Sequence[str]) -> PowerDnsServer:
         try:
             problem = _wait_powerdns(server, proc, log_offset)
         except BaseException:
-            _terminate(proc)
+            terminate(proc)
             raise
         if problem is None:
             return server
-        _terminate(proc)
+        terminate(proc)
         last_error = problem
         if not problem.startswith("port clash"):
             break
     raise DnsServerStartupError(
-        f"pdns_server did not start ({last_error}); last lines of {log_path}:\n"
-        f"{_log_tail(log_path)}"
+        f"pdns_server did not start ({last_error}); last lines of {log_path}:\n{log_tail(log_path)}"
     )
 
 

@@ -27,10 +27,9 @@ import datetime as dt
 import ipaddress
 import json
 import os
-import shutil
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -43,15 +42,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .ports import free_port, free_udp_tcp_port, wait_for_tcp
+from .processes import LOG_TAIL_LINES, log_tail, require_binary, spawn, terminate
 
 __all__ = ["PebbleServer", "PebbleStartupError", "serial_hex", "start_pebble"]
 
 PEBBLE_BINARY = "pebble"
 CHALLTESTSRV_BINARY = "pebble-challtestsrv"
 STARTUP_TIMEOUT = 20.0
-STOP_TIMEOUT = 5.0
 _PORT_ATTEMPTS = 3
-_LOG_TAIL_LINES = 40
 
 
 class PebbleStartupError(RuntimeError):
@@ -61,54 +59,6 @@ class PebbleStartupError(RuntimeError):
 def serial_hex(serial: int) -> str:
     """Format a certificate serial the way Pebble does (Go ``big.Int.Text(16)``)."""
     return format(serial, "x")
-
-
-def _require_binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise RuntimeError(
-            f"`{name}` is not on PATH. certbroker's integration tests run the real Pebble "
-            "ACME server from the Debian package 'pebble'; run `make test`, which installs "
-            "it (scripts/ensure-test-deps.sh), or `sudo apt-get install pebble`."
-        )
-    return path
-
-
-def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"<cannot read {path}: {exc}>"
-    tail = text.splitlines()[-lines:]
-    return "\n".join(tail) if tail else "<empty log>"
-
-
-def _spawn(argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as log:
-        log.write(
-            f"--- {dt.datetime.now(dt.UTC).isoformat()} starting: {' '.join(argv)}\n".encode()
-        )
-        log.flush()
-        return subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            cwd=log_path.parent,
-        )
-
-
-def _terminate(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM the process by PID, wait up to STOP_TIMEOUT seconds, then SIGKILL."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=STOP_TIMEOUT)
 
 
 def _write_listener_pki(workdir: Path) -> tuple[Path, Path, Path]:
@@ -250,8 +200,8 @@ class PebbleServer:
     def pid(self) -> int | None:
         return None if self._pebble is None else self._pebble.pid
 
-    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        return _log_tail(self.pebble_log, lines)
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return log_tail(self.pebble_log, lines)
 
     # -- management API -----------------------------------------------------------
     def _management_get(self, path: str) -> requests.Response:
@@ -294,15 +244,15 @@ class PebbleServer:
     def stop(self) -> None:
         """Stop Pebble and the harness's pebble-challtestsrv (idempotent)."""
         try:
-            _terminate(self._pebble)
+            terminate(self._pebble)
         finally:
-            _terminate(self._challtestsrv)
+            terminate(self._challtestsrv)
 
     def restart(self) -> None:
         """Restart Pebble on the same ports. Pebble forgets ALL state (accounts, orders,
         certificates) and generates a new issuing root and intermediate."""
-        _terminate(self._pebble)
-        self._pebble = _spawn(self._pebble_argv, self._pebble_env, self.pebble_log)
+        terminate(self._pebble)
+        self._pebble = spawn(self._pebble_argv, self.pebble_log, self._pebble_env)
         try:
             self._wait_ready(STARTUP_TIMEOUT)
         except BaseException:
@@ -322,7 +272,7 @@ class PebbleServer:
                     if proc is not None and proc.poll() is not None:
                         raise PebbleStartupError(
                             f"{name} exited with status {proc.returncode} during startup; "
-                            f"last lines of {log}:\n{_log_tail(log)}"
+                            f"last lines of {log}:\n{log_tail(log)}"
                         )
                 try:
                     resp = session.get(self.directory_url, verify=str(self.ca_bundle), timeout=2)
@@ -358,7 +308,7 @@ class PebbleServer:
 def _start_challtestsrv(
     workdir: Path, env: Mapping[str, str]
 ) -> tuple[subprocess.Popen[bytes], int, str]:
-    binary = _require_binary(CHALLTESTSRV_BINARY)
+    binary = require_binary(CHALLTESTSRV_BINARY, "pebble", "integration")
     log_path = workdir / "challtestsrv.log"
     last_error = ""
     for _ in range(_PORT_ATTEMPTS):
@@ -381,21 +331,21 @@ def _start_challtestsrv(
             "-defaultIPv6",
             "",
         ]
-        proc = _spawn(argv, env, log_path)
+        proc = spawn(argv, log_path, env)
         try:
             # The DNS server listens on UDP and TCP; TCP tells us it is up.
             wait_for_tcp("127.0.0.1", dns_port, timeout=10)
             wait_for_tcp("127.0.0.1", mgmt_port, timeout=10)
         except TimeoutError as exc:
             last_error = str(exc)
-            _terminate(proc)
+            terminate(proc)
             continue
         if proc.poll() is None:
             return proc, dns_port, f"http://127.0.0.1:{mgmt_port}"
         last_error = f"exited with status {proc.returncode}"
     raise PebbleStartupError(
         f"pebble-challtestsrv did not start ({last_error}); last lines of {log_path}:\n"
-        f"{_log_tail(log_path)}"
+        f"{log_tail(log_path)}"
     )
 
 
@@ -427,7 +377,7 @@ def start_pebble(
     :param validity_seconds: certificateValidityPeriod (Pebble's default: about 5 years);
         short lifetimes let renewal tests see certificates fall due.
     """
-    pebble_binary = _require_binary(PEBBLE_BINARY)
+    pebble_binary = require_binary(PEBBLE_BINARY, "pebble", "integration")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ca_bundle, cert_path, key_path = _write_listener_pki(workdir)
@@ -492,11 +442,11 @@ def start_pebble(
                 _pebble_env=pebble_env,
                 _challtestsrv=challtestsrv,
             )
-            server._pebble = _spawn(argv, pebble_env, server.pebble_log)
+            server._pebble = spawn(argv, server.pebble_log, pebble_env)
             try:
                 server._wait_ready(STARTUP_TIMEOUT)
             except PebbleStartupError as exc:
-                _terminate(server._pebble)
+                terminate(server._pebble)
                 last_error = exc
                 if "address already in use" in server.log_tail():
                     continue  # lost a race for one of the free ports: try fresh ones
@@ -505,5 +455,5 @@ def start_pebble(
         assert last_error is not None
         raise last_error
     except BaseException:
-        _terminate(challtestsrv)
+        terminate(challtestsrv)
         raise
