@@ -145,6 +145,14 @@ def test_a_wrong_tsig_secret_is_named_and_leaves_no_record(dcli: Cli, bind: Bind
     assert dcli.json("cert", "show", "1")["dns_records"] == []
     assert dcli.json("cert", "show", "1")["status"] == "failed"
 
+    # The right key, but a zone it may not change: the server's refusal, explained.
+    dcli("dns", "delete", "bad")
+    add_account(dcli, bind, "com", COM_KEY, "example.com")
+    refused = dcli("dns", "test", "com", "--zone", "example.net", check=False)
+    assert refused.returncode == 1
+    assert f"the server {bind.address} answered REFUSED" in refused.stderr
+    assert "update-policy" in refused.stderr
+
 
 def test_a_propagation_timeout_names_the_lagging_server(
     dcli: Cli, bind: BindServer, tmp_path: Path

@@ -107,6 +107,8 @@ class DnsLookups:
             ) from None
         servers: list[Server] = []
         for ns in ns_names:
+            # IPv4 where the server has it: many hosts have no IPv6 route, and a server
+            # that cannot be asked would only look like one that lags.
             for rtype in ("A", "AAAA"):
                 try:
                     answer = res.resolve(ns, rtype, raise_on_no_answer=False)
@@ -114,6 +116,7 @@ class DnsLookups:
                     continue
                 if answer.rrset is not None:
                     servers.extend((r.address, 53) for r in answer.rrset)
+                    break
         if not servers:
             raise TransientError(
                 f"the name servers of zone {zone} ({', '.join(str(n) for n in ns_names)}) have "
