@@ -16,7 +16,7 @@ from certbroker.crypto.keys import PrivateKey
 from certbroker.crypto.sealing import Sealer, load_or_create_master_key
 from certbroker.domain.dns import RFC2136, DnsAccountConfig, parse_servers
 from certbroker.domain.errors import CertbrokerError
-from certbroker.ports import CertificateAuthority, DnsProvider
+from certbroker.ports import CertificateAuthority, DnsLookups, DnsProvider
 from certbroker.services.accounts import AccountService
 from certbroker.services.certificates import CertificateService
 from certbroker.services.common import ServiceContext, utcnow
@@ -112,13 +112,11 @@ class Broker:
     dns: DnsService = field(init=False)
 
     def __post_init__(self) -> None:
-        from certbroker.dns.propagation import DnsLookups
-
         self.accounts = AccountService(self.ctx)
         self.dns = DnsService(
             self.ctx,
             make_dns_provider,
-            DnsLookups(parse_servers(self.settings.dns_resolvers, "dns_resolvers")),
+            self._dns_lookups,
             dns_settings(self.settings),
         )
         self.issuance = IssuanceService(
@@ -131,6 +129,11 @@ class Broker:
         )
         self.renewal = RenewalService(self.ctx, self.issuance)
         self.certificates = CertificateService(self.ctx)
+
+    def _dns_lookups(self) -> DnsLookups:
+        from certbroker.dns.propagation import DnsLookups
+
+        return DnsLookups(parse_servers(self.settings.dns_resolvers, "dns_resolvers"))
 
     def bind_responder(self) -> Responder:
         return bind_responder(

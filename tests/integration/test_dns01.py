@@ -214,6 +214,8 @@ def test_manual_mode_waits_for_a_person_then_verify_issues(dcli: Cli, bind: Bind
     assert {r["name"] for r in records} == {"_acme-challenge.manual.example.com"}
     assert len({r["value"] for r in records}) == 2  # the name and its wildcard
     assert bind.txt("_acme-challenge.manual.example.com") == []  # nothing written for us
+    text = dcli("cert", "show", "1").stdout
+    assert f"_acme-challenge.manual.example.com. TXT {records[0]['value']}" in text
 
     early = dcli(
         "cert", "verify", "1", env={**env, "CERTBROKER_DNS_PROPAGATION_TIMEOUT": "1"},

@@ -310,7 +310,7 @@ def list_(
 
 
 def _print_details(data: dict[str, Any]) -> None:
-    skip = {"attempts", "history", "alarm", "events"}
+    skip = {"attempts", "history", "alarm", "events", "dns_records"}
     for key, value in data.items():
         if key in skip:
             continue
@@ -319,6 +319,15 @@ def _print_details(data: dict[str, Any]) -> None:
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
         console.print(f"[bold]{key:19}[/] {escape(value if value is not None else '-')}")
+    if data["dns_records"]:
+        console.print("[bold]dns records[/] (of the current order)")
+        for record in data["dns_records"]:
+            state = "written" if record["written"] else "not written by certbroker"
+            console.print(
+                escape(
+                    f"  {record['name']}. TXT {record['value']} ({record['identifier']}, {state})"
+                )
+            )
     console.print("[bold]attempts[/]")
     for attempt in data["attempts"]:
         renewal = " (renewal)" if attempt["purpose"] == "renew" else ""

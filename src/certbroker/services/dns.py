@@ -60,14 +60,23 @@ class DnsService:
         self,
         ctx: ServiceContext,
         factory: DnsFactory,
-        lookups: DnsLookups,
+        lookups: Callable[[], DnsLookups],
         settings: DnsSettings,
     ) -> None:
         self.ctx = ctx
         self.repo = ctx.repo
         self.factory = factory
-        self.lookups = lookups
+        self._make_lookups = lookups
+        self._lookups: DnsLookups | None = None
         self.settings = settings
+
+    @property
+    def lookups(self) -> DnsLookups:
+        """Made on first use: dnspython takes a tenth of a second to import, which every
+        CLI command that never looks anything up in DNS would otherwise pay."""
+        if self._lookups is None:
+            self._lookups = self._make_lookups()
+        return self._lookups
 
     # -- DNS accounts ----------------------------------------------------------------------
 
