@@ -41,9 +41,11 @@ demo: install
 	bash scripts/ensure-test-deps.sh
 	$(BIN)/python scripts/demo.py
 
-## Benchmarks (not part of `make test`); figures go to docs/benchmarks.md.
+## Benchmarks side by side with certbot, lego, uacme and nginx (not part of `make test`);
+## figures go to docs/benchmarks.md. QUICK=1 for a short run.
 bench: install
 	bash scripts/ensure-test-deps.sh
+	bash scripts/ensure-bench-deps.sh
 	$(BIN)/python bench/issuance.py $(if $(QUICK),--quick) $(BENCH_ARGS)
 	$(BIN)/python bench/scheduler.py $(if $(QUICK),--quick) $(SCHEDULER_ARGS)
 	$(BIN)/python bench/dns01.py $(if $(QUICK),--quick,--write)
