@@ -49,6 +49,8 @@ bench: install
 	$(BIN)/python bench/issuance.py $(if $(QUICK),--quick) $(BENCH_ARGS)
 	$(BIN)/python bench/scheduler.py $(if $(QUICK),--quick) $(SCHEDULER_ARGS)
 	$(BIN)/python bench/dns01.py $(if $(QUICK),--quick,--write)
+	$(BIN)/python bench/startup.py $(if $(QUICK),--quick)
+	$(BIN)/python bench/responder.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -29,6 +30,11 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "certbroker"
     sys_version = ""
+    # Buffer the response and send it in one write (handle_one_request flushes after each
+    # request). Unbuffered, the headers and the body went out as two segments, and on a
+    # keep-alive connection Nagle held the body until the client's delayed ACK of the
+    # headers: about 40 ms a request (bench/responder.py: 22 requests/s on one connection).
+    wbufsize = -1
 
     def _answer(self, with_body: bool) -> None:
         path = self.path.split("?", 1)[0]
@@ -94,6 +100,12 @@ class Responder(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # the client hung up (reset, EPIPE)
+            log.debug("http-01 client %s hung up", client_address)
+            return
+        super().handle_error(request, client_address)
 
 
 def bind_responder(address: str, port: int, lookup: Lookup) -> Responder:
