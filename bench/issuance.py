@@ -819,8 +819,9 @@ def main() -> int:
     parser.add_argument(
         "--idle-wait",
         type=float,
-        default=120.0,
-        help="before each run, wait up to this many seconds for other processes to go quiet",
+        default=None,
+        help="before each run, wait up to this many seconds for other processes to go quiet "
+        "(default 120; --quick: 5)",
     )
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated")
@@ -866,7 +867,7 @@ def main() -> int:
         if repeat > 1:
             print(f"-- run {round_ + 1} of {repeat}", flush=True)
         for mode, key, scenario in runs:
-            wait_quiet(args.idle_wait)
+            wait_quiet(args.idle_wait if args.idle_wait is not None else 5 if args.quick else 120)
             count = (4 * n if args.quick else N_RENEW) if scenario == "cb-renew" else n
             r = spawn_scenario(mode, scenario, count, key)
             runs[(mode, key, scenario)].append(r)
