@@ -102,6 +102,13 @@ def test_show_and_list_describe_the_certificate(cli: Cli, tmp_path: Path) -> Non
     )
     assert cli.json("cert", "list", "--status", "failed") == []
     assert len(cli.json("cert", "list", "--expiring-within", "100000")) == 1
+    header, row = cli("cert", "list").stdout.splitlines()
+    assert header.split() == ["ID", "NAMES", "STATUS", "NOT", "AFTER", "DAYS", "LEFT", "ACCOUNT"]
+    # Every name in full, one line per certificate, in the header's columns.
+    assert row.startswith("1   show.example.com, www.show.example.com  valid")
+    assert row[header.index("NOT AFTER") :].startswith(listed[0]["not_after"][:10])
+    assert row.endswith("main")
+    assert cli("cert", "list", "--status", "failed").stdout == "no certificates\n"
 
 
 def test_revoke_is_confirmed_by_the_ca(cli: Cli, pebble: PebbleServer, tmp_path: Path) -> None:

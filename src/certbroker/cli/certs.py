@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -294,19 +295,31 @@ def list_(
     if as_json:
         print_json(rows)
         return
-    from rich.table import Table
-
-    table = Table("id", "names", "status", "not after", "days left", "account")
+    if not rows:
+        console.print("no certificates")
+        return
+    # Plain aligned columns, written at once: Rich's table measured and wrapped every cell
+    # (12 s of 14.6 for 10,000 certificates, bench/startup.py) and cut long names short.
+    table = [("ID", "NAMES", "STATUS", "NOT AFTER", "DAYS LEFT", "ACCOUNT")]
     for row in rows:
-        table.add_row(
-            str(row["id"]),
-            escape(", ".join(row["names"])),
-            row["status"],
-            (row["not_after"] or "-")[:16],
-            str(row["days_left"] if row["days_left"] is not None else "-"),
-            escape(row["account"]),
+        table.append(
+            (
+                str(row["id"]),
+                ", ".join(row["names"]),
+                row["status"],
+                (row["not_after"] or "-")[:16].replace("T", " "),
+                str(row["days_left"] if row["days_left"] is not None else "-"),
+                str(row["account"]),
+            )
         )
-    console.print(table)
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    sys.stdout.write(
+        "".join(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+            + "\n"
+            for line in table
+        )
+    )
 
 
 def _print_details(data: dict[str, Any]) -> None:
