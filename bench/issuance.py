@@ -675,6 +675,66 @@ def verdicts(results: list[Result]) -> list[tuple[str, float, bool]]:
     return out
 
 
+def write_json(results: list[Result], quick: bool) -> None:
+    """bench/results/issuance.json for bench/summary.py: per mode and key type, cb-pool's
+    certificates per second and CPU per certificate against each peer, with the targets."""
+    by = {key_of(r): r for r in results}
+    figures: list[dict[str, Any]] = []
+    for mode in MODES:
+        for key in KEY_TYPES:
+            ours = by.get((mode, key, "cb-pool"))
+            if ours is None or not ours.valid:
+                continue
+            peers = {
+                s: by[(mode, key, s)]
+                for s in ("floor-8", *PEERS)
+                if (mode, key, s) in by and by[(mode, key, s)].valid
+            }
+            figures.append(
+                {
+                    "figure": f"issuance, {mode}, {key}: cb-pool certificates/s",
+                    "unit": "certs/s",
+                    "certbroker": ours.rate,
+                    "peers": {s: r.rate for s, r in peers.items()},
+                    "targets": [
+                        {"peer": "floor-8", "min_ratio": TARGET},
+                        {"peer": "certbot", "min_ratio": VS_CERTBOT},
+                        {"peer": "lego", "min_ratio": VS_LEGO},
+                    ],
+                }
+            )
+            figures.append(
+                {
+                    "figure": f"issuance, {mode}, {key}: CPU per certificate",
+                    "unit": "ms",
+                    "certbroker": ours.cpu / ours.valid * 1000,
+                    "peers": {s: r.cpu / r.valid * 1000 for s, r in peers.items()},
+                    "targets": [{"peer": "certbot", "max_ratio": 1.0}],
+                }
+            )
+    renew = by.get(("always-valid", "ec-p256", "cb-renew"))
+    floor = by.get(("always-valid", "ec-p256", "floor-8"))
+    if renew and floor and renew.valid:
+        figures.append(
+            {
+                "figure": f"renewal of {renew.n} due certificates, certificates/s",
+                "unit": "certs/s",
+                "certbroker": renew.rate,
+                "peers": {"floor-8": floor.rate},
+                "targets": [{"peer": "floor-8", "min_ratio": TARGET}],
+            }
+        )
+    out = ROOT / "bench" / "results" / "issuance.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {"bench": "issuance", "date": dt.date.today().isoformat(), "quick": quick,
+             "figures": figures},
+            indent=2,
+        )
+    )  # fmt: skip
+
+
 def show_ratio(ratio: float) -> str:
     return f"{ratio:.0%}" if ratio < 2 else f"{ratio:.1f}x"
 
@@ -882,7 +942,8 @@ def main() -> int:
     busy = [r for r in results if r.others > QUIET]
     if busy:
         print(f"warning: other processes kept CPUs busy during {len(busy)} of the kept runs")
-    if not args.no_write:
+    write_json(results, args.quick)
+    if not args.no_write and not args.quick:  # a quick run never replaces the figures
         write_doc(report(results, runs, env, n, repeat))
         print(f"wrote {DOC.relative_to(ROOT)}")
     every = [r for group in runs.values() for r in group]
