@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import statistics
@@ -159,6 +160,28 @@ def report(spans: list[float], took: float, issued: int, count: int) -> str:
     )
 
 
+def write_json(spans: list[float], took: float, issued: int, count: int, quick: bool) -> None:
+    """bench/results/dns01.json for bench/summary.py."""
+    figures = [
+        {
+            "figure": "DNS-01: records written -> challenge answered, slowest",
+            "unit": "s",
+            "certbroker": max(spans),
+            "peers": {"certbot rfc2136 (fixed sleep)": 60.0},
+            "target": {"max": 1.0},
+        },
+        {
+            "figure": f"DNS-01: {count} wildcard certificates at once, one RFC 2136 account",
+            "unit": "certs/s",
+            "certbroker": issued / took,
+        },
+    ]
+    out = ROOT / "bench" / "results" / "dns01.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = {"bench": "dns01", "date": dt.date.today().isoformat(), "quick": quick}
+    out.write_text(json.dumps({**data, "figures": figures}, indent=2))
+
+
 def write_doc(section: str) -> None:
     text = DOC.read_text()
     if START in text and END in text:
@@ -191,6 +214,7 @@ def main() -> int:
                 pebble.stop()
     section = report(spans, took, issued, wildcards)
     print(section)
+    write_json(spans, took, issued, wildcards, args.quick)
     if args.write:
         write_doc(section)
     return 0 if issued == wildcards and max(spans) < 1.0 else 1
