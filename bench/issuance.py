@@ -946,7 +946,9 @@ def main() -> int:
     if not args.no_write and not args.quick:  # a quick run never replaces the figures
         write_doc(report(results, runs, env, n, repeat))
         print(f"wrote {DOC.relative_to(ROOT)}")
-    every = [r for group in runs.values() for r in group]
+    # A peer's own failures (certbot gives up on Pebble's badNonce) are in the table; only
+    # certbroker's and the floor's fail the run.
+    every = [r for group in runs.values() for r in group if r.scenario not in PEERS[:2]]
     return 1 if any(r.failures or r.valid != r.n for r in every) else 0
 
 

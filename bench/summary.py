@@ -73,7 +73,7 @@ def rows(data: dict[str, Any]) -> list[str]:
 
 def build() -> str | None:
     found = []
-    for path in sorted(RESULTS.glob("*.json"), key=lambda p: (p.stem not in ORDER, p.stem)):
+    for path in sorted(RESULTS.glob("*.json"), key=lambda p: (*ORDER, p.stem).index(p.stem)):
         data = json.loads(path.read_text())
         if not data.get("quick"):
             found.append(data)
