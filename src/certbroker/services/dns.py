@@ -33,7 +33,6 @@ log = logging.getLogger("certbroker.challenges")
 
 DnsFactory = Callable[[DnsAccountConfig], DnsProvider]
 CLEANUP_RETRY = timedelta(minutes=10)
-RFC2136_SECRETS = ("tsig_secret",)
 
 
 @dataclass(frozen=True)
