@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -41,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 from tests.support.dns_servers import BindServer, start_bind  # noqa: E402
 from tests.support.pebble import PebbleServer, start_pebble  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
+
+from bench.common import write_results, write_section  # noqa: E402
 
 if TYPE_CHECKING:
     from certbroker.wiring import Broker
@@ -137,7 +138,6 @@ def report(spans: list[float], took: float, issued: int, count: int) -> str:
     ok = "met" if max(spans) < 1.0 else "MISSED"
     return "\n".join(
         [
-            START,
             f"### DNS-01, {today} (`bench/dns01.py`)",
             "",
             f"{os.cpu_count()} cores, {mem:.1f} GiB, Python {platform.python_version()}, "
@@ -155,7 +155,6 @@ def report(spans: list[float], took: float, issued: int, count: int) -> str:
             "",
             "certbot's rfc2136 plugin waits a fixed 60 s (`--dns-rfc2136-propagation-seconds`) "
             "at the same point.",
-            END,
         ]
     )
 
@@ -176,21 +175,7 @@ def write_json(spans: list[float], took: float, issued: int, count: int, quick: 
             "certbroker": issued / took,
         },
     ]
-    out = ROOT / "bench" / "results" / "dns01.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    data = {"bench": "dns01", "date": dt.date.today().isoformat(), "quick": quick}
-    out.write_text(json.dumps({**data, "figures": figures}, indent=2))
-
-
-def write_doc(section: str) -> None:
-    text = DOC.read_text()
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        _, after = rest.split(END, 1)
-        text = before + section + after
-    else:
-        text = text.rstrip() + "\n\n## DNS-01 (`bench/dns01.py`)\n\n" + section + "\n"
-    DOC.write_text(text)
+    write_results("dns01", figures, quick)
 
 
 def main() -> int:
@@ -216,7 +201,7 @@ def main() -> int:
     print(section)
     write_json(spans, took, issued, wildcards, args.quick)
     if args.write:
-        write_doc(section)
+        write_section(START, END, section, "## DNS-01 (`bench/dns01.py`)")
     return 0 if issued == wildcards and max(spans) < 1.0 else 1
 
 

@@ -67,6 +67,7 @@ if str(ROOT) not in sys.path:
 from tests.support.pebble import PebbleServer, start_pebble  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 
+from bench.common import write_results  # noqa: E402
 from bench.peers import PEERS, run_peer  # noqa: E402
 from bench.peers import versions as peer_versions  # noqa: E402
 
@@ -724,15 +725,7 @@ def write_json(results: list[Result], quick: bool) -> None:
                 "targets": [{"peer": "floor-8", "min_ratio": TARGET}],
             }
         )
-    out = ROOT / "bench" / "results" / "issuance.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {"bench": "issuance", "date": dt.date.today().isoformat(), "quick": quick,
-             "figures": figures},
-            indent=2,
-        )
-    )  # fmt: skip
+    write_results("issuance", figures, quick)
 
 
 def show_ratio(ratio: float) -> str:

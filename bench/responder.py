@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import datetime as dt
 import http.client
-import json
 import os
 import platform
 import pwd
@@ -58,8 +57,9 @@ sys.path.insert(0, str(ROOT))
 from tests.support.ports import free_port, wait_for_tcp  # noqa: E402
 from tests.support.processes import log_tail, spawn, terminate  # noqa: E402
 
+from bench.common import write_results, write_section  # noqa: E402
+
 DOC = ROOT / "docs" / "benchmarks.md"
-RESULTS = ROOT / "bench" / "results" / "responder.json"
 START, END = "<!-- responder:start -->", "<!-- responder:end -->"
 HEADING = "## HTTP-01 responder vs nginx (`bench/responder.py`)"
 PREFIX = "/.well-known/acme-challenge/"
@@ -437,7 +437,6 @@ def report(env: dict[str, str], measured: dict[str, Measured], duration: int, re
     runs = f"median of {repeat} interleaved runs" if repeat > 1 else "one run"
     return "\n".join(
         [
-            START,
             f"### HTTP-01 responder, {env['date']} (`bench/responder.py`)",
             "",
             f"{env['cores']} cores ({env['cpu']}), {env['memory']}, Python {env['python']}, "
@@ -467,24 +466,11 @@ def report(env: dict[str, str], measured: dict[str, Measured], duration: int, re
             "- busy cores, others: CPU other processes of this machine used meanwhile (the "
             "figures are only comparable when near 0); steal: CPU the hypervisor gave to "
             "other guests",
-            END,
         ]
     )
 
 
-def write_doc(section: str) -> None:
-    text = DOC.read_text()
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        _, after = rest.split(END, 1)
-        text = before + section + after
-    else:
-        text = text.rstrip() + f"\n\n{HEADING}\n\n" + section + "\n"
-    DOC.write_text(text)
-
-
-def write_json(env: dict[str, str], measured: dict[str, Measured], quick: bool) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+def write_json(measured: dict[str, Measured], quick: bool) -> Path:
     figure = {
         "figure": "HTTP-01 responder, requests/s",
         "unit": "req/s",
@@ -495,8 +481,7 @@ def write_json(env: dict[str, str], measured: dict[str, Measured], quick: bool) 
         },
         "target": {"peer": NGINX_1, "min_ratio": TARGET},
     }
-    data = {"bench": "responder", "date": env["date"], "quick": quick, "figures": [figure]}
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    return write_results("responder", [figure], quick)
 
 
 def main() -> int:
@@ -537,10 +522,10 @@ def main() -> int:
     section = report(env, measured, duration, repeat)
     print(section)
     if not args.no_write:
-        write_json(env, measured, args.quick)
-        print(f"wrote {RESULTS.relative_to(ROOT)}")
+        written = write_json(measured, args.quick)
+        print(f"wrote {written.relative_to(ROOT)}")
         if not args.quick:
-            write_doc(section)
+            write_section(START, END, section, HEADING)
             print(f"wrote {DOC.relative_to(ROOT)}")
     return 0  # a missed target is reported, not a failure
 

@@ -27,6 +27,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # bench.common
+
+from bench.common import write_results, write_section  # noqa: E402
+
 DOC = ROOT / "docs" / "benchmarks.md"
 START = "<!-- bench:scheduler:start -->"
 END = "<!-- bench:scheduler:end -->"
@@ -178,19 +183,7 @@ def write_json(r: dict[str, float], quick: bool) -> None:
             "target": {"max": TARGET_MS},
         },
     ]
-    out = ROOT / "bench" / "results" / "scheduler.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    data = {"bench": "scheduler", "date": dt.date.today().isoformat(), "quick": quick}
-    out.write_text(json.dumps({**data, "figures": figures}, indent=2))
-
-
-def write_doc(text: str) -> None:
-    doc = DOC.read_text()
-    if START not in doc:
-        doc = doc.rstrip() + f"\n\n## Scheduler tick (`bench/scheduler.py`)\n\n{START}\n{END}\n"
-    head, rest = doc.split(START, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{START}\n{text}{END}{tail}")
+    write_results("scheduler", figures, quick)
 
 
 def main() -> int:
@@ -207,7 +200,7 @@ def main() -> int:
     print(text)
     write_json(result, args.quick)
     if not args.no_write and not args.quick:
-        write_doc(text)
+        write_section(START, END, text, "## Scheduler tick (`bench/scheduler.py`)")
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 0  # a missed target is reported in the table, not as a failure
 

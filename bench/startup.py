@@ -45,8 +45,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # bench.common
+
+from bench.common import write_results, write_section  # noqa: E402
+
 DOC = ROOT / "docs" / "benchmarks.md"
-RESULTS = ROOT / "bench" / "results" / "startup.json"
 START, END = "<!-- startup:start -->", "<!-- startup:end -->"
 CERTBOT = ROOT / ".bench" / "certbot-venv" / "bin" / "certbot"
 CERTBROKER = Path(sys.executable).parent / "certbroker"
@@ -574,16 +578,7 @@ bench/startup.py --quick` (N = 1,000, nothing written).
 """
 
 
-def write_doc(text: str) -> None:
-    doc = DOC.read_text()
-    if START not in doc:
-        doc = doc.rstrip() + f"\n\n## Start-up (`bench/startup.py`)\n\n{ABOUT}\n{START}\n{END}\n"
-    head, rest = doc.split(START, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{START}\n{text}{END}{tail}")
-
-
-def write_results(n: int, t: dict[str, Timing]) -> None:
+def write_json(n: int, t: dict[str, Timing]) -> None:
     def figure(name: str, cb: str, peer: str) -> dict[str, object]:
         return {
             "figure": name,
@@ -597,14 +592,7 @@ def write_results(n: int, t: dict[str, Timing]) -> None:
         figure(f"list {n:,} certificates", "cb list", "certbot list"),
         figure(f"list {n:,} certificates (JSON)", "cb json", "certbot list"),
     ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {"bench": "startup", "date": dt.date.today().isoformat(), "figures": figures},
-            indent=2,
-        )
-        + "\n"
-    )
+    write_results("startup", figures, quick=False)  # full runs only
 
 
 def main() -> int:
@@ -689,9 +677,9 @@ def main() -> int:
     text = section(n, timings, info, builds)
     print(text)
     if not args.no_write and not args.quick:
-        write_doc(text)
-        write_results(n, timings)
-        print(f"wrote {DOC.relative_to(ROOT)} and {RESULTS.relative_to(ROOT)}", file=sys.stderr)
+        write_section(START, END, text, f"## Start-up (`bench/startup.py`)\n\n{ABOUT.strip()}")
+        write_json(n, timings)
+        print(f"wrote {DOC.relative_to(ROOT)} and bench/results/startup.json", file=sys.stderr)
     return 0  # a missed target is reported in the section, not as a failure
 
 
