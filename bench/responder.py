@@ -444,9 +444,10 @@ def report(env: dict[str, str], measured: dict[str, Measured], duration: int, re
             f"wrk {env['wrk']}; all on loopback, load average before: {env['load']}.",
             "",
             f"`wrk -t{THREADS} -c{CONNECTIONS} -d{duration}s --latency` (keep-alive) on "
-            f"`{PREFIX}<token>` after a 1 s warm-up, {runs}. certbroker's responder is a "
-            "`ThreadingHTTPServer` speaking HTTP/1.1 with keep-alive (a thread per connection, "
-            "one SQLite look-up per request); nginx serves the key authorization as a static "
+            f"`{PREFIX}<token>` after a 1 s warm-up, {runs}. certbroker's responder is one "
+            "asyncio event loop speaking HTTP/1.1 with keep-alive, one SQLite look-up per "
+            "request (a prepared SELECT on its own sqlite3 connection); nginx serves the key "
+            "authorization as a static "
             "file (`default_type text/plain`, `access_log off`, `sendfile on`).",
             "",
             "| server | req/s | all runs | latency avg | p50 | p99 | errors | server CPU, "

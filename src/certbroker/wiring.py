@@ -25,6 +25,7 @@ from certbroker.services.issuance import IssuanceService
 from certbroker.services.renewal import RenewalService
 from certbroker.store.db import make_engine, migrate
 from certbroker.store.repository import Repository
+from certbroker.store.token_lookup import token_lookup
 
 log = logging.getLogger("certbroker")
 
@@ -136,8 +137,9 @@ class Broker:
         return DnsLookups(parse_servers(self.settings.dns_resolvers, "dns_resolvers"))
 
     def bind_responder(self) -> Responder:
+        lookup, inline = token_lookup(self.repo.engine, self.repo.key_authorization)
         return bind_responder(
-            self.settings.http01_address, self.settings.http01_port, self.repo.key_authorization
+            self.settings.http01_address, self.settings.http01_port, lookup, inline=inline
         )
 
     def ensure_responder(self) -> Responder | None:
