@@ -24,9 +24,10 @@ Scenarios:
   (default one per core), each a WorkerPool of 8 workers. All N requested first (queued,
   no lease owner) and the worker processes started, both timed separately; then the
   pools run until every certificate left "pending".
-* certbot, lego, cb-cli: one process of the tool per certificate, as users script it
-  (bench/peers.py). Issue 5's targets: cb-pool at least 100x certbot's and 15x lego's
-  certificates per second, and less CPU per certificate than certbot.
+* certbot, lego, uacme, cb-cli: one process of the tool per certificate, as users script
+  it (bench/peers.py; uacme's hook writes the token into a webroot nginx serves). Issue 5's
+  targets: cb-pool at least 100x certbot's and 15x lego's certificates per second, and less
+  CPU per certificate than certbot; uacme is compared without a target.
 
 Figures: certificates per second (wall clock of the timed part), CPU seconds per
 certificate of the benchmark process (getrusage RUSAGE_SELF: all threads, user + sys; plus
@@ -68,7 +69,7 @@ from tests.support.pebble import PebbleServer, start_pebble  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 
 from bench.common import write_results  # noqa: E402
-from bench.peers import PEERS, run_peer  # noqa: E402
+from bench.peers import PEERS, TOOLS, run_peer  # noqa: E402
 from bench.peers import versions as peer_versions  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -561,13 +562,14 @@ def run_child(mode: str, scenario: str, n: int, out: Path, key_type: str) -> Non
             if scenario.startswith("floor-"):
                 run_floor(result, pebble, names, threads=int(scenario.split("-")[1]))
             elif scenario in PEERS:
-                result.valid, result.failures, setup = run_peer(
+                # maxrss: the peak of one run of the tool (its largest process), not of this
+                # one, though never below this one's: the kernel counts a child's memory from
+                # its fork, before its exec. uacme's nginx: its CPU counts, its memory not.
+                result.valid, result.failures, setup, result.maxrss_kib = run_peer(
                     scenario, work, pebble.directory_url, pebble.ca_bundle, pebble.http_port,
-                    key_type, names, lambda: timed(result, pebble),
+                    key_type, names, lambda helpers: timed(result, pebble, helpers),
                 )  # fmt: skip
                 result.setup.update(setup)
-                # The peak of one run of the tool (its largest process), not of this one.
-                result.maxrss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             else:
                 run_certbroker(
                     result,
@@ -676,6 +678,22 @@ def verdicts(results: list[Result]) -> list[tuple[str, float, bool]]:
     return out
 
 
+def comparisons(results: list[Result]) -> list[tuple[str, float]]:
+    """(what, ratio): cb-pool's certificates per second over each tool's that has no target
+    of its own (uacme), in the same mode and key type."""
+    by = {key_of(r): r for r in results}
+    out = []
+    for mode in MODES:
+        for key in KEY_TYPES:
+            ours = by.get((mode, key, "cb-pool"))
+            for peer in (t for t in TOOLS if t not in ("certbot", "lego")):
+                theirs = by.get((mode, key, peer))
+                if ours and ours.rate and theirs and theirs.rate:
+                    out.append((f"{mode}, {key}: cb-pool / {peer} certs/s (no target)",
+                                ours.rate / theirs.rate))  # fmt: skip
+    return out
+
+
 def write_json(results: list[Result], quick: bool) -> None:
     """bench/results/issuance.json for bench/summary.py: per mode and key type, cb-pool's
     certificates per second and CPU per certificate against each peer, with the targets."""
@@ -781,13 +799,15 @@ def report(
         f"{env['pebble']}, Python {env['python']}, acme {env['acme']}, cryptography "
         f"{env['cryptography']}, SQLAlchemy {env['sqlalchemy']}; "
         f"{env.get('certbot', 'certbot not run')} (PyPI), lego {env.get('lego (Debian)', '-')} "
-        "(Debian).",
+        f"and uacme {env.get('uacme (Debian)', '-')} (Debian).",
         "",
         table(results, runs),
         "",
     ]
     for what, ratio, met in verdicts(results):
         parts.append(f"- {what}: {show_ratio(ratio)} ({'met' if met else 'MISSED'})")
+    for what, ratio in comparisons(results):
+        parts.append(f"- {what}: {show_ratio(ratio)}")
     for key, every in runs.items():
         failures = [f for r in every for f in r.failures]
         if failures:
@@ -937,6 +957,8 @@ def main() -> int:
             show(r)
     for what, ratio, met in verdicts(results):
         print(f"{what}: {show_ratio(ratio)} ({'met' if met else 'MISSED'})")
+    for what, ratio in comparisons(results):
+        print(f"{what}: {show_ratio(ratio)}")
     busy = [r for r in results if r.others > QUIET]
     if busy:
         print(f"warning: other processes kept CPUs busy during {len(busy)} of the kept runs")
@@ -946,7 +968,7 @@ def main() -> int:
         print(f"wrote {DOC.relative_to(ROOT)}")
     # A peer's own failures (certbot gives up on Pebble's badNonce) are in the table; only
     # certbroker's and the floor's fail the run.
-    every = [r for group in runs.values() for r in group if r.scenario not in PEERS[:2]]
+    every = [r for group in runs.values() for r in group if r.scenario not in TOOLS]
     return 1 if any(r.failures or r.valid != r.n for r in every) else 0
 
 

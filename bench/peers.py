@@ -3,29 +3,51 @@ per certificate, against the same Pebble as certbroker, in the same benchmark ru
 
 * certbot (from PyPI, in .bench/certbot-venv): `certbot certonly --standalone -d NAME`;
 * lego (Debian): `lego --domains NAME --http run`;
+* uacme (Debian): `uacme -h HOOK issue NAME`, its hook as the uacme.sh it ships: the key
+  authorization written to a webroot that nginx (Debian) serves on Pebble's http_port;
 * cb-cli: certbroker scripted the same way, `certbroker cert request NAME --wait`.
 
-Each has its account registered before the timed part (certbot `register`, lego and
-certbroker with one warm-up certificate), so the figure is issuance alone. All answer
-HTTP-01 themselves on Pebble's http_port; in always-valid mode Pebble does not look.
-`scripts/ensure-bench-deps.sh` (run by `make bench`) installs the peers.
+Each has its account registered before the timed part (certbot `register`, uacme `new`,
+then for all but certbot one warm-up certificate), so the figure is issuance alone. All
+answer HTTP-01 on Pebble's http_port (certbot, lego and certbroker themselves, uacme through
+nginx); in always-valid mode Pebble does not look. `scripts/ensure-bench-deps.sh` (run by
+`make bench`) installs the peers.
+
+uacme 1.7.4 (Debian 12) has no option for the CA to trust (UACME_CAINFO came in 1.7.6):
+its libcurl (GnuTLS) reads /etc/ssl/certs. certbot and lego are given Pebble's CA alone
+(REQUESTS_CA_BUNDLE, LEGO_CA_CERTIFICATES); so is uacme: the uacme scenario's process (a
+child process of bench/issuance.py of its own) takes a mount namespace of its own, where a
+directory holding only ca-certificates.crt, Pebble's CA, is bind-mounted over /etc/ssl/certs.
+The uacme processes it starts see it; nothing else on the machine does. That needs root, as
+`make bench` is run here. With Debian's whole store there instead, each uacme run costs
+about half a second of CPU more: libcurl loads the store again for each of uacme's requests
+(a new handle, a new connection, each time), and an issuance makes about ten.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import http.client
 import os
+import pwd
+import resource
+import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CERTBOT = ROOT / ".bench" / "certbot-venv" / "bin" / "certbot"
-PEERS = ("certbot", "lego", "cb-cli")
+TOOLS = ("certbot", "lego", "uacme")  # not certbroker: their own failures never fail a run
+PEERS = (*TOOLS, "cb-cli")
 TIMEOUT = 120
+SYSTEM_CERTS = Path("/etc/ssl/certs")  # libcurl's CA path and bundle, so uacme's
+CHALLENGES = ".well-known/acme-challenge"
 
 
 class PeerMissing(RuntimeError):
@@ -34,17 +56,163 @@ class PeerMissing(RuntimeError):
 
 def versions() -> dict[str, str]:
     found = {}
-    for name, argv in (("certbot", [str(CERTBOT), "--version"]), ("lego", ["lego", "--version"])):
+    for name, argv, status in (
+        ("certbot", [str(CERTBOT), "--version"], 0),
+        ("lego", ["lego", "--version"], 0),
+        ("uacme", ["uacme", "-V"], 2),  # "uacme: version 1.7.4" on stderr, its licence, exit 2
+    ):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+            lines = (proc.stdout.strip() or proc.stderr.strip()).splitlines()
+            if proc.returncode == status and lines:
+                found[name] = lines[0].replace("uacme: version", "uacme")
+    for package in ("lego", "uacme"):  # lego says "dev"
         with contextlib.suppress(OSError, subprocess.CalledProcessError):
-            found[name] = subprocess.run(
-                argv, capture_output=True, text=True, check=True, timeout=60
-            ).stdout.strip()
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):  # lego says "dev"
-        found["lego (Debian)"] = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Version}", "lego"], capture_output=True, text=True,
-            check=True,
-        ).stdout.strip()  # fmt: skip
+            found[f"{package} (Debian)"] = subprocess.run(
+                ["dpkg-query", "-W", "-f=${Version}", package], capture_output=True,
+                text=True, check=True,
+            ).stdout.strip()  # fmt: skip
     return found
+
+
+# -- uacme's surroundings: the CA it trusts, its hook, nginx ---------------------------------
+
+CLONE_NEWNS = 0x00020000
+MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
+
+UACME_HOOK = """#!/bin/sh
+# uacme's challenge hook, as the uacme.sh it ships: METHOD TYPE IDENT TOKEN AUTH.
+# http-01 only (another type declined, so uacme picks http-01): the key authorization as a
+# file in the webroot nginx serves, removed once the challenge is done or failed.
+[ "$2" = http-01 ] || exit 1
+case "$1" in
+    begin) printf '%s' "$5" > {challenges}/"$4" ;;
+    done | failed) rm -f {challenges}/"$4" ;;
+    *) exit 1 ;;
+esac
+"""
+
+NGINX_CONF = """\
+worker_processes 1;
+{user}
+error_log {dir}/error.log warn;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    access_log off;
+    default_type text/plain;
+    client_body_temp_path {dir}/tmp/body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {dir}/www;
+    }}
+}}
+"""
+
+
+def trust_for_children(ca_bundle: Path, work: Path) -> None:
+    """From now on, the processes this thread starts trust `ca_bundle` alone, as the system
+    store (see the module's docstring): this process's own mount namespace, and in it a
+    directory holding only ca-certificates.crt (`ca_bundle`) bind-mounted over /etc/ssl/certs."""
+    if not SYSTEM_CERTS.is_dir():
+        raise PeerMissing(f"uacme: {SYSTEM_CERTS} is missing: apt-get install ca-certificates")
+    certs = work / "certs"
+    certs.mkdir()
+    shutil.copyfile(ca_bundle, certs / "ca-certificates.crt")
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(status: int, what: str) -> None:
+        if status != 0:
+            raise PeerMissing(
+                f"uacme: {what} failed ({os.strerror(ctypes.get_errno())}); uacme 1.7.4 trusts "
+                f"the CAs in {SYSTEM_CERTS} only, which the benchmark replaces with Pebble's "
+                "in a mount namespace of its own: run it as root"
+            )
+
+    check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    # Never let the bind mount below propagate to the namespace we came from.
+    check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "making / private")
+    check(
+        libc.mount(bytes(certs), bytes(SYSTEM_CERTS), None, MS_BIND, None),
+        f"bind-mounting {certs} over {SYSTEM_CERTS}",
+    )
+
+
+def write_hook(path: Path, challenges: Path) -> Path:
+    path.write_text(UACME_HOOK.format(challenges=shlex.quote(str(challenges))))
+    path.chmod(0o755)
+    return path
+
+
+@contextlib.contextmanager
+def nginx_webroot(work: Path, port: int) -> Iterator[tuple[Path, list[int]]]:
+    """nginx (Debian), one worker, serving `work`/www on 127.0.0.1:`port` until the block
+    ends; yields the webroot's challenge directory and nginx's PIDs. Stopped by its PID."""
+    from tests.support.ports import wait_for_tcp
+    from tests.support.processes import log_tail, spawn, terminate
+
+    binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+    if binary is None:
+        raise PeerMissing("nginx is missing; run `make bench`, which installs it")
+    (work / "tmp").mkdir(parents=True)
+    challenges = work / "www" / CHALLENGES
+    challenges.mkdir(parents=True)
+    # As root, nginx's worker would switch to `nobody`, who cannot read the temporary
+    # directory: keep it the current user's (only root can switch, so only then is it said).
+    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(user=user, dir=work, port=port))
+    argv = [
+        binary, "-p", f"{work}/", "-c", str(conf), "-e", str(work / "error.log"),
+        "-g", f"daemon off; pid {work}/nginx.pid;",
+    ]  # fmt: skip
+    proc = spawn(argv, work / "nginx.log")
+    try:
+        try:
+            wait_for_tcp("127.0.0.1", port, timeout=20)
+        except TimeoutError:
+            raise PeerMissing(
+                f"nginx did not start:\n{log_tail(work / 'nginx.log')}\n"
+                f"{log_tail(work / 'error.log')}"
+            ) from None
+        # The worker, whose CPU counts as the tool's; and a file put there is served.
+        deadline = time.monotonic() + 10
+        while not _children(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        probe = challenges / "probe"
+        probe.write_text("probe")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", f"/{CHALLENGES}/probe")
+            if conn.getresponse().read() != b"probe":
+                raise PeerMissing(
+                    f"nginx does not serve its webroot:\n{log_tail(work / 'error.log')}"
+                )
+        finally:
+            conn.close()
+            probe.unlink()
+        yield challenges, [proc.pid, *_children(proc.pid)]
+    finally:
+        terminate(proc)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+# -- the peers -------------------------------------------------------------------------------
 
 
 def _run(argv: list[str], env: dict[str, str], what: str) -> str:
@@ -58,16 +226,25 @@ def _run(argv: list[str], env: dict[str, str], what: str) -> str:
 
 
 class Peer:
-    """One tool, set up in `work` against `directory`; `issue(name)` is one scripted call."""
+    """One tool, set up in `work` against `directory`; `issue(name)` is one scripted call.
+    What it leaves running (uacme's nginx) is stopped when `stack` closes."""
 
     def __init__(
-        self, kind: str, work: Path, directory: str, ca_bundle: Path, http_port: int, key: str
+        self,
+        kind: str,
+        work: Path,
+        directory: str,
+        ca_bundle: Path,
+        http_port: int,
+        key: str,
+        stack: contextlib.ExitStack,
     ) -> None:
         self.kind = kind
         self.work = work
         self.directory = directory
         self.port = http_port
         self.key = key  # "ec-p256" or "rsa2048"
+        self.helpers: list[int] = []  # processes that work for the tool while it runs
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBROKER_")}
         if kind == "certbot":
             if not CERTBOT.exists():
@@ -82,6 +259,20 @@ class Peer:
             if shutil.which("lego") is None:
                 raise PeerMissing("lego is missing; run `make bench`, which installs it")
             self.env["LEGO_CA_CERTIFICATES"] = str(ca_bundle)
+        elif kind == "uacme":
+            if shutil.which("uacme") is None:
+                raise PeerMissing("uacme is missing; run `make bench`, which installs it")
+            base = work / "uacme"
+            base.mkdir()
+            trust_for_children(ca_bundle, base)
+            challenges, self.helpers = stack.enter_context(nginx_webroot(base / "nginx", http_port))
+            key_args = (
+                ["-t", "EC", "-b", "256"] if key == "ec-p256" else ["-t", "RSA", "-b", "2048"]
+            )
+            self.uacme = [
+                "uacme", "-c", str(base / "conf"), "-a", directory,
+                "-h", str(write_hook(base / "hook.sh", challenges)), *key_args,
+            ]  # fmt: skip
         else:
             self.env.update(
                 {
@@ -101,6 +292,10 @@ class Peer:
                  "--register-unsafely-without-email", f"--server={self.directory}", *self.dirs],
                 self.env, "certbot register",
             )  # fmt: skip
+        if self.kind == "uacme":
+            error = _run([*self.uacme, "-y", "new", "bench@example.com"], self.env, "uacme new")
+            if error:
+                return error
         if self.kind == "cb-cli":
             error = _run(
                 [sys.executable, "-m", "certbroker", "account", "register",
@@ -135,6 +330,8 @@ class Peer:
                  f"--domains={name}", "--http", f"--http.port=127.0.0.1:{self.port}", "run"],
                 self.env, f"lego {name}",
             )  # fmt: skip
+        if self.kind == "uacme":  # exit 1 would be "still current, not reissued": a failure
+            return _run([*self.uacme, "issue", name], self.env, f"uacme {name}")
         return _run(
             [sys.executable, "-m", "certbroker", "cert", "request", name, "--wait",
              "--key-type", self.key, "--account", "bench"],
@@ -150,23 +347,28 @@ def run_peer(
     http_port: int,
     key: str,
     names: list[str],
-    timed: Callable[[], AbstractContextManager[None]],
-) -> tuple[int, list[str], dict[str, float]]:
-    """(valid, failures, untimed setup seconds): each name by one call of the tool."""
-    import time
-
-    peer = Peer(kind, work, directory, ca_bundle, http_port, key)
-    t0 = time.perf_counter()
-    error = peer.register(f"warm-up-{kind}.bench.example.com")
-    setup = {"register + warm-up": time.perf_counter() - t0}
-    if error:
-        return 0, [error], setup
-    valid, failures = 0, []
-    with timed():
-        for name in names:
-            error = peer.issue(name)
-            if error:
-                failures.append(error)
-            else:
-                valid += 1
-    return valid, failures, setup
+    timed: Callable[[list[int]], AbstractContextManager[None]],
+) -> tuple[int, list[str], dict[str, float], int]:
+    """(valid, failures, untimed setup seconds, peak RSS KiB of the tool's largest process):
+    each name by one call of the tool. `timed(helpers)` times the calls, the CPU of the
+    running `helpers` (uacme's nginx) counted with the tool's."""
+    with contextlib.ExitStack() as stack:
+        t0 = time.perf_counter()
+        peer = Peer(kind, work, directory, ca_bundle, http_port, key, stack)
+        setup = {"set-up": time.perf_counter() - t0} if kind == "uacme" else {}
+        t0 = time.perf_counter()
+        error = peer.register(f"warm-up-{kind}.bench.example.com")
+        setup["register + warm-up"] = time.perf_counter() - t0
+        if error:
+            return 0, [error], setup, 0
+        valid, failures = 0, []
+        with timed(peer.helpers):
+            for name in names:
+                error = peer.issue(name)
+                if error:
+                    failures.append(error)
+                else:
+                    valid += 1
+        # Before nginx is stopped and reaped: the tool's processes only (and their hooks).
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return valid, failures, setup, peak
