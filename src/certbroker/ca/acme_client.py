@@ -59,6 +59,30 @@ _directories: dict[tuple[str, str | None], dict[str, Any]] = {}
 _directories_lock = threading.Lock()
 
 
+class _Session(requests.Session):
+    """A requests session that reads the environment (proxies, CA bundle, netrc) once per
+    host instead of on every request: requests walks the whole environment and the proxy
+    rules each time, about 0.2 ms, and an issuance makes about eight requests. A changed
+    environment takes effect for a new client, as it would for a new process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[tuple[Any, ...], Any] = {}
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        if proxies:  # per-request proxies: never asked for here, so not cached
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        scheme, _, rest = str(url).partition("://")
+        key = (scheme, rest.split("/", 1)[0], stream, verify, cert)
+        found = self._environment.get(key)
+        if found is None:
+            found = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            self._environment[key] = found
+        return {**found, "proxies": dict(found["proxies"])}
+
+
 class _NotADirectory(Exception):
     """The directory URL answered, but not with an ACME directory."""
 
@@ -134,6 +158,10 @@ class AcmeCA:
             user_agent=f"certbroker/{__version__}",
             timeout=NETWORK_TIMEOUT,
         )
+        session = _Session()
+        for prefix, adapter in self.net.session.adapters.items():
+            session.mount(prefix, adapter)
+        self.net.session = session
         if account_uri:
             self.net.account = messages.RegistrationResource(
                 uri=account_uri, body=messages.Registration()

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -57,6 +58,27 @@ from certbroker.store.schema import (
 )
 
 __all__ = ["IssuedCertificate", "LeaseLost", "NewCertificate", "Repository", "StoreBase"]
+
+
+# Built once (see store/base.py): the look-ups every issuance makes.
+_ACCOUNT_BY_NAME = select(accounts).where(accounts.c.name == bindparam("b_name"))
+_ACCOUNT_BY_ID_OR_NAME = select(accounts).where(
+    or_(accounts.c.id == bindparam("b_id"), accounts.c.name == bindparam("b_name"))
+)
+_ACCOUNT_KEY = select(accounts.c.key_sealed).where(accounts.c.id == bindparam("b_id"))
+_CERTIFICATE = select(*CERT_COLUMNS).where(certificates.c.id == bindparam("b_id"))
+_CERTIFICATE_KEY = select(certificates.c.key_sealed).where(certificates.c.id == bindparam("b_id"))
+_ORDER = select(orders).where(orders.c.id == bindparam("b_id"))
+_ACTIVE_ORDER = (
+    select(orders)
+    .where(
+        and_(
+            orders.c.certificate_id == bindparam("b_id"),
+            orders.c.state.in_(ACTIVE_ORDER_STATES),
+        )
+    )
+    .order_by(orders.c.id.desc())
+)
 
 
 @dataclass(frozen=True)
@@ -135,12 +157,11 @@ class Repository(RenewalStore, DnsStore):
 
     def get_account(self, ref: str | int) -> Account:
         with self._read() as conn:
-            query = select(accounts)
             if isinstance(ref, int) or str(ref).isdigit():
-                query = query.where(or_(accounts.c.id == int(ref), accounts.c.name == str(ref)))
+                params = {"b_id": int(ref), "b_name": str(ref)}
+                row = conn.execute(_ACCOUNT_BY_ID_OR_NAME, params).first()
             else:
-                query = query.where(accounts.c.name == ref)
-            row = conn.execute(query).first()
+                row = conn.execute(_ACCOUNT_BY_NAME, {"b_name": ref}).first()
         if row is None:
             raise NotFoundError(
                 f"no account {ref!r}; see `certbroker account list` or register one"
@@ -153,9 +174,7 @@ class Repository(RenewalStore, DnsStore):
 
     def account_key_sealed(self, account_id: int) -> bytes:
         with self._read() as conn:
-            value = conn.execute(
-                select(accounts.c.key_sealed).where(accounts.c.id == account_id)
-            ).scalar_one()
+            value = conn.execute(_ACCOUNT_KEY, {"b_id": account_id}).scalar_one()
         return bytes(value)
 
     def account_next_key_sealed(self, account_id: int) -> bytes | None:
@@ -241,16 +260,14 @@ class Repository(RenewalStore, DnsStore):
 
     def get_certificate(self, cert_id: int) -> Certificate:
         with self._read() as conn:
-            row = conn.execute(select(*CERT_COLUMNS).where(certificates.c.id == cert_id)).first()
+            row = conn.execute(_CERTIFICATE, {"b_id": cert_id}).first()
         if row is None:
             raise NotFoundError(f"no certificate with ID {cert_id}; see `certbroker cert list`")
         return certificate_row(row)
 
     def certificate_key_sealed(self, cert_id: int) -> bytes | None:
         with self._read() as conn:
-            value = conn.execute(
-                select(certificates.c.key_sealed).where(certificates.c.id == cert_id)
-            ).scalar_one_or_none()
+            value = conn.execute(_CERTIFICATE_KEY, {"b_id": cert_id}).scalar_one_or_none()
         return None if value is None else bytes(value)
 
     def list_certificates(
@@ -321,7 +338,7 @@ class Repository(RenewalStore, DnsStore):
 
     def get_order(self, order_id: int) -> Order:
         with self._read() as conn:
-            row = conn.execute(select(orders).where(orders.c.id == order_id)).first()
+            row = conn.execute(_ORDER, {"b_id": order_id}).first()
         if row is None:
             raise NotFoundError(f"no order with ID {order_id}")
         return order_row(row)
@@ -335,15 +352,7 @@ class Repository(RenewalStore, DnsStore):
 
     def active_order_of(self, cert_id: int) -> Order | None:
         with self._read() as conn:
-            row = conn.execute(
-                select(orders)
-                .where(
-                    and_(
-                        orders.c.certificate_id == cert_id, orders.c.state.in_(ACTIVE_ORDER_STATES)
-                    )
-                )
-                .order_by(orders.c.id.desc())
-            ).first()
+            row = conn.execute(_ACTIVE_ORDER, {"b_id": cert_id}).first()
         return None if row is None else order_row(row)
 
     def try_claim(
