@@ -75,8 +75,10 @@ def events(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """What happened, oldest first: issuances, renewals, every failed attempt with the
-    CA's problem, alarms raised and cleared."""
+    """What happened, oldest first: issuances, renewals, failed attempts, alarms.
+
+    Each failed attempt carries the CA's problem; alarms show when raised and when cleared.
+    """
     state: State = ctx.obj
     broker = state.broker
     moment = parse_since(since, broker.ctx.clock()) if since is not None else None

@@ -3,18 +3,59 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, ClassVar, NoReturn
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError
 from typer._click.exceptions import UsageError as ClickUsageError
 
 from certbroker import __version__
-from certbroker.cli import accounts, certs, config_cmd, dns_cmd, events_cmd, log_level
+from certbroker.cli.lazy import Lazy, LazyGroup
 from certbroker.cli.state import State, console_err
 
+
+class Commands(LazyGroup):
+    """certbroker's commands, in the order `certbroker --help` lists them; each module is
+    imported only when its command runs (tests/unit/test_cli_help.py holds each help line
+    to the command's own)."""
+
+    lazy: ClassVar[Mapping[str, Lazy]] = {
+        "alarms": Lazy(
+            "certbroker.cli.events_cmd:alarms",
+            "Active alarms: certificates whose issuance or renewal keeps failing.",
+        ),
+        "events": Lazy(
+            "certbroker.cli.events_cmd:events",
+            "What happened, oldest first: issuances, renewals, failed attempts, alarms.",
+        ),
+        "log-level": Lazy(
+            "certbroker.cli.log_level:log_level",
+            "Show each component's log level, or change one at runtime.",
+        ),
+        "serve": Lazy(
+            "certbroker.cli.main:serve",
+            "Run the broker: HTTP-01 responder and issuance workers, until stopped "
+            "(Ctrl-C / SIGTERM).",
+        ),
+        "account": Lazy(
+            "certbroker.cli.accounts:app",
+            "ACME accounts: register, import, update, roll over, deactivate.",
+        ),
+        "cert": Lazy(
+            "certbroker.cli.certs:app", "Certificates: request, list, show, export, revoke, delete."
+        ),
+        "config": Lazy("certbroker.cli.config_cmd:app", "Show the effective configuration."),
+        "dns": Lazy(
+            "certbroker.cli.dns_cmd:app",
+            "DNS accounts for dns-01: add, list, show, test, delete; default zones.",
+        ),
+    }
+
+
 app = typer.Typer(
+    cls=Commands,
     name="certbroker",
     help=(
         "An ACME certificate broker: holds ACME accounts, proves control of names, "
@@ -25,13 +66,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.add_typer(accounts.app, name="account")
-app.add_typer(certs.app, name="cert")
-app.add_typer(config_cmd.app, name="config")
-app.add_typer(dns_cmd.app, name="dns")
-app.command("alarms")(events_cmd.alarms)
-app.command("events")(events_cmd.events)
-app.command("log-level")(log_level.log_level)
 
 
 def _version(value: bool) -> None:
@@ -76,7 +110,6 @@ def main(
     )
 
 
-@app.command()
 def serve(ctx: typer.Context) -> None:
     """Run the broker: HTTP-01 responder and issuance workers, until stopped (Ctrl-C / SIGTERM)."""
     from certbroker.cli.serve import run_serve

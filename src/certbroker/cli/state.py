@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-
-from certbroker.logs import parse_levels, setup_logging
 
 if TYPE_CHECKING:
     from certbroker.config import Settings
@@ -30,6 +27,7 @@ class State:
     def settings(self) -> Settings:
         if self._settings is None:
             from certbroker.config import load_settings
+            from certbroker.logs import parse_levels, setup_logging
 
             self._settings = load_settings(self.config_file, overrides=self.overrides)
             setup_logging(self._settings.log_level, parse_levels(self._settings.log_levels))
@@ -45,6 +43,8 @@ class State:
 
 
 def print_json(data: Any) -> None:
+    import json
+
     print(json.dumps(data, indent=2, default=str))
 
 

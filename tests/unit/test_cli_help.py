@@ -1,0 +1,206 @@
+"""`certbroker --help` lists every command with its help line without importing the
+commands (cli/lazy.py); the commands, their help and the usage errors are as before."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer import _click
+
+from certbroker.cli.main import Commands, app
+
+TOP_LEVEL = ["alarms", "events", "log-level", "serve", "account", "cert", "config", "dns"]
+COMMAND_MODULES = [
+    "certbroker.cli.accounts",
+    "certbroker.cli.certs",
+    "certbroker.cli.config_cmd",
+    "certbroker.cli.dns_cmd",
+    "certbroker.cli.events_cmd",
+    "certbroker.cli.log_level",
+    "certbroker.cli.serve",
+]
+
+
+def certbroker(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBROKER_")}
+    env |= {"CERTBROKER_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "certbroker", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def flat(text: str) -> str:
+    """Help text without the box borders, and every run of white space one space."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def root() -> tuple[typer.core.TyperGroup, _click.Context]:
+    group = typer.main.get_command(app)
+    assert isinstance(group, Commands)
+    return group, _click.Context(group, info_name="certbroker")
+
+
+def real_commands() -> dict[str, _click.Command]:
+    """The top-level commands themselves, imported and built."""
+    group, ctx = root()
+    found = {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
+    return {name: command for name, command in found.items() if command is not None}
+
+
+def help_line(command: _click.Command) -> str:
+    """The first paragraph of a command's help, which its parent's listing shows."""
+    return inspect.cleandoc(command.short_help or command.help or "").split("\n\n")[0].strip()
+
+
+def test_the_table_has_each_commands_own_help_line() -> None:
+    commands = real_commands()
+    assert list(commands) == TOP_LEVEL
+    for name, command in commands.items():
+        assert Commands.lazy[name].help == help_line(command), (
+            f"the help line of {name!r} in Commands.lazy (cli/main.py) is not its own"
+        )
+
+
+def test_listing_looks_as_with_the_commands_loaded() -> None:
+    def rendered(load: bool) -> str:
+        group, ctx = root()
+        if load:
+            for name in group.list_commands(ctx):
+                group.get_command(ctx, name)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            text = group.get_help(ctx)
+        return out.getvalue() + text
+
+    assert rendered(load=False) == rendered(load=True)
+
+
+def test_help_lists_every_command_with_its_help_line(tmp_path: Path) -> None:
+    proc = certbroker(tmp_path, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    shown = flat(proc.stdout)
+    assert "Usage: python -m certbroker [OPTIONS] COMMAND [ARGS]..." in shown
+    for name, command in real_commands().items():
+        assert f"│ {name} " in proc.stdout
+        assert f" {name} {flat(help_line(command))} " in shown
+    for option in ("--config", "--data-dir", "--log-level", "--version", "--help"):
+        assert option in shown
+    assert certbroker(tmp_path, "-h").stdout == proc.stdout
+
+
+def test_help_imports_no_command(tmp_path: Path) -> None:
+    """Nor what Typer's renderer imports for Markdown help and pretty tracebacks."""
+    code = (
+        "import json, sys\n"
+        "sys.argv = ['certbroker', '--help']\n"
+        "from certbroker.cli.main import run\n"
+        "try:\n"
+        "    run()\n"
+        "finally:\n"
+        "    print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Commands" in proc.stdout
+    modules = set(json.loads(proc.stderr))
+    assert "typer.rich_utils" in modules
+    unwanted = [*COMMAND_MODULES, "rich.markdown", "rich.traceback", "markdown_it", "pygments"]
+    assert [m for m in unwanted if m in modules] == []
+
+
+def test_no_arguments_show_the_help_and_exit_2(tmp_path: Path) -> None:
+    proc = certbroker(tmp_path)
+    assert proc.returncode == 2
+    assert proc.stdout.rstrip("\n") == certbroker(tmp_path, "--help").stdout.rstrip("\n")
+
+
+def test_version(tmp_path: Path) -> None:
+    proc = certbroker(tmp_path, "--version")
+    assert (proc.returncode, proc.stdout) == (0, "certbroker 0.1.0\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["cert", "--help"], ["Usage: python -m certbroker cert", "request", "export", "revoke"]),
+        (["cert", "request", "--help"], ["--challenge", "--wait"]),
+        (["dns", "add", "--help"], ["Usage: python -m certbroker dns add", "--provider"]),
+        (["account", "--help"], ["register", "rollover"]),
+        (["events", "--help"], ["--since", "What happened, oldest first"]),
+        (["log-level", "--help"], ["COMPONENT", "--reset"]),
+        (["serve", "--help"], ["Run the broker"]),
+        (["config", "--help"], ["show", "new-master-key"]),
+    ],
+)
+def test_each_commands_help(tmp_path: Path, args: list[str], expected: list[str]) -> None:
+    proc = certbroker(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr
+    for part in expected:
+        assert part in flat(proc.stdout)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nosuch"], "No such command 'nosuch'; see `CB --help`"),
+        (["certs"], "No such command 'certs'. Did you mean 'cert'?; see `CB --help`"),
+        (["cert", "nosuch"], "No such command 'nosuch'; see `CB cert --help`"),
+        (["--bogus"], "No such option: --bogus; see `CB --help`"),
+    ],
+)
+def test_unknown_command_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = certbroker(tmp_path, *args)
+    line = "error: " + message.replace("CB", "python -m certbroker") + "\n"
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", line)
+
+
+def test_typers_markdown_and_tracebacks_still_work() -> None:
+    """The stand-ins of `import_rich_utils` give the real classes when Typer uses them."""
+    code = """
+import sys
+from certbroker.cli.lazy import import_rich_utils
+
+import_rich_utils()
+assert "rich.markdown" not in sys.modules and "rich.traceback" not in sys.modules
+from typer import rich_utils
+from rich.markdown import Markdown
+from rich.traceback import Traceback
+
+assert isinstance(rich_utils.Markdown("*x*"), Markdown)
+try:
+    raise ValueError("boom")
+except ValueError as exc:
+    assert isinstance(rich_utils.Traceback.from_exception(ValueError, exc, None), Traceback)
+
+import typer
+demo = typer.Typer(rich_markup_mode="markdown")
+
+@demo.command()
+def hello() -> None:
+    '''Say **hello**.'''
+
+demo(["--help"])
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Say hello." in proc.stdout
