@@ -107,7 +107,19 @@ def _report(broker: Broker, cert_id: int, as_json: bool, result: RunResult) -> N
 @app.command("request")
 def request(
     ctx: typer.Context,
-    names: Annotated[list[str], typer.Argument(help="DNS names; the first is the common name.")],
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="DNS names; the first is the common name.", show_default=False),
+    ] = None,
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            metavar="FILE",
+            help="Many certificates at once: one per line, its names separated by spaces or "
+            "commas ('#' comments; '-' reads standard input). The other options apply to each.",
+        ),
+    ] = None,
     account: Annotated[
         list[str] | None,
         typer.Option(
@@ -153,12 +165,22 @@ def request(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Request a certificate. Validates everything before anything is stored."""
+    """Request a certificate, or many with --from. Validates everything before anything is
+    stored."""
     from certbroker.crypto.csr import Subject
     from certbroker.domain.errors import UsageError
     from certbroker.domain.keys import KeyPolicy, KeyType
     from certbroker.services.issuance import CertificateRequest, make_owner
 
+    if bool(names) == (from_file is not None):
+        raise UsageError(
+            "say what to request: DNS names, or --from FILE with one certificate per line "
+            "(one of them)"
+        )
+    if from_file is not None and key_file is not None:
+        raise UsageError(
+            "--key-file gives one key, for one certificate; it does not go with --from"
+        )
     try:
         policy = KeyPolicy(key_policy)
     except ValueError:
@@ -181,7 +203,7 @@ def request(
     )
     accounts = account or []
     req = CertificateRequest(
-        names=names,
+        names=names or [],
         account=accounts[0] if accounts else None,
         fallback_accounts=accounts[1:],
         challenge=challenge,
@@ -194,6 +216,11 @@ def request(
         dns_account=dns_account,
     )
     state: State = ctx.obj
+    if from_file is not None:
+        from certbroker.cli.batch import request_many
+
+        request_many(state, from_file, req, wait=wait, as_json=as_json)
+        return
     broker = state.broker
     if not wait:
         cert, order = broker.issuance.request(req)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
-from certbroker.cli.certs import _progress, _responder
+from certbroker.cli.batch import drive_many, refuse_failures
+from certbroker.cli.certs import _responder
 from certbroker.cli.state import State, console, print_json
-from certbroker.domain.errors import CertbrokerError, UsageError
-from certbroker.services.issuance import Outcome, RunResult, make_owner
+from certbroker.domain.errors import UsageError
+from certbroker.services.issuance import Outcome, make_owner
 
 
 def renew_now(
@@ -41,22 +40,14 @@ def renew_now(
                 console.print("nothing to renew: no certificate is due")
             return
 
-    def drive(cert_id: int) -> RunResult:
-        def progress(message: str) -> None:
-            _progress(f"certificate {cert_id}: {message}" if len(ids) > 1 else message)
-
-        # The IDs given by hand are leased to `owner`; queued ones go to whoever is free.
-        mine = owner if cert_ids else make_owner("cli")
-        return broker.issuance.wait_for(cert_id, mine, progress)
-
     challenges = {broker.certificates.get(i).challenge for i in ids}
     with _responder(broker, "http-01" if "http-01" in challenges else "dns-01"):
+        # The IDs given by hand are leased to `owner`, one after the other; queued ones go
+        # to whoever is free, several at a time.
         if cert_ids:
-            results = [drive(cert_id) for cert_id in ids]
+            results = drive_many(broker, ids, lambda _: owner, 1)
         else:
-            with ThreadPoolExecutor(max_workers=min(state.settings.workers, len(ids))) as pool:
-                results = list(pool.map(drive, ids))
-    failed = [(i, r) for i, r in zip(ids, results, strict=True) if r.outcome is not Outcome.ISSUED]
+            results = drive_many(broker, ids, lambda _: make_owner("cli"), state.settings.workers)
     if as_json:
         print_json([broker.certificates.details(i) for i in ids])
     else:
@@ -67,13 +58,4 @@ def renew_now(
                     f"certificate {cert_id} renewed: serial {cert.serial}, valid until "
                     f"{cert.not_after:%Y-%m-%d %H:%M} UTC"
                 )
-    if len(failed) == 1 and len(ids) == 1:
-        ((cert_id, result),) = failed
-        what = {
-            Outcome.RETRY: "is not issued yet",
-            Outcome.AWAITING: "waits for its DNS records",
-        }.get(result.outcome, "failed")
-        raise CertbrokerError(f"certificate {cert_id} {what}: {result.message}")
-    if failed:
-        detail = "; ".join(f"certificate {i}: {r.message}" for i, r in failed)
-        raise CertbrokerError(f"{len(failed)} of {len(ids)} renewals did not succeed: {detail}")
+    refuse_failures(ids, results, "renewals")
