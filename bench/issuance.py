@@ -1,9 +1,10 @@
 """Issuance throughput: certbroker against an in-process `acme` floor, on a local Pebble.
 
-Run with `make bench` (N=50, both key types, median of 3) or `make bench QUICK=1` (N=3,
-EC only, one run). Every scenario
-runs in a child process of its own, with a fresh Pebble, so peak memory (ru_maxrss) and
-CPU time belong to that scenario alone. Each scenario runs in two Pebble modes:
+Run with `make bench` (N=50, both key types, median of 3; the scripted tools, which take
+minutes for 50 certificates one after another, once) or `make bench QUICK=1` (N=3, EC
+only, one run). Every scenario runs in a child process of its own, with a fresh Pebble,
+so peak memory (ru_maxrss) and CPU time belong to that scenario alone. Each scenario runs
+in two Pebble modes:
 
 * always-valid: PEBBLE_VA_ALWAYS_VALID=1, Pebble accepts every challenge unseen;
 * http-01: Pebble's VA really fetches /.well-known/acme-challenge/<token> from the
@@ -25,7 +26,9 @@ Scenarios:
   no lease owner) and the worker processes started, both timed separately; then the
   pools run until every certificate left "pending".
 * certbot, lego, uacme, cb-cli: one process of the tool per certificate, as users script
-  it (bench/peers.py; uacme's hook writes the token into a webroot nginx serves). Issue 5's
+  it (bench/peers.py; uacme's hook writes the token into a webroot nginx serves).
+* cb-batch: certbroker's CLI with all N at once, `cert request --from FILE --wait`: one
+  process, 8 worker threads. Issue 5's
   targets: cb-pool at least 100x certbot's and 15x lego's certificates per second, and less
   CPU per certificate than certbot; uacme is compared without a target.
 
@@ -69,7 +72,7 @@ from tests.support.pebble import PebbleServer, start_pebble  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 
 from bench.common import write_results  # noqa: E402
-from bench.peers import PEERS, TOOLS, run_peer  # noqa: E402
+from bench.peers import PEERS, SCRIPTED, TOOLS, run_peer  # noqa: E402
 from bench.peers import versions as peer_versions  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -679,17 +682,19 @@ def verdicts(results: list[Result]) -> list[tuple[str, float, bool]]:
 
 
 def comparisons(results: list[Result]) -> list[tuple[str, float]]:
-    """(what, ratio): cb-pool's certificates per second over each tool's that has no target
-    of its own (uacme), in the same mode and key type."""
+    """(what, ratio), without a target, in the same mode and key type: cb-pool's
+    certificates per second over each tool's that has no target of its own (uacme), and
+    the CLI batch's (cb-batch) over every tool's."""
     by = {key_of(r): r for r in results}
     out = []
     for mode in MODES:
         for key in KEY_TYPES:
-            ours = by.get((mode, key, "cb-pool"))
-            for peer in (t for t in TOOLS if t not in ("certbot", "lego")):
-                theirs = by.get((mode, key, peer))
+            pairs = [("cb-pool", t) for t in TOOLS if t not in ("certbot", "lego")]
+            pairs += [("cb-batch", t) for t in TOOLS]
+            for mine, peer in pairs:
+                ours, theirs = by.get((mode, key, mine)), by.get((mode, key, peer))
                 if ours and ours.rate and theirs and theirs.rate:
-                    out.append((f"{mode}, {key}: cb-pool / {peer} certs/s (no target)",
+                    out.append((f"{mode}, {key}: {mine} / {peer} certs/s (no target)",
                                 ours.rate / theirs.rate))  # fmt: skip
     return out
 
@@ -791,9 +796,11 @@ def report(
     env: dict[str, str],
     n: int,
     repeat: int,
+    peer_repeat: int,
 ) -> str:
+    peers = "" if peer_repeat == repeat else f" (certbot, lego, uacme, cb-cli: {peer_repeat})"
     parts = [
-        f"### {env['date']}, N={n}, median of {repeat}",
+        f"### {env['date']}, N={n}, median of {repeat}{peers}",
         "",
         f"Machine: {env['cores']} cores ({env['cpu']}), {env['memory']} RAM. Pebble "
         f"{env['pebble']}, Python {env['python']}, acme {env['acme']}, cryptography "
@@ -892,6 +899,13 @@ def main() -> int:
     )
     parser.add_argument("--repeat", type=int, help="runs per scenario, the median kept (default 3)")
     parser.add_argument(
+        "--peer-repeat",
+        type=int,
+        default=1,
+        help="runs of each scripted tool (certbot, lego, uacme, cb-cli), at most --repeat; "
+        "default 1: one run is already N certificates one after another, and takes minutes",
+    )
+    parser.add_argument(
         "--idle-wait",
         type=float,
         default=None,
@@ -926,7 +940,8 @@ def main() -> int:
             parser.error(f"unknown {', '.join(sorted(unknown))}; choose from {', '.join(known)}")
     env = environment()
     print(
-        f"certbroker issuance benchmark: N={n}, median of {repeat}, {env['cores']} cores, "
+        f"certbroker issuance benchmark: N={n}, median of {repeat} (scripted tools: "
+        f"{min(repeat, args.peer_repeat)}), {env['cores']} cores, "
         f"{env['memory']}, Pebble {env['pebble']}, Python {env['python']}, acme {env['acme']}",
         flush=True,
     )
@@ -945,6 +960,8 @@ def main() -> int:
         if repeat > 1:
             print(f"-- run {round_ + 1} of {repeat}", flush=True)
         for mode, key, scenario in runs:
+            if scenario in SCRIPTED and round_ >= args.peer_repeat:
+                continue
             wait_quiet(args.idle_wait if args.idle_wait is not None else 5 if args.quick else 120)
             count = (4 * n if args.quick else N_RENEW) if scenario == "cb-renew" else n
             r = spawn_scenario(mode, scenario, count, key)
@@ -964,7 +981,7 @@ def main() -> int:
         print(f"warning: other processes kept CPUs busy during {len(busy)} of the kept runs")
     write_json(results, args.quick)
     if not args.no_write and not args.quick:  # a quick run never replaces the figures
-        write_doc(report(results, runs, env, n, repeat))
+        write_doc(report(results, runs, env, n, repeat, min(repeat, args.peer_repeat)))
         print(f"wrote {DOC.relative_to(ROOT)}")
     # A peer's own failures (certbot gives up on Pebble's badNonce) are in the table; only
     # certbroker's and the floor's fail the run.

@@ -5,7 +5,9 @@ per certificate, against the same Pebble as certbroker, in the same benchmark ru
 * lego (Debian): `lego --domains NAME --http run`;
 * uacme (Debian): `uacme -h HOOK issue NAME`, its hook as the uacme.sh it ships: the key
   authorization written to a webroot that nginx (Debian) serves on Pebble's http_port;
-* cb-cli: certbroker scripted the same way, `certbroker cert request NAME --wait`.
+* cb-cli: certbroker scripted the same way, `certbroker cert request NAME --wait`;
+* cb-batch: certbroker's CLI given them all at once, one `certbroker cert request --from
+  FILE --wait` (one name a line), which obtains them `workers` (8) at a time.
 
 Each has its account registered before the timed part (certbot `register`, uacme `new`,
 then for all but certbot one warm-up certificate), so the figure is issuance alone. All
@@ -30,7 +32,6 @@ import contextlib
 import ctypes
 import http.client
 import os
-import pwd
 import resource
 import shlex
 import shutil
@@ -44,10 +45,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CERTBOT = ROOT / ".bench" / "certbot-venv" / "bin" / "certbot"
 TOOLS = ("certbot", "lego", "uacme")  # not certbroker: their own failures never fail a run
-PEERS = (*TOOLS, "cb-cli")
+SCRIPTED = (*TOOLS, "cb-cli")  # one process per certificate
+PEERS = (*SCRIPTED, "cb-batch")  # cb-batch: one `cert request --from FILE --wait` for all
 TIMEOUT = 120
 SYSTEM_CERTS = Path("/etc/ssl/certs")  # libcurl's CA path and bundle, so uacme's
-CHALLENGES = ".well-known/acme-challenge"
 
 
 class PeerMissing(RuntimeError):
@@ -92,28 +93,6 @@ case "$1" in
 esac
 """
 
-NGINX_CONF = """\
-worker_processes 1;
-{user}
-error_log {dir}/error.log warn;
-events {{
-    worker_connections 1024;
-}}
-http {{
-    access_log off;
-    default_type text/plain;
-    client_body_temp_path {dir}/tmp/body;
-    proxy_temp_path {dir}/tmp/proxy;
-    fastcgi_temp_path {dir}/tmp/fastcgi;
-    uwsgi_temp_path {dir}/tmp/uwsgi;
-    scgi_temp_path {dir}/tmp/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {dir}/www;
-    }}
-}}
-"""
-
 
 def trust_for_children(ca_bundle: Path, work: Path) -> None:
     """From now on, the processes this thread starts trust `ca_bundle` alone, as the system
@@ -152,64 +131,29 @@ def write_hook(path: Path, challenges: Path) -> Path:
 @contextlib.contextmanager
 def nginx_webroot(work: Path, port: int) -> Iterator[tuple[Path, list[int]]]:
     """nginx (Debian), one worker, serving `work`/www on 127.0.0.1:`port` until the block
-    ends; yields the webroot's challenge directory and nginx's PIDs. Stopped by its PID."""
-    from tests.support.ports import wait_for_tcp
-    from tests.support.processes import log_tail, spawn, terminate
+    ends; yields the webroot's challenge directory and nginx's PIDs (its worker's CPU
+    counts as the tool's). Stopped by its PID."""
+    from bench.nginx import children_of, find_nginx, nginx
 
-    binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+    binary = find_nginx()
     if binary is None:
         raise PeerMissing("nginx is missing; run `make bench`, which installs it")
-    (work / "tmp").mkdir(parents=True)
-    challenges = work / "www" / CHALLENGES
-    challenges.mkdir(parents=True)
-    # As root, nginx's worker would switch to `nobody`, who cannot read the temporary
-    # directory: keep it the current user's (only root can switch, so only then is it said).
-    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
-    conf = work / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(user=user, dir=work, port=port))
-    argv = [
-        binary, "-p", f"{work}/", "-c", str(conf), "-e", str(work / "error.log"),
-        "-g", f"daemon off; pid {work}/nginx.pid;",
-    ]  # fmt: skip
-    proc = spawn(argv, work / "nginx.log")
-    try:
+    with contextlib.ExitStack() as stack:
         try:
-            wait_for_tcp("127.0.0.1", port, timeout=20)
-        except TimeoutError:
-            raise PeerMissing(
-                f"nginx did not start:\n{log_tail(work / 'nginx.log')}\n"
-                f"{log_tail(work / 'error.log')}"
-            ) from None
-        # The worker, whose CPU counts as the tool's; and a file put there is served.
-        deadline = time.monotonic() + 10
-        while not _children(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        probe = challenges / "probe"
+            proc, challenges = stack.enter_context(nginx(binary, work, port))
+        except RuntimeError as exc:
+            raise PeerMissing(str(exc)) from None
+        probe = challenges / "probe"  # a file put there is served
         probe.write_text("probe")
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         try:
-            conn.request("GET", f"/{CHALLENGES}/probe")
+            conn.request("GET", "/.well-known/acme-challenge/probe")
             if conn.getresponse().read() != b"probe":
-                raise PeerMissing(
-                    f"nginx does not serve its webroot:\n{log_tail(work / 'error.log')}"
-                )
+                raise PeerMissing(f"nginx does not serve its webroot: see {work}/error.log")
         finally:
             conn.close()
             probe.unlink()
-        yield challenges, [proc.pid, *_children(proc.pid)]
-    finally:
-        terminate(proc)
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = (entry / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
+        yield challenges, [proc.pid, *children_of(proc.pid)]
 
 
 # -- the peers -------------------------------------------------------------------------------
@@ -296,7 +240,7 @@ class Peer:
             error = _run([*self.uacme, "-y", "new", "bench@example.com"], self.env, "uacme new")
             if error:
                 return error
-        if self.kind == "cb-cli":
+        if self.kind in ("cb-cli", "cb-batch"):
             error = _run(
                 [sys.executable, "-m", "certbroker", "account", "register",
                  "--directory", self.directory, "--email", "bench@example.com", "--agree-tos",
@@ -338,6 +282,21 @@ class Peer:
             self.env, f"certbroker {name}",
         )  # fmt: skip
 
+    def issue_all(self, names: list[str]) -> tuple[int, list[str]]:
+        """cb-batch: every name by one `certbroker cert request --from FILE --wait`."""
+        batch = self.work / "batch.txt"
+        batch.write_text("".join(f"{name}\n" for name in names))
+        proc = subprocess.run(
+            [sys.executable, "-m", "certbroker", "cert", "request", "--from", str(batch),
+             "--wait", "--key-type", self.key, "--account", "bench"],
+            env=self.env, capture_output=True, text=True, timeout=TIMEOUT * 5, check=False,
+        )  # fmt: skip
+        valid = proc.stdout.count(" issued for ")
+        if proc.returncode == 0 and valid == len(names):
+            return valid, []
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return valid, [f"certbroker --from: exit {proc.returncode}: {' | '.join(tail)}"]
+
 
 def run_peer(
     kind: str,
@@ -361,14 +320,17 @@ def run_peer(
         setup["register + warm-up"] = time.perf_counter() - t0
         if error:
             return 0, [error], setup, 0
-        valid, failures = 0, []
+        valid, failures = 0, list[str]()
         with timed(peer.helpers):
-            for name in names:
-                error = peer.issue(name)
-                if error:
-                    failures.append(error)
-                else:
-                    valid += 1
+            if kind == "cb-batch":
+                valid, failures = peer.issue_all(names)
+            else:
+                for name in names:
+                    error = peer.issue(name)
+                    if error:
+                        failures.append(error)
+                    else:
+                        valid += 1
         # Before nginx is stopped and reaped: the tool's processes only (and their hooks).
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return valid, failures, setup, peak

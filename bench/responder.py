@@ -37,7 +37,6 @@ import datetime as dt
 import http.client
 import os
 import platform
-import pwd
 import re
 import secrets
 import shutil
@@ -55,9 +54,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support.ports import free_port, wait_for_tcp  # noqa: E402
-from tests.support.processes import log_tail, spawn, terminate  # noqa: E402
+from tests.support.processes import log_tail, terminate  # noqa: E402
 
 from bench.common import write_results, write_section  # noqa: E402
+from bench.nginx import children_of, nginx  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- responder:start -->", "<!-- responder:end -->"
@@ -175,84 +175,25 @@ def certbroker_here(work: Path, token: str, key_auth: str) -> Iterator[Server]:
         responder.stop()
 
 
-NGINX_CONF = """\
-worker_processes {workers};
-{user}
-error_log {dir}/error.log warn;
-events {{
-    worker_connections 1024;
-}}
-http {{
-    access_log off;
-    default_type text/plain;
-    sendfile on;          # as in Debian's /etc/nginx/nginx.conf
-    tcp_nopush on;
-    client_body_temp_path {dir}/tmp/body;
-    proxy_temp_path {dir}/tmp/proxy;
-    fastcgi_temp_path {dir}/tmp/fastcgi;
-    uwsgi_temp_path {dir}/tmp/uwsgi;
-    scgi_temp_path {dir}/tmp/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {dir}/www;
-        location ^~ /.well-known/acme-challenge/ {{
-            default_type text/plain;
-        }}
-    }}
-}}
-"""
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                stat = (entry / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
 @contextlib.contextmanager
-def nginx(binary: str, work: Path, workers: str, token: str, key_auth: str) -> Iterator[Server]:
+def nginx_server(
+    binary: str, work: Path, workers: str, token: str, key_auth: str
+) -> Iterator[Server]:
     """nginx in the foreground as the current user, its files all under `work`."""
     port = free_port()
-    (work / "tmp").mkdir(parents=True)
-    challenge_dir = work / "www" / PREFIX.strip("/")
-    challenge_dir.mkdir(parents=True)
-    (challenge_dir / token).write_text(key_auth)
-    # As root, nginx's workers would switch to `nobody`, who cannot read this directory:
-    # keep them the current user's (only root can switch, so only then is it said).
-    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
-    conf = work / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(workers=workers, user=user, dir=work, port=port))
-    argv = [
-        binary, "-p", f"{work}/", "-c", str(conf), "-e", str(work / "error.log"),
-        "-g", f"daemon off; pid {work}/nginx.pid;",
-    ]  # fmt: skip
-    proc = spawn(argv, work / "nginx.log")
-    try:
+    with contextlib.ExitStack() as stack:
         try:
-            wait_for_tcp("127.0.0.1", port, timeout=20)
-        except TimeoutError:
-            raise SystemExit(
-                f"nginx did not start:\n{log_tail(work / 'nginx.log')}\n"
-                f"{log_tail(work / 'error.log')}"
-            ) from None
-        deadline = time.monotonic() + 10
-        while not children_of(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+            proc, challenges = stack.enter_context(nginx(binary, work, port, workers))
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
+        (challenges / token).write_text(key_auth)
         count = len(children_of(proc.pid))
-        name = NGINX_1 if workers == "1" else NGINX_AUTO
         yield Server(
-            name,
+            NGINX_1 if workers == "1" else NGINX_AUTO,
             port,
             lambda: [proc.pid, *children_of(proc.pid)],
             f"nginx, `worker_processes {workers}` ({count} worker{'s' if count != 1 else ''})",
         )
-    finally:
-        terminate(proc)
 
 
 # -- checking and timing -------------------------------------------------------------------
@@ -508,8 +449,10 @@ def main() -> int:
         servers = [
             stack.enter_context(certbroker_child(work / "cb", token, key_auth)),
             stack.enter_context(certbroker_here(work / "cb", token, key_auth)),
-            stack.enter_context(nginx(nginx_bin, work / "nginx-1", "1", token, key_auth)),
-            stack.enter_context(nginx(nginx_bin, work / "nginx-auto", "auto", token, key_auth)),
+            stack.enter_context(nginx_server(nginx_bin, work / "nginx-1", "1", token, key_auth)),
+            stack.enter_context(
+                nginx_server(nginx_bin, work / "nginx-auto", "auto", token, key_auth)
+            ),
         ]
         for server in servers:
             verify(server, token, key_auth)
