@@ -109,7 +109,11 @@ def request(
     ctx: typer.Context,
     names: Annotated[
         list[str] | None,
-        typer.Argument(help="DNS names; the first is the common name.", show_default=False),
+        typer.Argument(
+            metavar="NAME",
+            help="DNS names; the first is the common name.",
+            show_default=False,
+        ),
     ] = None,
     from_file: Annotated[
         Path | None,
@@ -515,7 +519,7 @@ def renew(
     cert_ids: Annotated[
         list[int] | None,
         typer.Argument(
-            metavar="[ID]...",
+            metavar="ID",
             help="Certificates to renew now, due or not.",
             parser=_number("a certificate ID (a number, as `certbroker cert list` shows)"),
         ),
