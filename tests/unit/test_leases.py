@@ -138,3 +138,14 @@ def test_split_chain_separates_leaf_and_intermediates() -> None:
     )
     assert leaf == block.format("AAA")
     assert chain == block.format("BBB") + block.format("CCC")
+
+
+def test_a_step_naming_no_column_is_refused_not_ignored(repo: Repository) -> None:
+    """The lease update takes its SET clause from the names given; a misspelt one must not
+    pass silently (SQLAlchemy would drop it)."""
+    order_id = _order(repo, "w1")
+    until = NOW + timedelta(seconds=120)
+    with pytest.raises(TypeError, match="no column stat"):
+        repo.advance_order(order_id, "w1", NOW, until, stat=OrderState.ORDERED)
+    repo.advance_order(order_id, "w1", NOW, until, state=OrderState.ORDERED, order_url="u")
+    assert repo.get_order(order_id).order_url == "u"
