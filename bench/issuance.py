@@ -565,9 +565,8 @@ def run_child(mode: str, scenario: str, n: int, out: Path, key_type: str) -> Non
             if scenario.startswith("floor-"):
                 run_floor(result, pebble, names, threads=int(scenario.split("-")[1]))
             elif scenario in PEERS:
-                # maxrss: the peak of one run of the tool (its largest process), not of this
-                # one, though never below this one's: the kernel counts a child's memory from
-                # its fork, before its exec. uacme's nginx: its CPU counts, its memory not.
+                # maxrss: the peak of one call of the tool (its largest process), by GNU time.
+                # uacme's nginx: its CPU counts, its memory not.
                 result.valid, result.failures, setup, result.maxrss_kib = run_peer(
                     scenario, work, pebble.directory_url, pebble.ca_bundle, pebble.http_port,
                     key_type, names, lambda helpers: timed(result, pebble, helpers),

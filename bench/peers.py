@@ -32,7 +32,6 @@ import contextlib
 import ctypes
 import http.client
 import os
-import resource
 import shlex
 import shutil
 import subprocess
@@ -159,14 +158,7 @@ def nginx_webroot(work: Path, port: int) -> Iterator[tuple[Path, list[int]]]:
 # -- the peers -------------------------------------------------------------------------------
 
 
-def _run(argv: list[str], env: dict[str, str], what: str) -> str:
-    proc = subprocess.run(
-        argv, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return f"{what}: exit {proc.returncode}: {' | '.join(tail)}"
-    return ""
+TIME = Path("/usr/bin/time")  # GNU time (Debian `time`): a tool's own peak RSS
 
 
 class Peer:
@@ -189,6 +181,9 @@ class Peer:
         self.port = http_port
         self.key = key  # "ec-p256" or "rsa2048"
         self.helpers: list[int] = []  # processes that work for the tool while it runs
+        self.peak_kib = 0  # the largest peak RSS of one call of the tool
+        if not TIME.exists():
+            raise PeerMissing(f"{TIME} is missing; run `make bench`, which installs it")
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBROKER_")}
         if kind == "certbot":
             if not CERTBOT.exists():
@@ -228,24 +223,44 @@ class Peer:
             )
             self.ca_bundle = ca_bundle
 
+    def _call(self, argv: list[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+        """Run one call of the tool under GNU time, keeping the largest peak RSS seen: the
+        tool's own (getrusage of the benchmark's children would count, for each, the
+        forked benchmark process before it became the tool)."""
+        report = self.work / "maxrss"
+        proc = subprocess.run(
+            [str(TIME), "-f", "%M", "-o", str(report), *argv], env=self.env,
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            self.peak_kib = max(self.peak_kib, int(report.read_text().split()[-1]))
+        return proc
+
+    def _run(self, argv: list[str], what: str) -> str:
+        proc = self._call(argv)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            return f"{what}: exit {proc.returncode}: {' | '.join(tail)}"
+        return ""
+
     def register(self, warm_up: str) -> str:
         """The account (and whatever the tool caches), before the timed part."""
         if self.kind == "certbot":
-            return _run(
+            return self._run(
                 [str(CERTBOT), "register", "--non-interactive", "--agree-tos",
                  "--register-unsafely-without-email", f"--server={self.directory}", *self.dirs],
-                self.env, "certbot register",
+                "certbot register",
             )  # fmt: skip
         if self.kind == "uacme":
-            error = _run([*self.uacme, "-y", "new", "bench@example.com"], self.env, "uacme new")
+            error = self._run([*self.uacme, "-y", "new", "bench@example.com"], "uacme new")
             if error:
                 return error
         if self.kind in ("cb-cli", "cb-batch"):
-            error = _run(
+            error = self._run(
                 [sys.executable, "-m", "certbroker", "account", "register",
                  "--directory", self.directory, "--email", "bench@example.com", "--agree-tos",
                  "--ca-bundle", str(self.ca_bundle), "--name", "bench"],
-                self.env, "certbroker account register",
+                "certbroker account register",
             )  # fmt: skip
             if error:
                 return error
@@ -259,37 +274,37 @@ class Peer:
                 if self.key == "ec-p256"
                 else ["--key-type", "rsa", "--rsa-key-size", "2048"]
             )
-            return _run(
+            return self._run(
                 [str(CERTBOT), "certonly", "--standalone", "--non-interactive", "--agree-tos",
                  "--register-unsafely-without-email", f"--server={self.directory}",
                  "--preferred-challenges=http", f"--http-01-port={self.port}",
                  "--http-01-address=127.0.0.1", *key, *self.dirs, "-d", name],
-                self.env, f"certbot {name}",
+                f"certbot {name}",
             )  # fmt: skip
         if self.kind == "lego":
-            return _run(
+            return self._run(
                 ["lego", "--accept-tos", "--email=bench@example.com",
                  f"--server={self.directory}", f"--path={self.work / 'lego'}",
                  f"--key-type={'ec256' if self.key == 'ec-p256' else 'rsa2048'}",
                  f"--domains={name}", "--http", f"--http.port=127.0.0.1:{self.port}", "run"],
-                self.env, f"lego {name}",
+                f"lego {name}",
             )  # fmt: skip
         if self.kind == "uacme":  # exit 1 would be "still current, not reissued": a failure
-            return _run([*self.uacme, "issue", name], self.env, f"uacme {name}")
-        return _run(
+            return self._run([*self.uacme, "issue", name], f"uacme {name}")
+        return self._run(
             [sys.executable, "-m", "certbroker", "cert", "request", name, "--wait",
              "--key-type", self.key, "--account", "bench"],
-            self.env, f"certbroker {name}",
+            f"certbroker {name}",
         )  # fmt: skip
 
     def issue_all(self, names: list[str]) -> tuple[int, list[str]]:
         """cb-batch: every name by one `certbroker cert request --from FILE --wait`."""
         batch = self.work / "batch.txt"
         batch.write_text("".join(f"{name}\n" for name in names))
-        proc = subprocess.run(
+        proc = self._call(
             [sys.executable, "-m", "certbroker", "cert", "request", "--from", str(batch),
              "--wait", "--key-type", self.key, "--account", "bench"],
-            env=self.env, capture_output=True, text=True, timeout=TIMEOUT * 5, check=False,
+            timeout=TIMEOUT * 5,
         )  # fmt: skip
         valid = proc.stdout.count(" issued for ")
         if proc.returncode == 0 and valid == len(names):
@@ -331,6 +346,4 @@ def run_peer(
                         failures.append(error)
                     else:
                         valid += 1
-        # Before nginx is stopped and reaped: the tool's processes only (and their hooks).
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return valid, failures, setup, peak
+    return valid, failures, setup, peer.peak_kib

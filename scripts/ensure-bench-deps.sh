@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The peers `make bench` measures certbroker against, installed when missing:
-#   - Debian: lego, uacme (ACME clients), nginx and wrk (the HTTP-01 responder comparison);
+#   - Debian: lego, uacme (ACME clients), nginx and wrk (the HTTP-01 responder comparison),
+#     time (GNU time: each tool's own peak memory);
 #   - PyPI: certbot, in a virtual environment of its own (.bench/certbot-venv), so its
 #     pins never touch certbroker's .venv.
 # Silent and fast when everything is there. As root it installs; otherwise it prints the
@@ -21,6 +22,9 @@ for entry in "${REQUIRED[@]}"; do
         missing+=("${entry#*:}")
     fi
 done
+
+# GNU time measures each tool's own peak memory; `command -v time` would find bash's keyword.
+[[ -x /usr/bin/time ]] || missing+=("time")
 
 if [[ ${#missing[@]} -gt 0 ]]; then
     packages="${missing[*]}"
