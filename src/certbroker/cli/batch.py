@@ -70,10 +70,12 @@ def request_many(
             prepared.append(broker.issuance.prepare(dataclasses.replace(template, names=names)))
         except UsageError as exc:
             raise UsageError(f"--from {path}, line {number}: {exc}") from None
-    owner = make_owner("cli") if wait else None
+    owner = make_owner("cli")
     with _responder(broker, template.challenge) if wait else contextlib.nullcontext():
-        # Leased to this process from the start, so a running `serve` leaves them alone.
-        certs = [broker.issuance.store(p, lease_owner=owner)[0] for p in prepared]
+        # With --wait, leased to this process from the start, so a running `serve` leaves
+        # them alone; without, queued for whoever is free.
+        lease = owner if wait else None
+        certs = [broker.issuance.store(p, lease_owner=lease)[0] for p in prepared]
         ids = [cert.id for cert in certs]
         if not wait:
             if as_json:
@@ -86,7 +88,6 @@ def request_many(
             return
         if not as_json:
             console.print(f"obtaining {len(ids)} certificates (IDs {_span(ids)})")
-        assert owner is not None
         results = drive_many(broker, ids, lambda _: owner, state.settings.workers)
     if as_json:
         print_json([broker.certificates.details(i) for i in ids])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable
 
 from sqlalchemy import Engine
@@ -39,7 +40,9 @@ class SqliteTokenLookup:
         return None if row is None else str(row[0])
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # mode=rw: a missing store is an error here, never a new, empty (0644) file.
+        uri = f"file:{urllib.parse.quote(self.path)}?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA query_only=ON")
         conn.execute("PRAGMA busy_timeout=5000")
         return conn
