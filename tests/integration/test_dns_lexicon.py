@@ -83,17 +83,34 @@ def test_powerdns_through_lexicon_issues_and_cleans_up(
 
 
 @pytest.fixture
-def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def moto(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """A moto server with no hosted zones, recording to this test's tmp_path from empty.
+
+    moto's backends and its recorder are one per process, shared by every moto server in it:
+    zones another test left behind would take lexicon's look-up of example.com, so the state
+    is reset. The recorder reads MOTO_RECORDER_FILEPATH only when moto.moto_api is first
+    imported, which another test may have done already, so the live recorder is pointed at
+    the file too; otherwise it writes to ./moto_recording, where an old recording would
+    satisfy the assertions on its own.
+    """
+    recording = tmp_path / "moto-recording.jsonl"
+    monkeypatch.setenv("MOTO_RECORDER_FILEPATH", str(recording))
+    from moto.moto_api import recorder
     from moto.server import ThreadedMotoServer
 
+    monkeypatch.setattr(recorder, "_location", str(recording))
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("AWS_ENDPOINT_URL_ROUTE_53", url)
     try:
+        requests.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
+        requests.post(f"{url}/moto-api/recorder/reset-recording", timeout=10).raise_for_status()
+        assert recording.read_text() == ""  # the server's recorder writes here
         yield url
     finally:
+        recorder.stop_recording()  # a failed test must not leave later moto servers recording
         server.stop()
 
 
@@ -135,8 +152,9 @@ def test_route53_records_are_created_and_deleted_through_the_api(tmp_path: Path,
     assert "certificate 1 issued" in out.stdout
 
     calls = _recorded(moto)
-    assert any(c["method"] == "GET" and "/rrset" in c["url"] for c in calls)  # listed
-    changes = [c["body"] for c in calls if c["url"].endswith("/rrset/")]
+    rrsets = f"{moto}/2013-04-01{zone_id}/rrset"  # this run's server and zone only
+    assert any(c["method"] == "GET" and c["url"].startswith(rrsets) for c in calls)  # listed
+    changes = [c["body"] for c in calls if c["url"] == f"{rrsets}/"]
     creates = [b for b in changes if "<Action>CREATE</Action>" in b or "UPSERT" in b]
     deletes = [b for b in changes if "<Action>DELETE</Action>" in b]
     assert creates and all("_acme-challenge.r53.example.com" in b for b in creates)
