@@ -1,5 +1,13 @@
-"""Issue 5's targets in one table: every figure bench/*.py left in bench/results/*.json,
-its ratio to each peer measured in the same run, and whether the target is met.
+"""Issue 5's and issue 11's targets in one table: every figure bench/*.py left in
+bench/results/*.json, its ratio to each peer measured in the same run, and whether the
+target is met.
+
+Issue 11 (a cheaper CLI) adds: `certbroker cert list` over 10 certificates under 0.35 s
+and `certbroker --help` under 0.3 s (both from bench/startup.py, which names them), and one
+`certbroker cert request NAME --wait` process (bench/issuance.py's cb-cli, one process per
+certificate) costing less CPU than one certbot process, in always-valid mode with EC keys.
+bench/issuance.py records cb-cli and certbot as peers of its "CPU per certificate" figure;
+`derived` makes cb-cli's own row of them.
 
 `make bench` runs it last; it prints the table and (unless --no-write, or when only quick
 runs left results) puts it at the top of docs/benchmarks.md, between its markers.
@@ -20,6 +28,8 @@ RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- summary:start -->", "<!-- summary:end -->"
 ORDER = ("issuance", "startup", "responder", "scheduler", "dns01")
+CPU_FIGURE = ": CPU per certificate"  # bench/issuance.py: "issuance, MODE, KEY: CPU per ..."
+CB_CLI_TARGET = ("always-valid", "ec-p256")  # where issue 11 sets cb-cli <= certbot
 
 
 def _number(value: float, unit: str) -> str:
@@ -71,12 +81,39 @@ def rows(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def derived(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with, after each CPU-per-certificate figure of bench/issuance.py that has both
+    peers, the row of cb-cli (`cert request NAME --wait`, one process per certificate)
+    against certbot; issue 11's target (less CPU than certbot) where it sets it."""
+    if data.get("bench") != "issuance":
+        return data
+    figures: list[dict[str, Any]] = []
+    for figure in data["figures"]:
+        figures.append(figure)
+        name: str = figure["figure"]
+        peers = figure.get("peers", {})
+        if not name.endswith(CPU_FIGURE) or "cb-cli" not in peers or "certbot" not in peers:
+            continue
+        where = name.removesuffix(CPU_FIGURE)  # "issuance, MODE, KEY"
+        _, mode, key = (part.strip() for part in where.split(","))
+        row: dict[str, Any] = {
+            "figure": f"{where}: cb-cli CPU per certificate (`cert request NAME --wait`)",
+            "unit": figure.get("unit", "ms"),
+            "certbroker": peers["cb-cli"],
+            "peers": {"certbot": peers["certbot"]},
+        }
+        if (mode, key) == CB_CLI_TARGET:
+            row["targets"] = [{"peer": "certbot", "max_ratio": 1.0}]
+        figures.append(row)
+    return data | {"figures": figures}
+
+
 def build() -> str | None:
     found = []
     for path in sorted(RESULTS.glob("*.json"), key=lambda p: (*ORDER, p.stem).index(p.stem)):
         data = json.loads(path.read_text())
         if not data.get("quick"):
-            found.append(data)
+            found.append(derived(data))
     if not found:
         return None
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

@@ -1,5 +1,6 @@
-"""`certbroker --help` lists every command with its help line without importing the
-commands (cli/lazy.py); the commands, their help and the usage errors are as before."""
+"""`certbroker --help` lists every command with its help line, in the order a user meets
+them, without importing the commands (cli/lazy.py); no help shows a type for a flag; the
+commands, their help and the usage errors are as before."""
 
 from __future__ import annotations
 
@@ -8,17 +9,24 @@ import inspect
 import io
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import typer
-from typer import _click
+from typer.core import TyperOption
+from typer.testing import CliRunner
 
 from certbroker.cli.main import Commands, app
 
-TOP_LEVEL = ["alarms", "events", "log-level", "serve", "account", "cert", "config", "dns"]
+if TYPE_CHECKING:
+    from typer import _click
+
+TOP_LEVEL = ["serve", "account", "cert", "dns", "events", "alarms", "config", "log-level"]
 COMMAND_MODULES = [
     "certbroker.cli.accounts",
     "certbroker.cli.certs",
@@ -49,10 +57,10 @@ def flat(text: str) -> str:
     return " ".join(text.replace("│", " ").split())
 
 
-def root() -> tuple[typer.core.TyperGroup, _click.Context]:
+def root() -> tuple[typer.core.TyperGroup, typer.Context]:
     group = typer.main.get_command(app)
     assert isinstance(group, Commands)
-    return group, _click.Context(group, info_name="certbroker")
+    return group, typer.Context(group, info_name="certbroker")
 
 
 def real_commands() -> dict[str, _click.Command]:
@@ -102,6 +110,46 @@ def test_help_lists_every_command_with_its_help_line(tmp_path: Path) -> None:
     for option in ("--config", "--data-dir", "--log-level", "--version", "--help"):
         assert option in shown
     assert certbroker(tmp_path, "-h").stdout == proc.stdout
+
+
+def test_help_lists_the_commands_in_the_order_a_user_meets_them(tmp_path: Path) -> None:
+    proc = certbroker(tmp_path, "--help")
+    box = proc.stdout.split("Commands")[1]
+    listed = re.findall(r"^│ (\S+) ", box, re.MULTILINE)
+    assert listed == TOP_LEVEL
+
+
+Found = Iterator[tuple[list[str], "_click.Command"]]
+
+
+def every_command() -> Found:
+    """Each command and group, the root included, with its path, all loaded."""
+
+    def walk(path: list[str], command: _click.Command) -> Found:
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk([*path, name], sub)
+
+    yield [], root()[0]
+    for name, command in real_commands().items():
+        yield from walk([name], command)
+
+
+def test_no_help_shows_a_type_for_a_flag() -> None:
+    """`--wait`, not `--wait <bool>`: a flag takes no value (cli/lazy.py `plain_flags`)."""
+    runner = CliRunner()
+    flags_seen = 0
+    for path, command in every_command():
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (path, result.output)
+        assert "<bool>" not in result.output, path
+        flags = [p for p in command.params if isinstance(p, TyperOption) and p.is_flag]
+        for opt in [o for p in flags for o in p.opts if o.startswith("--")] + ["--help"]:
+            line = next(ln for ln in result.output.splitlines() if f" {opt} " in ln)
+            after = [t for t in line.split(f" {opt} ", 1)[1].split() if not t.startswith("-")]
+            assert not after[0].startswith("<"), (path, line)  # a type would come first
+            flags_seen += 1
+    assert flags_seen > 40  # every command has --help, many have --json, --wait, ...
 
 
 def test_help_imports_no_command(tmp_path: Path) -> None:

@@ -1,11 +1,16 @@
-"""A store made by an older certbroker is brought up to date and keeps its data."""
+"""A store made by an older certbroker is brought up to date and keeps its data; a
+current one is left alone without importing Alembic."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from certbroker.domain.models import OrderPurpose
@@ -13,10 +18,15 @@ from certbroker.store.db import HEAD_REVISION, current_revision, make_engine, mi
 from certbroker.store.repository import Repository
 
 
-def test_a_0001_store_upgrades_and_keeps_its_orders(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+def alembic_config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", "certbroker.store:migrations")
+    return cfg
+
+
+def test_a_0001_store_upgrades_and_keeps_its_orders(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    cfg = alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
@@ -49,3 +59,33 @@ def test_a_0001_store_upgrades_and_keeps_its_orders(tmp_path: Path) -> None:
     assert order.certificate_id == 1 and order.started_at is None
     assert order.purpose is OrderPurpose.ISSUE  # orders from before renewal existed
     assert Repository(engine).get_certificate(1).names == ("a.example.com",)
+
+
+def test_head_revision_is_alembics_head() -> None:
+    """db.HEAD_REVISION is what lets `migrate` skip Alembic; a migration added without
+    moving it would leave every store a revision behind, silently."""
+    assert ScriptDirectory.from_config(alembic_config()).get_heads() == [HEAD_REVISION]
+
+
+def test_a_new_store_is_migrated_to_the_head(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    assert current_revision(engine) is None
+    migrate(engine)
+    assert current_revision(engine) == HEAD_REVISION
+
+
+def test_a_current_store_is_left_alone_without_alembic(tmp_path: Path) -> None:
+    database = tmp_path / "current.db"
+    migrate(make_engine(f"sqlite:///{database}"))
+    code = (
+        "import json, sys\n"
+        "from certbroker.store.db import current_revision, make_engine, migrate\n"
+        f"engine = make_engine({f'sqlite:///{database}'!r})\n"
+        "migrate(engine)\n"
+        "print(json.dumps([current_revision(engine), 'alembic' in sys.modules]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [HEAD_REVISION, False]

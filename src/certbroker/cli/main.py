@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, ClassVar, NoReturn
 
 import typer
+
+# Click's usage errors, as Typer raises them: Typer 0.29 exports no public name for them
+# (only BadParameter, Abort, Exit and their base TyperException), and telling them apart
+# by their attributes would be guesswork. The tests in tests/unit/test_cli_help.py hold
+# what run() makes of them (one line; the help for no arguments).
 from typer._click.exceptions import NoArgsIsHelpError
 from typer._click.exceptions import UsageError as ClickUsageError
 
@@ -22,18 +28,9 @@ class Commands(LazyGroup):
     to the command's own)."""
 
     lazy: ClassVar[Mapping[str, Lazy]] = {
-        "alarms": Lazy(
-            "certbroker.cli.events_cmd:alarms",
-            "Active alarms: certificates whose issuance or renewal keeps failing.",
-        ),
-        "events": Lazy(
-            "certbroker.cli.events_cmd:events",
-            "What happened, oldest first: issuances, renewals, failed attempts, alarms.",
-        ),
-        "log-level": Lazy(
-            "certbroker.cli.log_level:log_level",
-            "Show each component's log level, or change one at runtime.",
-        ),
+        # In the order a user meets them: run the broker, register an account, request
+        # certificates (over DNS-01 after adding a DNS account), see what happened and what
+        # keeps failing; then the configuration and the log levels.
         "serve": Lazy(
             "certbroker.cli.main:serve",
             "Run the broker: HTTP-01 responder and issuance workers, until stopped "
@@ -46,10 +43,22 @@ class Commands(LazyGroup):
         "cert": Lazy(
             "certbroker.cli.certs:app", "Certificates: request, list, show, export, revoke, delete."
         ),
-        "config": Lazy("certbroker.cli.config_cmd:app", "Show the effective configuration."),
         "dns": Lazy(
             "certbroker.cli.dns_cmd:app",
             "DNS accounts for dns-01: add, list, show, test, delete; default zones.",
+        ),
+        "events": Lazy(
+            "certbroker.cli.events_cmd:events",
+            "What happened, oldest first: issuances, renewals, failed attempts, alarms.",
+        ),
+        "alarms": Lazy(
+            "certbroker.cli.events_cmd:alarms",
+            "Active alarms: certificates whose issuance or renewal keeps failing.",
+        ),
+        "config": Lazy("certbroker.cli.config_cmd:app", "Show the effective configuration."),
+        "log-level": Lazy(
+            "certbroker.cli.log_level:log_level",
+            "Show each component's log level, or change one at runtime.",
         ),
     }
 
@@ -126,6 +135,9 @@ def fail(message: str, exit_code: int) -> NoReturn:
 
 
 def run() -> None:
+    # No garbage collection while the command starts: it makes only objects that live as
+    # long as the process. The broker's wiring turns it back on (cli/state.py `started`).
+    gc.disable()
     from certbroker.domain.errors import CertbrokerError
 
     try:
