@@ -57,7 +57,9 @@ certbroker dns add NAME --provider PROVIDER --<option> VALUE ... [--zone ZONE ..
   to a file or URL for a newer list), so its zones must sit under a public suffix such as
   `.com` or `.co.uk`. For internal zones (`example.internal`, `corp.lan`) use `rfc2136`.
 
-Then try the account, before an order depends on it:
+dns-lexicon does not say which of a provider's options are required, so `dns add` stores
+what it is given and a missing or wrong credential shows only when records are written. Try
+the account, before an order depends on it:
 
 ```
 certbroker dns test NAME --zone example.com
@@ -114,10 +116,18 @@ RFC2136_OPTIONS = (
 NOTES = {
     "ddns": "lexicon's RFC 2136 provider always sends to port 53 and needs the server as an "
     "IP address; certbroker's own [rfc2136](#rfc2136) does the same job on any host and port.",
+    "powerdns": "`--pdns-server` is the base URL of PowerDNS's HTTP API "
+    "(`http://ns1.example.com:8081`; `/api/v1` is added when missing), or the path of its "
+    "Unix socket; `--pdns-server-id` defaults to `localhost`. After each change to a zone of "
+    "kind `Master` the provider asks PowerDNS to NOTIFY the secondaries; any value of "
+    "`--pdns-disable-notify`, `false` included, turns that off.",
     "route53": "Without `--auth-access-key`/`--auth-access-secret` boto3 finds credentials "
     "its usual way when records are written (AWS_* environment variables, "
     "~/.aws/credentials, an instance or task role). Give `--zone-id` to skip looking the "
-    "zone up by name.",
+    "zone up by name. The provider has no endpoint option: botocore's "
+    "`AWS_ENDPOINT_URL_ROUTE_53` in certbroker's environment sends its calls elsewhere "
+    "(the tests use it for moto). Without `AWS_REGION` or `AWS_DEFAULT_REGION` certbroker "
+    "uses `us-east-1`, where Route 53's endpoint lives.",
 }
 TABLE_HEAD = [
     "| Option | Environment variable | Secret | Description |",
