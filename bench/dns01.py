@@ -82,7 +82,10 @@ def broker_for(data_dir: Path) -> Broker:
 
 def written_to_answered(broker: Broker, names: list[str]) -> list[float]:
     """Per certificate: seconds from the last TXT record written to the challenge answered."""
-    from certbroker.services.issuance import CertificateRequest, Outcome, make_owner
+    from certbroker.domain.models import ChallengeType
+    from certbroker.services.issuance import Outcome
+    from certbroker.services.leases import make_owner
+    from certbroker.services.requests import CertificateRequest
 
     spans = []
     for name in names:
@@ -96,8 +99,8 @@ def written_to_answered(broker: Broker, names: list[str]) -> list[float]:
                 marks.setdefault("answered", now)
 
         owner = make_owner("bench")
-        cert, _ = broker.issuance.request(
-            CertificateRequest(names=[name], challenge="dns-01"), lease_owner=owner
+        cert, _ = broker.requests.request(
+            CertificateRequest(names=[name], challenge=ChallengeType.DNS_01), lease_owner=owner
         )
         result = broker.issuance.wait_for(cert.id, owner, progress)
         if result.outcome is not Outcome.ISSUED:
@@ -107,12 +110,15 @@ def written_to_answered(broker: Broker, names: list[str]) -> list[float]:
 
 
 def wildcards_at_once(broker: Broker, count: int, bind: BindServer) -> tuple[float, int]:
-    from certbroker.services.issuance import CertificateRequest, Outcome, make_owner
+    from certbroker.domain.models import ChallengeType
+    from certbroker.services.issuance import Outcome
+    from certbroker.services.leases import make_owner
+    from certbroker.services.requests import CertificateRequest
 
     ids = []
     for i in range(count):
-        cert, _ = broker.issuance.request(
-            CertificateRequest(names=[f"*.w{i}.example.com"], challenge="dns-01")
+        cert, _ = broker.requests.request(
+            CertificateRequest(names=[f"*.w{i}.example.com"], challenge=ChallengeType.DNS_01)
         )
         ids.append(cert.id)
     barrier = threading.Barrier(count)

@@ -426,7 +426,9 @@ def run_certbroker(
     from certbroker.domain.keys import KeyType
     from certbroker.domain.models import CertificateStatus
     from certbroker.services.accounts import Registration
-    from certbroker.services.issuance import CertificateRequest, Outcome, make_owner
+    from certbroker.services.issuance import Outcome
+    from certbroker.services.leases import make_owner
+    from certbroker.services.requests import CertificateRequest
     from certbroker.services.workers import WorkerPool
     from certbroker.store.schema import certificate_history, certificates, orders
     from certbroker.wiring import build
@@ -446,7 +448,7 @@ def run_certbroker(
     broker = build(settings)
     account = broker.accounts.register(
         Registration(
-            directory_url=pebble.directory_url,
+            directory=pebble.directory_url,
             emails=["bench@example.com"],
             agree_tos=True,
             name="bench",
@@ -460,7 +462,7 @@ def run_certbroker(
             owner = make_owner("bench")
             with timed(result, pebble):
                 for name in names:
-                    cert, _ = broker.issuance.request(
+                    cert, _ = broker.requests.request(
                         CertificateRequest(
                             names=[name], account=account.name, key_type=KeyType(result.key_type)
                         ),
@@ -472,7 +474,7 @@ def run_certbroker(
         else:
             t0 = time.perf_counter()
             for name in names:
-                broker.issuance.request(
+                broker.requests.request(
                     CertificateRequest(
                         names=[name], account=account.name, key_type=KeyType(result.key_type)
                     )

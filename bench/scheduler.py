@@ -44,6 +44,7 @@ def build_store(path: Path, n: int) -> tuple[object, object]:
     from certbroker.domain.models import AccountStatus
     from certbroker.services.common import ServiceContext
     from certbroker.services.issuance import IssuanceService
+    from certbroker.services.planning import RenewalPlanner
     from certbroker.services.renewal import RenewalService
     from certbroker.store.db import make_engine, migrate
     from certbroker.store.repository import Repository
@@ -90,7 +91,8 @@ def build_store(path: Path, n: int) -> tuple[object, object]:
         with engine.begin() as conn:
             conn.execute(insert(certificates), rows)
     ctx = ServiceContext(repo=repo, sealer=None, ca_factory=None)  # type: ignore[arg-type]
-    return engine, RenewalService(ctx, IssuanceService(ctx))
+    planner = RenewalPlanner()
+    return engine, RenewalService(ctx, IssuanceService(ctx, {}, planner), planner)
 
 
 def make_due(engine: object, count: int) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from certbroker.domain.errors import AcmeProblem
+from certbroker.domain.models import Certificate, ChallengeType, Order
+
+Progress = Callable[[str], None]  # one line for the person waiting (cert request --wait)
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,7 @@ class AuthorizationInfo:
     challenges: tuple[ChallengeInfo, ...]
     retry_after: float | None = None
 
-    def challenge(self, kind: str) -> ChallengeInfo | None:
+    def challenge(self, kind: ChallengeType) -> ChallengeInfo | None:
         return next((c for c in self.challenges if c.type == kind), None)
 
     @property
@@ -149,4 +153,89 @@ class DnsLookups(Protocol):
     ) -> float:
         """Until each (server, name, value) is visible; seconds taken. TransientError
         naming a lagging server after `timeout`. `between` runs before each pause."""
+        ...
+
+
+class RunningResponder(Protocol):
+    """An HTTP-01 responder this process started (challenges/http01.py)."""
+
+    @property
+    def port(self) -> int: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PendingChallenge:
+    """One challenge of an order to present: the name it proves (`*.example.com` for a
+    wildcard), the CA's token and the key authorization that answers it."""
+
+    identifier: str
+    token: str
+    key_authorization: str
+
+
+@dataclass(frozen=True)
+class ChallengeJob:
+    """The order a solver presents challenges for, and what it may call back."""
+
+    certificate: Certificate
+    order: Order
+    owner: str  # the lease holder; every write of the solver's is under this lease
+    progress: Progress
+    keep_lease: Callable[[], None]  # call while waiting, so the lease never runs out
+    confirmed: bool = False  # a person says the records are in place (`cert verify`)
+
+
+@dataclass(frozen=True)
+class SolverChoice:
+    """What a solver stores with a certificate it accepted (dns-01: which DNS account)."""
+
+    dns_account_id: int | None = None
+    dns_manual: bool = False
+
+
+class ChallengeSolver(Protocol):
+    """Proves control of names for one challenge type (http-01, dns-01; the gateway
+    agent is a third way). The services call only this; wiring.py picks the solvers.
+
+    Contract:
+    * `present` is given every pending challenge of an order at once and puts them all
+      where the CA will look before it returns; no challenge is answered before
+      `present` and `wait_ready` returned for all of them.
+    * `wait_ready` returns once every challenge is visible where the CA will look
+      (DNS propagation); it raises TransientError naming what lags after its timeout,
+      and calls `job.keep_lease` while it waits.
+    * Either may raise AwaitingDns: a person must act before the order can go on.
+    * `cleanup(order_id)` removes what was presented for that order, is safe to call
+      any number of times, and works when `present` failed half-way. `sweep` removes
+      what orders that ended without their process (a crash) left behind.
+    * What they store is in the store, never only in a process: any process or node on
+      the store can answer, resume or clean up.
+    """
+
+    type: ChallengeType
+
+    def check_request(self, names: Sequence[str], dns_account: str | None) -> SolverChoice:
+        """Refuse (UsageError) a request this solver cannot serve, before anything is
+        stored; what it returns is kept with the certificate."""
+        ...
+
+    def describe(self, cert: Certificate) -> Mapping[str, Any]:
+        """What `cert show` says of how this certificate's names are proven."""
+        ...
+
+    def answering(self, progress: Progress) -> AbstractContextManager[None]:
+        """For the duration, make sure something answers the CA for this store (the
+        HTTP-01 responder, unless `serve` already does)."""
+        ...
+
+    def present(self, job: ChallengeJob, challenges: Sequence[PendingChallenge]) -> None: ...
+
+    def wait_ready(self, job: ChallengeJob, challenges: Sequence[PendingChallenge]) -> None: ...
+
+    def cleanup(self, order_id: int) -> None: ...
+
+    def sweep(self) -> int:
+        """Clean up after every order that ended; how many things were removed."""
         ...

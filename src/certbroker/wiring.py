@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,19 +15,22 @@ from certbroker.config import Settings
 from certbroker.crypto.keys import PrivateKey
 from certbroker.crypto.sealing import Sealer, load_or_create_master_key
 from certbroker.domain.dns import RFC2136, DnsAccountConfig, parse_servers
-from certbroker.domain.errors import CertbrokerError
-from certbroker.ports import CertificateAuthority, DnsLookups, DnsProvider
+from certbroker.domain.models import ChallengeType
+from certbroker.ports import CertificateAuthority, ChallengeSolver, DnsLookups, DnsProvider
 from certbroker.services.accounts import AccountService
 from certbroker.services.certificates import CertificateService
-from certbroker.services.common import ServiceContext, utcnow
+from certbroker.services.common import CAFactory, ServiceContext
 from certbroker.services.dns import DnsService, DnsSettings
+from certbroker.services.dns01 import Dns01Solver
+from certbroker.services.http01 import Http01Solver
 from certbroker.services.issuance import IssuanceService
+from certbroker.services.planning import RenewalPlanner
 from certbroker.services.renewal import RenewalService
+from certbroker.services.requests import RequestService
+from certbroker.services.runtime import RuntimeSettings
 from certbroker.store.db import make_engine, migrate
 from certbroker.store.repository import Repository
 from certbroker.store.token_lookup import token_lookup
-
-log = logging.getLogger("certbroker")
 
 
 class CAClients:
@@ -103,33 +106,48 @@ def dns_settings(settings: Settings) -> DnsSettings:
 
 @dataclass
 class Broker:
+    """The services every entry point calls (CLI today; API, console, agent next), wired
+    to the adapters the settings choose. Entry points use these and nothing beneath."""
+
     settings: Settings
     repo: Repository
     ctx: ServiceContext
+    # DNS look-ups for DNS-01 (made on first use); tests that are about the order's states
+    # rather than DNS hand in their own.
+    dns_lookups: Callable[[], DnsLookups] | None = None
+    solvers: dict[ChallengeType, ChallengeSolver] = field(init=False)
     accounts: AccountService = field(init=False)
+    requests: RequestService = field(init=False)
     issuance: IssuanceService = field(init=False)
     renewal: RenewalService = field(init=False)
     certificates: CertificateService = field(init=False)
     dns: DnsService = field(init=False)
+    runtime: RuntimeSettings = field(init=False)
 
     def __post_init__(self) -> None:
+        settings = self.settings
         self.accounts = AccountService(self.ctx)
-        self.dns = DnsService(
-            self.ctx,
-            make_dns_provider,
-            self._dns_lookups,
-            dns_settings(self.settings),
-        )
+        lookups = self.dns_lookups or self._dns_lookups
+        self.dns = DnsService(self.ctx, make_dns_provider, lookups, dns_settings(settings))
+        self.solvers = {
+            ChallengeType.HTTP_01: Http01Solver(
+                self.ctx, self.bind_responder_started, probe, settings.http01_port
+            ),
+            ChallengeType.DNS_01: Dns01Solver(self.dns),
+        }
+        planner = RenewalPlanner(settings.renew_before_days or None)
+        self.requests = RequestService(self.ctx, self.solvers)
         self.issuance = IssuanceService(
             self.ctx,
-            order_timeout=self.settings.order_timeout,
-            retry_attempts=self.settings.retry_attempts,
-            renew_before_days=self.settings.renew_before_days or None,
-            validation_cap=self.settings.validation_failures_per_hour,
-            dns=self.dns,
+            self.solvers,
+            planner,
+            order_timeout=settings.order_timeout,
+            retry_attempts=settings.retry_attempts,
+            validation_cap=settings.validation_failures_per_hour,
         )
-        self.renewal = RenewalService(self.ctx, self.issuance)
-        self.certificates = CertificateService(self.ctx)
+        self.renewal = RenewalService(self.ctx, self.issuance, planner)
+        self.certificates = CertificateService(self.ctx, self.solvers)
+        self.runtime = RuntimeSettings(self.ctx)
 
     def _dns_lookups(self) -> DnsLookups:
         from certbroker.dns.propagation import DnsLookups
@@ -137,46 +155,25 @@ class Broker:
         return DnsLookups(parse_servers(self.settings.dns_resolvers, "dns_resolvers"))
 
     def bind_responder(self) -> Responder:
+        """The HTTP-01 responder on the configured port, answering this store's tokens;
+        listening already (a taken port raises CertbrokerError), answering once started."""
         lookup, inline = token_lookup(self.repo.engine, self.repo.key_authorization)
         return bind_responder(
             self.settings.http01_address, self.settings.http01_port, lookup, inline=inline
         )
 
-    def ensure_responder(self) -> Responder | None:
-        """Run the HTTP-01 responder here unless something already serves this store's tokens.
-
-        Returns the responder this process started (the caller stops it), or None when
-        another process (`certbroker serve`) already answers.
-        """
-        port = self.settings.http01_port
-        try:
-            return self.bind_responder().start()
-        except CertbrokerError as bind_error:
-            now = utcnow()
-            served = probe(
-                port,
-                lambda token, value: self.repo.put_challenges(
-                    None, [(token, value, "probe", "probe")], now
-                ),
-                self.repo.delete_challenge,
-            )
-            if served:
-                log.info("port %d already answers this store's challenges; using it", port)
-                return None
-            raise CertbrokerError(
-                f"{bind_error}; and what listens there does not answer certbroker's "
-                "challenges. Stop it, run `certbroker serve` there, or set "
-                "CERTBROKER_HTTP01_PORT"
-            ) from None
+    def bind_responder_started(self) -> Responder:
+        return self.bind_responder().start()
 
 
-def build(settings: Settings) -> Broker:
+def build(settings: Settings, ca_factory: CAFactory | None = None) -> Broker:
+    """The broker on the configured store; `ca_factory` replaces the ACME client (tests
+    that script a CA's answers)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(settings.effective_database_url)
     migrate(engine)
     sealer = Sealer(load_or_create_master_key(settings.data_dir, settings.master_key))
     repo = Repository(engine)
-    ctx = ServiceContext(
-        repo=repo, sealer=sealer, ca_factory=CAClients(settings.data_dir / "ca-bundles")
-    )
+    factory = ca_factory or CAClients(settings.data_dir / "ca-bundles")
+    ctx = ServiceContext(repo=repo, sealer=sealer, ca_factory=factory)
     return Broker(settings=settings, repo=repo, ctx=ctx)

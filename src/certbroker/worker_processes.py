@@ -176,7 +176,7 @@ def main(argv: list[str]) -> None:
     parent, number = int(argv[0]), int(argv[1])
     _die_with_parent(parent)
     settings, go_now = pickle.load(sys.stdin.buffer)  # noqa: S301 - our parent, by pipe
-    from certbroker.logs import RUNTIME_KEY, LevelWatcher, parse_levels, setup_logging
+    from certbroker.logs import LevelWatcher, parse_levels, setup_logging
     from certbroker.services.workers import WorkerPool
     from certbroker.wiring import build
 
@@ -190,9 +190,7 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # serve stops us; a stray Ctrl-C does not
     broker = build(settings)
-    LevelWatcher(
-        settings.log_level, configured, lambda: broker.repo.get_setting(RUNTIME_KEY)
-    ).start()
+    LevelWatcher(settings.log_level, configured, broker.runtime.stored_log_levels).start()
     sys.stdout.buffer.write(READY)
     sys.stdout.buffer.flush()
     if not go_now and sys.stdin.buffer.readline() != GO:

@@ -278,13 +278,13 @@ def test_serve_killed_in_a_renewal_storm_renews_each_certificate_exactly_once(
     cli: Cli,
 ) -> None:
     from certbroker.domain.models import CertificateStatus, EventKind
-    from certbroker.services.issuance import CertificateRequest
+    from certbroker.services.requests import CertificateRequest
 
     count = 50
     cli.register()
     broker = _broker(cli)
     ids = [
-        broker.issuance.request(CertificateRequest(names=[f"storm{i}.example.com"]))[0].id
+        broker.requests.request(CertificateRequest(names=[f"storm{i}.example.com"]))[0].id
         for i in range(count)
     ]
 

@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from certbroker.domain.models import AccountStatus
+from certbroker.domain.keys import KeyPolicy
+from certbroker.domain.models import (
+    AccountStatus,
+    ChallengeType,
+    IssuedCertificate,
+    NewCertificate,
+)
 from certbroker.store.db import make_engine, migrate
-from certbroker.store.repository import IssuedCertificate, NewCertificate, Repository
+from certbroker.store.repository import Repository
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=120)
@@ -43,9 +49,9 @@ def new_certificate(name: str = "a.example.com", key_sealed: bytes = b"k") -> Ne
     return NewCertificate(
         names=[name],
         account_id=1,
-        challenge="http-01",
+        challenge=ChallengeType.HTTP_01,
         key_type="ec-p256",
-        key_policy="new",
+        key_policy=KeyPolicy.NEW,
         subject={},
         key_sealed=key_sealed,
     )

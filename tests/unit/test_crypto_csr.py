@@ -8,10 +8,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from certbroker.crypto.csr import Subject, make_csr
+from certbroker.crypto.csr import make_csr
 from certbroker.crypto.keys import PrivateKey, generate_private_key
 from certbroker.domain.errors import UsageError
 from certbroker.domain.keys import KeyType
+from certbroker.domain.subject import Subject
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,7 @@ def test_records_are_kept_until_their_order_ends_then_listed_for_removal(
 
 def test_records_need_the_orders_lease(repo: Repository) -> None:
     _, order = repo.create_certificate(new_certificate(), NOW, "me", NOW + LEASE)
-    from certbroker.store.repository import LeaseLost
+    from certbroker.domain.errors import LeaseLost
 
     with pytest.raises(LeaseLost):
         repo.add_dns_records(order.id, "someone-else", [("a", "b", "c", None)], NOW)
@@ -76,8 +76,8 @@ def test_records_need_the_orders_lease(repo: Repository) -> None:
 
 def test_an_order_awaiting_a_person_is_not_claimed_by_workers(repo: Repository) -> None:
     _, order = repo.create_certificate(new_certificate(), NOW, "me", NOW + LEASE)
-    repo.advance_order(order.id, "me", NOW, NOW + LEASE, state=OrderState.AWAITING_DNS)
     repo.await_person(order.id, "me", NOW, "write the records", first=True)
+    assert repo.get_order(order.id).state is OrderState.AWAITING_DNS
     assert repo.claim_next("worker", NOW, NOW + LEASE) is None
     assert repo.claimable_orders(NOW, 10) == []
     assert repo.try_claim(order.id, "cli", NOW, NOW + LEASE, None)  # `cert verify` may
@@ -92,7 +92,7 @@ def test_a_renewal_waiting_for_a_person_raises_the_alarm(repo: Repository) -> No
     repo.store_issued(
         cert.id, order.id, "w", issued("s1"), NOW, RenewalPlan(NOW, RenewalReason.LIFETIME)
     )
-    renewal = repo.add_renewal_order(cert.id, NOW, "w", LEASE)
+    renewal = repo.add_renewal_order(cert.id, NOW, "w", NOW + LEASE)
     repo.await_person(renewal.id, "w", NOW, "write _acme-challenge.a.example.com", first=True)
     shown = repo.get_certificate(cert.id)
     assert shown.alarm_since == NOW

@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from certbroker.crypto.export import ExportBundle, ExportFormat, write_export
+from certbroker.crypto.export import ExportBundle, write_export
 from certbroker.crypto.keys import PrivateKey, generate_private_key, private_key_to_pem
 from certbroker.domain.errors import UsageError
-from certbroker.domain.keys import KeyType
+from certbroker.domain.keys import ExportFormat, KeyType
 
 PEM = serialization.Encoding.PEM
 DER = serialization.Encoding.DER

@@ -10,9 +10,11 @@ from datetime import timedelta
 
 import pytest
 
+from certbroker.domain.errors import LeaseLost
 from certbroker.domain.models import OrderState
-from certbroker.services.issuance import holder_is_dead, make_owner, split_chain
-from certbroker.store.repository import LeaseLost, Repository
+from certbroker.services.leases import holder_is_dead, make_owner
+from certbroker.services.order_run import split_chain
+from certbroker.store.repository import Repository
 from tests.unit.conftest import NOW, new_certificate
 
 
@@ -27,9 +29,9 @@ def test_one_holder_at_a_time(repo: Repository) -> None:
     assert repo.try_claim(order_id, "w1", NOW, until, None)
     assert not repo.try_claim(order_id, "w2", NOW, until, None)
     assert repo.try_claim(order_id, "w1", NOW, until, None)  # re-claiming your own is fine
-    repo.advance_order(order_id, "w1", NOW, until, state=OrderState.ORDERED, order_url="u")
+    repo.mark_ordered(order_id, "w1", NOW, until, order_url="u", replaces=None)
     with pytest.raises(LeaseLost):
-        repo.advance_order(order_id, "w2", NOW, until, state=OrderState.PRESENTED)
+        repo.mark_presented(order_id, "w2", NOW, until)
     assert repo.get_order(order_id).state is OrderState.ORDERED
 
 
@@ -38,7 +40,7 @@ def test_expired_lease_can_be_taken_and_the_old_holder_stops(repo: Repository) -
     later = NOW + timedelta(seconds=121)
     assert repo.try_claim(order_id, "w2", later, later + timedelta(seconds=120), None)
     with pytest.raises(LeaseLost):
-        repo.advance_order(order_id, "w1", later, later, state=OrderState.ORDERED)
+        repo.mark_ordered(order_id, "w1", later, later, order_url="u", replaces=None)
 
 
 def test_a_dead_holder_can_be_replaced_at_once(repo: Repository) -> None:
@@ -108,16 +110,36 @@ def test_started_at_is_when_a_worker_first_took_the_order(repo: Repository) -> N
     assert repo.get_order(_order(repo, owner="cli")).started_at == NOW  # --wait: at once
 
 
-def test_presenting_challenges_records_the_step_with_the_tokens(repo: Repository) -> None:
+def test_each_step_is_recorded_under_the_lease_only(repo: Repository) -> None:
     order_id = _order(repo, owner="w1")
     until = NOW + timedelta(seconds=120)
+    steps = [
+        (lambda o: repo.mark_ordered(order_id, o, NOW, until, order_url="u", replaces="r")),
+        (lambda o: repo.mark_presented(order_id, o, NOW, until)),
+        (lambda o: repo.mark_answered(order_id, o, NOW, until)),
+        (lambda o: repo.mark_finalizing(order_id, o, NOW, until)),
+    ]
+    expected = [OrderState.ORDERED, OrderState.PRESENTED, OrderState.ANSWERED]
+    expected.append(OrderState.FINALIZING)
+    for step, state in zip(steps, expected, strict=True):
+        before = repo.get_order(order_id).state
+        with pytest.raises(LeaseLost):
+            step("w2")
+        assert repo.get_order(order_id).state is before, f"w2 moved {before} -> {state}"
+        step("w1")
+        assert repo.get_order(order_id).state is state, f"w1's step to {state} was lost"
+    order = repo.get_order(order_id)
+    assert (order.order_url, order.replaces, order.lease_owner) == ("u", "r", "w1")
+
+
+def test_challenge_tokens_are_written_under_the_lease_only(repo: Repository) -> None:
+    order_id = _order(repo, owner="w1")
     items = [("tok", "tok.thumb", "a.example.com", "http-01")]
     with pytest.raises(LeaseLost):
-        repo.present_challenges(order_id, "w2", items, NOW, until)
+        repo.present_challenges(order_id, "w2", items, NOW)
     assert repo.key_authorization("tok") is None  # nothing half-written
-    repo.present_challenges(order_id, "w1", items, NOW, until)
+    repo.present_challenges(order_id, "w1", items, NOW)
     assert repo.key_authorization("tok") == "tok.thumb"
-    assert repo.get_order(order_id).state is OrderState.PRESENTED
 
 
 def test_holder_is_dead_only_for_gone_local_processes() -> None:
@@ -138,14 +160,3 @@ def test_split_chain_separates_leaf_and_intermediates() -> None:
     )
     assert leaf == block.format("AAA")
     assert chain == block.format("BBB") + block.format("CCC")
-
-
-def test_a_step_naming_no_column_is_refused_not_ignored(repo: Repository) -> None:
-    """The lease update takes its SET clause from the names given; a misspelt one must not
-    pass silently (SQLAlchemy would drop it)."""
-    order_id = _order(repo, "w1")
-    until = NOW + timedelta(seconds=120)
-    with pytest.raises(TypeError, match="no column stat"):
-        repo.advance_order(order_id, "w1", NOW, until, stat=OrderState.ORDERED)
-    repo.advance_order(order_id, "w1", NOW, until, state=OrderState.ORDERED, order_url="u")
-    assert repo.get_order(order_id).order_url == "u"

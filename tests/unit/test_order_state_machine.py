@@ -31,17 +31,19 @@ from certbroker.domain.models import (
     AccountStatus,
     Certificate,
     CertificateStatus,
+    ChallengeType,
     EventKind,
     Order,
     OrderState,
 )
 from certbroker.ports import CertificateAuthority
 from certbroker.services.common import ServiceContext, utcnow
-from certbroker.services.dns import DnsService
-from certbroker.services.issuance import CertificateRequest, Outcome, make_owner
+from certbroker.services.issuance import Outcome
+from certbroker.services.leases import make_owner
+from certbroker.services.requests import CertificateRequest
 from certbroker.store.db import make_engine, migrate
 from certbroker.store.repository import Repository
-from certbroker.wiring import Broker, dns_settings, make_dns_provider
+from certbroker.wiring import Broker
 from tests.support.scripted_ca import Call, Killed, ScriptedCA, validation_problem
 
 NAMES = ("a.example.com", "b.example.com")
@@ -88,10 +90,8 @@ def build(tmp_path: Path, ca: ScriptedCA, **settings: Any) -> Broker:
         return ca
 
     ctx = ServiceContext(repo=repo, sealer=sealer, ca_factory=ca_factory)
-    broker = Broker(settings=config, repo=repo, ctx=ctx)
     lookups = OfflineLookups()
-    broker.dns = DnsService(ctx, make_dns_provider, lambda: lookups, dns_settings(config))
-    broker.issuance.dns = broker.dns
+    broker = Broker(settings=config, repo=repo, ctx=ctx, dns_lookups=lambda: lookups)
     broker.issuance.sleep = lambda seconds: None  # polls and retries without waiting
     repo.add_account(
         name="main",
@@ -112,7 +112,7 @@ def build(tmp_path: Path, ca: ScriptedCA, **settings: Any) -> Broker:
 def request(
     broker: Broker, owner: str, names: Sequence[str] = NAMES, **options: Any
 ) -> tuple[Certificate, Order]:
-    return broker.issuance.request(CertificateRequest(names=list(names), **options), owner)
+    return broker.requests.request(CertificateRequest(names=list(names), **options), owner)
 
 
 def record_states(broker: Broker, ca: ScriptedCA, order_id: int) -> list[tuple[str, str]]:
@@ -349,7 +349,7 @@ def test_an_interrupted_order_fails_when_its_attempts_are_used_up(
     ca.orders[0].validated_while_away()
 
     second = dead_owners()  # takes over from the dead first, and is killed the same way
-    assert broker.issuance.claim(order.id, second)
+    assert broker.issuance.leases.claim(order.id, second)
     with pytest.raises(Killed):
         broker.issuance.run(order.id, second)
     state = broker.repo.get_order(order.id)
@@ -387,7 +387,9 @@ def test_an_expired_manual_dns_order_asks_for_a_new_challenge(
     broker = build(tmp_path, ca)
     name = NAMES[0]
     owner = make_owner("cli")
-    cert, order = request(broker, owner, [name], challenge="dns-01", dns_account="manual")
+    cert, order = request(
+        broker, owner, [name], challenge=ChallengeType.DNS_01, dns_account="manual"
+    )
     shown = broker.issuance.run(order.id, owner)
     assert shown.outcome is Outcome.AWAITING, shown.message
     assert broker.repo.get_order(order.id).state is OrderState.AWAITING_DNS

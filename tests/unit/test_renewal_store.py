@@ -30,7 +30,7 @@ def test_only_valid_due_certificates_without_an_active_order_are_queued(
     due = _valid_certificate(repo, "due", NOW - timedelta(minutes=1))
     later = _valid_certificate(repo, "later", NOW + timedelta(days=1))
     busy = _valid_certificate(repo, "busy", NOW - timedelta(minutes=1))
-    repo.add_renewal_order(busy, NOW, None, LEASE)  # already being renewed
+    repo.add_renewal_order(busy, NOW, None, NOW + LEASE)  # already being renewed
     revoked = _valid_certificate(repo, "revoked", NOW - timedelta(minutes=1))
     repo.mark_revoked(revoked, "keyCompromise", NOW)
     assert repo.enqueue_renewals(NOW, 100) == [due]
@@ -42,8 +42,8 @@ def test_only_valid_due_certificates_without_an_active_order_are_queued(
 
 def test_one_active_order_per_certificate_is_enforced_by_the_store(repo: Repository) -> None:
     cert_id = _valid_certificate(repo, "one", NOW)
-    first = repo.add_renewal_order(cert_id, NOW, None, LEASE)
-    assert repo.add_renewal_order(cert_id, NOW, None, LEASE).id == first.id
+    first = repo.add_renewal_order(cert_id, NOW, None, NOW + LEASE)
+    assert repo.add_renewal_order(cert_id, NOW, None, NOW + LEASE).id == first.id
     with pytest.raises(IntegrityError), repo.engine.begin() as conn:
         conn.execute(
             insert(orders).values(
@@ -60,7 +60,7 @@ def test_a_renewal_moves_the_old_certificate_and_key_into_the_history(
     repo: Repository,
 ) -> None:
     cert_id = _valid_certificate(repo, "old", NOW + timedelta(days=60))
-    order = repo.add_renewal_order(cert_id, NOW, "w", LEASE)
+    order = repo.add_renewal_order(cert_id, NOW, "w", NOW + LEASE)
     repo.set_order_key(order.id, "w", b"key-2", NOW)
     assert repo.certificate_key_sealed(cert_id) == b"key-1"  # not before the new cert
     later = NOW + timedelta(days=61)

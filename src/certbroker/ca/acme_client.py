@@ -47,10 +47,6 @@ from certbroker.ports import (
 
 log = logging.getLogger("certbroker.acme")
 
-LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
-LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
-DIRECTORY_PRESETS = {"letsencrypt": LETSENCRYPT, "letsencrypt-staging": LETSENCRYPT_STAGING}
-
 BAD_NONCE_RETRIES = 12
 NETWORK_TIMEOUT = 30
 T = TypeVar("T")
@@ -85,17 +81,6 @@ class _Session(requests.Session):
 
 class _NotADirectory(Exception):
     """The directory URL answered, but not with an ACME directory."""
-
-
-def resolve_directory(text: str) -> str:
-    url = DIRECTORY_PRESETS.get(text.strip().lower(), text.strip())
-    if not url.startswith(("https://", "http://")):
-        presets = ", ".join(DIRECTORY_PRESETS)
-        raise UsageError(
-            f"--directory {text!r} is neither an ACME directory URL (https://…) "
-            f"nor a preset ({presets})"
-        )
-    return url
 
 
 class _Json(JSONDeSerializable):
@@ -510,7 +495,3 @@ def _short(err: BaseException) -> str:
     if "Caused by" in text:
         text = text.split("Caused by", 1)[1].strip(" ()'\"")
     return text[:300]
-
-
-def account_key_from_pem(pem: bytes) -> PrivateKey:
-    return load_private_key(pem, "account key")

@@ -70,7 +70,6 @@ def register(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Register a new account at an ACME CA."""
-    from certbroker.ca.acme_client import resolve_directory
     from certbroker.domain.errors import UsageError
     from certbroker.domain.keys import KeyType
     from certbroker.services.accounts import Registration
@@ -78,7 +77,7 @@ def register(
     if not email:
         raise UsageError("give at least one --email for the CA's expiry and problem notices")
     reg = Registration(
-        directory_url=resolve_directory(directory),
+        directory=directory,
         emails=email,
         agree_tos=agree_tos,
         key_type=KeyType.parse(key_type),
@@ -106,12 +105,10 @@ def import_(
     ca_bundle: Annotated[Path | None, typer.Option(help="PEM of the CA's TLS root.")] = None,
 ) -> None:
     """Adopt an existing account by its key; the CA finds it (onlyReturnExisting)."""
-    from certbroker.ca.acme_client import resolve_directory
-
     state: State = ctx.obj
     account = state.broker.accounts.import_key(
         _read_file(key_file, "--key-file"),
-        resolve_directory(directory),
+        directory,
         name,
         _ca_bundle(ca_bundle),
     )

@@ -10,15 +10,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 
-from certbroker.cli.certs import _print_dns_records, _progress, _responder
+from certbroker.cli.drive import drive_many, print_dns_records, progress, refuse_failures
 from certbroker.cli.state import State, console, print_json
-from certbroker.domain.errors import CertbrokerError, UsageError
-from certbroker.services.issuance import CertificateRequest, Outcome, RunResult, make_owner
-from certbroker.wiring import Broker
+from certbroker.domain.errors import UsageError
+from certbroker.services.issuance import Outcome
+from certbroker.services.leases import make_owner
+from certbroker.services.requests import CertificateRequest
 
 MAX_BATCH = 10_000
 
@@ -67,15 +67,16 @@ def request_many(
     prepared = []
     for number, names in lines:
         try:
-            prepared.append(broker.issuance.prepare(dataclasses.replace(template, names=names)))
+            prepared.append(broker.requests.prepare(dataclasses.replace(template, names=names)))
         except UsageError as exc:
             raise UsageError(f"--from {path}, line {number}: {exc}") from None
     owner = make_owner("cli")
-    with _responder(broker, template.challenge) if wait else contextlib.nullcontext():
+    answering = broker.issuance.answering([template.challenge], progress)
+    with answering if wait else contextlib.nullcontext():
         # With --wait, leased to this process from the start, so a running `serve` leaves
         # them alone; without, queued for whoever is free.
         lease = owner if wait else None
-        certs = [broker.issuance.store(p, lease_owner=lease)[0] for p in prepared]
+        certs = [broker.requests.store(p, lease_owner=lease)[0] for p in prepared]
         ids = [cert.id for cert in certs]
         if not wait:
             if as_json:
@@ -101,7 +102,7 @@ def request_many(
                     f"certificate {cert_id} issued for {', '.join(cert.names)}; valid until {until}"
                 )
             elif result.outcome is Outcome.AWAITING:
-                _print_dns_records(cert_id, broker.certificates.details(cert_id))
+                print_dns_records(cert_id, broker.certificates.details(cert_id))
         if issued:
             print("\n".join(issued))
     refuse_failures(ids, results, "certificates", awaiting_ok=True)
@@ -110,40 +111,3 @@ def request_many(
 def _span(ids: Sequence[int]) -> str:
     contiguous = list(ids) == list(range(ids[0], ids[0] + len(ids)))
     return f"{ids[0]}-{ids[-1]}" if contiguous and len(ids) > 1 else ", ".join(map(str, ids))
-
-
-def drive_many(
-    broker: Broker, ids: Sequence[int], owner_of: Callable[[int], str], workers: int
-) -> list[RunResult]:
-    """Drive every certificate's order in this process, `workers` at a time."""
-
-    def drive(cert_id: int) -> RunResult:
-        def progress(message: str) -> None:
-            _progress(f"certificate {cert_id}: {message}" if len(ids) > 1 else message)
-
-        return broker.issuance.wait_for(cert_id, owner_of(cert_id), progress)
-
-    if len(ids) == 1:
-        return [drive(ids[0])]
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(ids)))) as pool:
-        return list(pool.map(drive, ids))
-
-
-def refuse_failures(
-    ids: Sequence[int], results: Sequence[RunResult], what: str, *, awaiting_ok: bool = False
-) -> None:
-    """One error naming every certificate that did not get there (`what`: "renewals").
-
-    `awaiting_ok`: one waiting for a person to write its DNS records is not a failure."""
-    done = {Outcome.ISSUED, Outcome.AWAITING} if awaiting_ok else {Outcome.ISSUED}
-    failed = [(i, r) for i, r in zip(ids, results, strict=True) if r.outcome not in done]
-    if len(failed) == 1 and len(ids) == 1:
-        ((cert_id, result),) = failed
-        state = {
-            Outcome.RETRY: "is not issued yet",
-            Outcome.AWAITING: "waits for its DNS records",
-        }.get(result.outcome, "failed")
-        raise CertbrokerError(f"certificate {cert_id} {state}: {result.message}")
-    if failed:
-        detail = "; ".join(f"certificate {i}: {r.message}" for i, r in failed)
-        raise CertbrokerError(f"{len(failed)} of {len(ids)} {what} did not succeed: {detail}")

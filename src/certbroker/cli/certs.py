@@ -2,106 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-from certbroker.cli.state import State, console, console_err, escape, print_json
-
-if TYPE_CHECKING:
-    from certbroker.services.issuance import RunResult
-    from certbroker.wiring import Broker
+from certbroker.cli.params import CERT_ID_HELP, CertId, number
+from certbroker.cli.state import State, console, escape, print_json
 
 app = typer.Typer(
     help="Certificates: request, list, show, export, revoke, delete.", no_args_is_help=True
 )
 
 KEY_TYPES = "ec-p256, ec-p384, rsa2048, rsa3072, rsa4096"
-
-
-def _number(what: str) -> Callable[[str], int]:
-    """A parser that names the value it refuses (Typer's own message does not)."""
-
-    def parse(value: str) -> int:
-        try:
-            return int(value)
-        except ValueError:
-            raise typer.BadParameter(f"{value!r} is not {what}") from None
-
-    return parse
-
-
-CertId = Annotated[
-    int,
-    typer.Argument(
-        metavar="ID",
-        help="Certificate ID, as `cert list` shows it.",
-        parser=_number("a certificate ID (a number, as `certbroker cert list` shows)"),
-    ),
-]
-
-
-def _progress(message: str) -> None:
-    console_err.print(f"  {escape(message)}")
-
-
-def _wait(broker: Broker, cert_id: int, as_json: bool, owner: str) -> None:
-    """Drive the certificate's order here, running the HTTP-01 responder if nobody else does."""
-    with _responder(broker, broker.certificates.get(cert_id).challenge):
-        _drive(broker, cert_id, as_json, owner)
-
-
-@contextlib.contextmanager
-def _responder(broker: Broker, challenge: str) -> Iterator[None]:
-    if challenge != "http-01":
-        yield
-        return
-    responder = broker.ensure_responder()
-    if responder is not None:
-        _progress(f"answering HTTP-01 on port {responder.port} for the duration")
-    try:
-        yield
-    finally:
-        if responder is not None:
-            responder.stop()
-
-
-def _print_dns_records(cert_id: int, details: dict[str, Any]) -> None:
-    console.print(f"certificate {cert_id} waits for these DNS records (manual mode):")
-    for record in details["dns_records"]:
-        console.print(f"  {escape(record['name'])}. TXT {escape(record['value'])}")
-    console.print(f"write them at your DNS provider, then run `certbroker cert verify {cert_id}`")
-
-
-def _drive(broker: Broker, cert_id: int, as_json: bool, owner: str) -> None:
-    result = broker.issuance.wait_for(cert_id, owner, _progress)
-    _report(broker, cert_id, as_json, result)
-
-
-def _report(broker: Broker, cert_id: int, as_json: bool, result: RunResult) -> None:
-    from certbroker.domain.errors import CertbrokerError
-    from certbroker.services.issuance import Outcome
-
-    details = broker.certificates.details(cert_id)
-    if as_json:
-        print_json(details)
-    if result.outcome is Outcome.AWAITING:
-        if not as_json:
-            _print_dns_records(cert_id, details)
-        return
-    if result.outcome is Outcome.RETRY:
-        raise CertbrokerError(f"certificate {cert_id} is not issued yet: {result.message}")
-    if result.outcome is not Outcome.ISSUED:
-        raise CertbrokerError(f"certificate {cert_id} failed: {result.message}")
-    if not as_json:
-        console.print(
-            f"certificate {cert_id} issued for {escape(', '.join(details['names']))}; "
-            f"valid until {details['not_after']}"
-        )
 
 
 @app.command("request")
@@ -171,10 +85,11 @@ def request(
 ) -> None:
     """Request a certificate, or many with --from. Validates everything before anything is
     stored."""
-    from certbroker.crypto.csr import Subject
     from certbroker.domain.errors import UsageError
     from certbroker.domain.keys import KeyPolicy, KeyType
-    from certbroker.services.issuance import CertificateRequest, make_owner
+    from certbroker.domain.models import ChallengeType
+    from certbroker.domain.subject import Subject
+    from certbroker.services.requests import CertificateRequest
 
     if bool(names) == (from_file is not None):
         raise UsageError(
@@ -210,7 +125,7 @@ def request(
         names=names or [],
         account=accounts[0] if accounts else None,
         fallback_accounts=accounts[1:],
-        challenge=challenge,
+        challenge=ChallengeType.parse(challenge),
         key_type=KeyType.parse(key_type) if key_type is not None else None,
         key_policy=policy,
         key_pem=key_pem,
@@ -227,7 +142,7 @@ def request(
         return
     broker = state.broker
     if not wait:
-        cert, order = broker.issuance.request(req)
+        cert, order = broker.requests.request(req)
         if as_json:
             print_json(broker.certificates.details(cert.id))
         else:
@@ -236,14 +151,17 @@ def request(
                 f"or run `certbroker cert resume {cert.id}`"
             )
         return
+    from certbroker.cli.drive import drive_one, progress
+    from certbroker.services.leases import make_owner
+
     owner = make_owner("cli")
-    prepared = broker.issuance.prepare(req)  # refused before the responder starts
-    with _responder(broker, req.challenge):
+    prepared = broker.requests.prepare(req)  # refused before the responder starts
+    with broker.issuance.answering([req.challenge], progress):
         # Leased to this process from the start, so a running `serve` leaves it alone.
-        cert, _ = broker.issuance.store(prepared, lease_owner=owner)
+        cert, _ = broker.requests.store(prepared, lease_owner=owner)
         if not as_json:
             console.print(f"certificate {cert.id}: obtaining {escape(', '.join(cert.names))}")
-        _drive(broker, cert.id, as_json, owner)
+        drive_one(broker, cert.id, as_json, owner)
 
 
 @app.command("verify")
@@ -261,17 +179,19 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Manual dns-01: check the TXT records you wrote are visible, then obtain the certificate."""
+    from certbroker.cli.drive import progress, report
     from certbroker.domain.errors import CertbrokerError
-    from certbroker.services.issuance import Outcome, make_owner
+    from certbroker.services.issuance import Outcome
+    from certbroker.services.leases import make_owner
 
     state: State = ctx.obj
     broker = state.broker
-    result = broker.issuance.verify(cert_id, make_owner("cli"), new_challenge, _progress)
+    result = broker.issuance.verify(cert_id, make_owner("cli"), new_challenge, progress)
     if result.outcome is Outcome.AWAITING and not new_challenge:
         if as_json:
             print_json(broker.certificates.details(cert_id))
         raise CertbrokerError(f"certificate {cert_id}: {result.message}")
-    _report(broker, cert_id, as_json, result)
+    report(broker, cert_id, as_json, result)
 
 
 @app.command("resume")
@@ -281,15 +201,15 @@ def resume(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Continue an interrupted or queued order now, or start a new one after a failure."""
-    from certbroker.services.issuance import make_owner
+    from certbroker.cli.drive import drive_one, progress
+    from certbroker.services.leases import make_owner
 
     state: State = ctx.obj
     broker = state.broker
-    broker.certificates.get(cert_id)
-    if broker.repo.active_order_of(cert_id) is None:
-        broker.issuance.new_order_for(cert_id)
-        console_err.print(f"  starting a new order for certificate {cert_id}")
-    _wait(broker, cert_id, as_json, make_owner("cli"))
+    if broker.issuance.resume(cert_id):
+        progress(f"starting a new order for certificate {cert_id}")
+    with broker.issuance.answering_for([cert_id], progress):
+        drive_one(broker, cert_id, as_json, make_owner("cli"))
 
 
 @app.command("list")
@@ -303,7 +223,7 @@ def list_(
         typer.Option(
             help="Only valid certificates expiring within DAYS.",
             metavar="DAYS",
-            parser=_number("a number of days"),
+            parser=number("a number of days"),
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -453,8 +373,8 @@ def export(
     ] = None,
 ) -> None:
     """Write the certificate (and, for some formats, its key) to files. Key files get mode 0600."""
-    from certbroker.crypto.export import ExportFormat
     from certbroker.domain.errors import UsageError
+    from certbroker.domain.keys import ExportFormat
 
     try:
         export_format = ExportFormat(fmt)
@@ -521,7 +441,7 @@ def renew(
         typer.Argument(
             metavar="ID",
             help="Certificates to renew now, due or not.",
-            parser=_number("a certificate ID (a number, as `certbroker cert list` shows)"),
+            parser=number(CERT_ID_HELP),
         ),
     ] = None,
     due: Annotated[

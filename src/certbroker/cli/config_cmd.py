@@ -33,6 +33,6 @@ def show(
 @app.command("new-master-key")
 def new_master_key() -> None:
     """Print a fresh master key for CERTBROKER_MASTER_KEY (it is not stored anywhere)."""
-    from certbroker.crypto.sealing import new_master_key as make
+    from certbroker.services.common import make_master_key
 
-    print(make().decode())
+    print(make_master_key())

@@ -207,11 +207,11 @@ def providers(
     ] = None,
 ) -> None:
     """List the DNS providers, or one provider's options and environment variables."""
-    from certbroker.dns.lexicon_catalog import list_providers, provider_options
+    from certbroker.services.dns import dns_provider_options, dns_providers
 
     if provider is None:
         console.print("rfc2136 (certbroker's own: BIND, PowerDNS, Knot, Windows DNS…)")
-        for name, usable in sorted(list_providers().items()):
+        for name, usable in sorted(dns_providers().items()):
             note = "" if usable else f"  (needs: pip install 'dns-lexicon[{name}]')"
             console.print(f"{escape(name)}{escape(note)}")
         return
@@ -222,7 +222,7 @@ def providers(
             "hmac-sha512  --zone ZONE"
         )
         return
-    for option in provider_options(provider):
+    for option in dns_provider_options(provider):
         secret = " (secret)" if option.secret else ""
         console.print(
             f"--{option.name.replace('_', '-')}  env {option.env}{secret}: {escape(option.help)}"

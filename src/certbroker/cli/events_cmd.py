@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from certbroker.cli.certs import _number
+from certbroker.cli.params import CERT_ID_HELP, number
 from certbroker.cli.state import State, console, escape, print_json
 from certbroker.domain.errors import UsageError
 
@@ -66,7 +66,7 @@ def events(
             "--cert",
             metavar="ID",
             help="Only this certificate's events.",
-            parser=_number("a certificate ID (a number, as `certbroker cert list` shows)"),
+            parser=number(CERT_ID_HELP),
         ),
     ] = None,
     since: Annotated[

@@ -28,34 +28,19 @@ def log_level(
     applies it within a few seconds, until `--reset` or another change. The ACME HTTP
     exchange appears with `acme debug`; private keys never do.
     """
-    from certbroker.logs import (
-        COMPONENTS,
-        LEVELS,
-        RUNTIME_KEY,
-        effective,
-        format_levels,
-        parse_levels,
-    )
+    from certbroker.logs import COMPONENTS, LEVELS, effective, parse_levels
 
     state: State = ctx.obj
     settings = state.settings
-    repo = state.broker.repo
-    if component is not None and component.lower() not in COMPONENTS:
-        raise UsageError(f"unknown component {component!r}: choose one of {', '.join(COMPONENTS)}")
-    if level is not None and level.lower() not in LEVELS:
-        raise UsageError(f"unknown level {level!r}: choose one of {', '.join(LEVELS)}")
+    runtime_settings = state.broker.runtime
     if reset and (component is None or level is not None):
         raise UsageError("--reset takes a COMPONENT and no LEVEL")
     if component is not None and level is None and not reset:
         raise UsageError(f"give a LEVEL for {component} ({', '.join(LEVELS)}), or --reset")
-    runtime = parse_levels(repo.get_setting(RUNTIME_KEY) or "", "stored log levels")
     if component is not None:
-        name = component.lower()
-        if reset:
-            runtime.pop(name, None)
-        else:
-            runtime[name] = str(level).lower()
-        repo.set_setting(RUNTIME_KEY, format_levels(runtime), state.broker.ctx.clock())
+        runtime = runtime_settings.set_log_level(component, None if reset else level)
+    else:
+        runtime = runtime_settings.log_levels()
     configured = parse_levels(settings.log_levels)
     levels = effective(settings.log_level, {**configured, **runtime})
     shown = {

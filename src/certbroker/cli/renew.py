@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from certbroker.cli.batch import drive_many, refuse_failures
-from certbroker.cli.certs import _responder
+from certbroker.cli.drive import drive_many, progress, refuse_failures
 from certbroker.cli.state import State, console, print_json
 from certbroker.domain.errors import UsageError
-from certbroker.services.issuance import Outcome, make_owner
+from certbroker.services.issuance import Outcome
+from certbroker.services.leases import make_owner
 
 
 def renew_now(
@@ -40,8 +40,7 @@ def renew_now(
                 console.print("nothing to renew: no certificate is due")
             return
 
-    challenges = {broker.certificates.get(i).challenge for i in ids}
-    with _responder(broker, "http-01" if "http-01" in challenges else "dns-01"):
+    with broker.issuance.answering_for(ids, progress):
         # The IDs given by hand are leased to `owner`, one after the other; queued ones go
         # to whoever is free, several at a time.
         if cert_ids:

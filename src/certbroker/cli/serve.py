@@ -13,7 +13,7 @@ log = logging.getLogger("certbroker.serve")
 
 
 def run_serve(state: State) -> None:
-    from certbroker.logs import RUNTIME_KEY, LevelWatcher, parse_levels
+    from certbroker.logs import LevelWatcher, parse_levels
     from certbroker.services.renewal import Scheduler
     from certbroker.services.workers import WorkerPool
     from certbroker.worker_processes import WorkerProcesses
@@ -32,7 +32,7 @@ def run_serve(state: State) -> None:
     LevelWatcher(
         settings.log_level,
         parse_levels(settings.log_levels),
-        lambda: broker.repo.get_setting(RUNTIME_KEY),
+        broker.runtime.stored_log_levels,
     ).start()
     responder = broker.bind_responder().start()
     try:
@@ -40,7 +40,9 @@ def run_serve(state: State) -> None:
         others = WorkerProcesses(settings, processes - 1).start()
         pool = WorkerPool(broker.issuance, workers=settings.workers, label="p0")
         pool.start()
-        scheduler = Scheduler(broker.renewal, settings.scheduler_interval).start()
+        scheduler = Scheduler(
+            broker.renewal, broker.solvers.values(), settings.scheduler_interval
+        ).start()
         log.info(
             "certbroker serving: HTTP-01 on %s:%d, %d worker process%s × %d workers, "
             "renewals checked every %g s, store %s",

@@ -7,7 +7,6 @@ internal CAs (and some auditors) want organisation fields, so they can be set.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -15,9 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from certbroker.crypto.keys import PrivateKey
 from certbroker.domain.errors import UsageError
-
-# RFC 5280 upper bound for most name attributes, and for the CN in particular.
-MAX_FIELD_LENGTH = 64
+from certbroker.domain.subject import MAX_FIELD_LENGTH, Subject
 
 _OIDS: dict[str, x509.ObjectIdentifier] = {
     "country": NameOID.COUNTRY_NAME,
@@ -29,61 +26,17 @@ _OIDS: dict[str, x509.ObjectIdentifier] = {
 }
 
 
-@dataclass(frozen=True)
-class Subject:
-    """Optional subject fields of a CSR; the CN always comes from the first name."""
-
-    country: str | None = None
-    state: str | None = None
-    city: str | None = None
-    org: str | None = None
-    ou: str | None = None
-    email: str | None = None
-
-    def __post_init__(self) -> None:
-        self.validate()
-        if self.country is not None:
-            object.__setattr__(self, "country", self.country.upper())
-
-    def as_dict(self) -> dict[str, str]:
-        """The set fields, as stored with the certificate."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
-
-    def validate(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            if not value.strip():
-                raise UsageError(f"subject {f.name} is empty; leave it out or give a value")
-            if len(value) > MAX_FIELD_LENGTH:
-                raise UsageError(
-                    f"subject {f.name} is {len(value)} characters long; "
-                    f"the limit is {MAX_FIELD_LENGTH}"
-                )
-            if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-                raise UsageError(f"subject {f.name} contains control characters")
-        if self.country is not None and not (
-            len(self.country) == 2 and self.country.isascii() and self.country.isalpha()
-        ):
-            raise UsageError(
-                f"subject country {self.country!r} is not a two-letter ISO 3166 code (e.g. DE)"
-            )
-        # emailAddress is an IA5String, so it must be ASCII as well.
-        if self.email is not None and ("@" not in self.email or not self.email.isascii()):
-            raise UsageError(f"subject email {self.email!r} is not an email address")
-
-    def attributes(self) -> list[x509.NameAttribute[str]]:
-        """The set fields as name attributes, in the conventional C, ST, L, O, OU order."""
-        attrs: list[x509.NameAttribute[str]] = []
-        for name, oid in _OIDS.items():
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if name == "country":
-                value = value.upper()
-            attrs.append(x509.NameAttribute(oid, value))
-        return attrs
+def _attributes(subject: Subject) -> list[x509.NameAttribute[str]]:
+    """The set fields as name attributes, in the conventional C, ST, L, O, OU order."""
+    attrs: list[x509.NameAttribute[str]] = []
+    for name, oid in _OIDS.items():
+        value = getattr(subject, name)
+        if value is None:
+            continue
+        if name == "country":
+            value = value.upper()
+        attrs.append(x509.NameAttribute(oid, value))
+    return attrs
 
 
 def make_csr(key: PrivateKey, names: Sequence[str], subject: Subject | None = None) -> bytes:
@@ -108,7 +61,7 @@ def make_csr(key: PrivateKey, names: Sequence[str], subject: Subject | None = No
     if len(unique[0]) <= MAX_FIELD_LENGTH:
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, unique[0]))
     if subject is not None:
-        attrs.extend(subject.attributes())
+        attrs.extend(_attributes(subject))
     builder = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name(attrs))

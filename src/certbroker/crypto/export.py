@@ -11,7 +11,6 @@ import contextlib
 import os
 import secrets
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from cryptography import x509
@@ -20,35 +19,11 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from certbroker.crypto.keys import PrivateKey, key_matches_certificate, load_private_key
 from certbroker.domain.errors import UsageError
+from certbroker.domain.keys import ExportFormat
 
 KEY_MODE = 0o600
 PUBLIC_MODE = 0o644
 DIR_MODE = 0o700
-
-
-class ExportFormat(StrEnum):
-    PEM = "pem"
-    FULLCHAIN = "fullchain"
-    COMBINED = "combined"
-    DER = "der"
-    PKCS12 = "pkcs12"
-    JKS = "jks"
-
-    @classmethod
-    def parse(cls, text: str) -> ExportFormat:
-        try:
-            return cls(text.strip().lower())
-        except ValueError:
-            choices = ", ".join(f.value for f in cls)
-            raise UsageError(f"unknown export format {text!r}: choose one of {choices}") from None
-
-    @property
-    def needs_key(self) -> bool:
-        return self in (ExportFormat.COMBINED, ExportFormat.PKCS12, ExportFormat.JKS)
-
-    @property
-    def needs_password(self) -> bool:
-        return self in (ExportFormat.PKCS12, ExportFormat.JKS)
 
 
 @dataclass(frozen=True)

@@ -100,30 +100,26 @@ class PermanentError(CAError):
     """Retrying will not help until a person changes something."""
 
 
-# ACME error codes that retrying cannot fix.
-PERMANENT_CODES = frozenset(
-    {
-        "accountDoesNotExist",
-        "alreadyRevoked",
-        "badCSR",
-        "badPublicKey",
-        "badRevocationReason",
-        "badSignatureAlgorithm",
-        "caa",
-        "compound",
-        "externalAccountRequired",
-        "incorrectResponse",
-        "invalidContact",
-        "malformed",
-        "orderNotReady",
-        "rejectedIdentifier",
-        "unauthorized",
-        "unsupportedContact",
-        "unsupportedIdentifier",
-        "userActionRequired",
-        "dns",
-        "connection",
-        "tls",
-    }
-)
+# ACME error codes worth retrying (the CA adapter raises TransientError for them).
 TRANSIENT_CODES = frozenset({"badNonce", "rateLimited", "serverInternal"})
+
+
+class LeaseLost(Exception):
+    """Another worker holds this order now; the current holder must stop touching it."""
+
+
+class AwaitingDns(Exception):
+    """Manual DNS-01: the order stops until a person writes the records (`cert verify`)."""
+
+    def __init__(self, message: str, *, first: bool) -> None:
+        super().__init__(message)
+        self.first = first  # the records were just shown; False: still not there
+
+    @classmethod
+    def expired(cls, cert_id: int, why: str) -> AwaitingDns:
+        """The CA's order behind the records a person was shown can no longer be used."""
+        return cls(
+            f"the CA's order for these TXT records is no longer usable ({why}); run "
+            f"`certbroker cert verify {cert_id} --new-challenge` for new values",
+            first=False,
+        )

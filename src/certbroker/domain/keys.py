@@ -1,8 +1,10 @@
-"""Key types a user can ask for, in the user's spelling."""
+"""Key types, key policies, revocation reasons and export formats, in the user's spelling."""
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+from certbroker.domain.errors import UsageError
 
 
 class KeyType(StrEnum):
@@ -14,8 +16,6 @@ class KeyType(StrEnum):
 
     @classmethod
     def parse(cls, text: str) -> KeyType:
-        from certbroker.domain.errors import UsageError
-
         try:
             return cls(text.strip().lower())
         except ValueError:
@@ -56,3 +56,28 @@ class RevocationReason(StrEnum):
             "superseded": 4,
             "cessationOfOperation": 5,
         }[self.value]
+
+
+class ExportFormat(StrEnum):
+    PEM = "pem"
+    FULLCHAIN = "fullchain"
+    COMBINED = "combined"
+    DER = "der"
+    PKCS12 = "pkcs12"
+    JKS = "jks"
+
+    @classmethod
+    def parse(cls, text: str) -> ExportFormat:
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            choices = ", ".join(f.value for f in cls)
+            raise UsageError(f"unknown export format {text!r}: choose one of {choices}") from None
+
+    @property
+    def needs_key(self) -> bool:
+        return self in (ExportFormat.COMBINED, ExportFormat.PKCS12, ExportFormat.JKS)
+
+    @property
+    def needs_password(self) -> bool:
+        return self in (ExportFormat.PKCS12, ExportFormat.JKS)

@@ -2,17 +2,63 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from certbroker.domain.errors import AcmeProblem
+from certbroker.domain.keys import KeyPolicy
+from certbroker.domain.renewal import RenewalReason
 
 
 class AccountStatus(StrEnum):
     VALID = "valid"
+    DEACTIVATED = "deactivated"  # by us or at the CA (deactivated or revoked there)
+
+    @classmethod
+    def from_ca(cls, status: str) -> AccountStatus:
+        """The one reading of an account's status as the CA reports it (RFC 8555 7.1.2:
+        valid, deactivated, revoked): only a valid account can order or sign."""
+        return cls.VALID if status == cls.VALID else cls.DEACTIVATED
+
+
+class ChallengeType(StrEnum):
+    """How control of a name is proven. Each has a ChallengeSolver (ports.py)."""
+
+    HTTP_01 = "http-01"
+    DNS_01 = "dns-01"
+
+    @classmethod
+    def parse(cls, text: str) -> ChallengeType:
+        from certbroker.domain.errors import UsageError
+
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            choices = ", ".join(c.value for c in cls)
+            raise UsageError(
+                f"challenge {text!r} is not available; choose one of {choices}"
+            ) from None
+
+
+DEFAULT_CHALLENGE = ChallengeType.HTTP_01  # what a request uses unless it says otherwise
+
+
+class AcmeStatus(StrEnum):
+    """The status of an ACME order, authorization or challenge (RFC 8555 7.1.6), as the
+    CA sends it. OrderInfo and AuthorizationInfo keep the CA's text, so a status this
+    list lacks can still be named in an error; compare against these members."""
+
+    PENDING = "pending"
+    READY = "ready"
+    PROCESSING = "processing"
+    VALID = "valid"
+    INVALID = "invalid"
     DEACTIVATED = "deactivated"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
 
 
 class CertificateStatus(StrEnum):
@@ -87,9 +133,9 @@ class Certificate:
     names: tuple[str, ...]
     status: CertificateStatus
     account_id: int
-    challenge: str
+    challenge: ChallengeType
     key_type: str
-    key_policy: str
+    key_policy: KeyPolicy
     subject: dict[str, str]
     created_at: datetime
     updated_at: datetime
@@ -105,7 +151,7 @@ class Certificate:
     revoked_at: datetime | None = None
     renew_at: datetime | None = None
     renew_before_days: float | None = None  # None: the global policy
-    renewal_reason: str | None = None
+    renewal_reason: RenewalReason | None = None
     alarm_since: datetime | None = None  # its issuance or renewal keeps failing
     alarm_message: str | None = None  # the last error
     ari_next_check: datetime | None = None
@@ -136,6 +182,38 @@ class Certificate:
         if self.not_after is None:
             return None
         return int((self.not_after - now).total_seconds() // 86400)
+
+
+@dataclass(frozen=True)
+class NewCertificate:
+    """A request that passed every check, with its key sealed: what the store keeps."""
+
+    names: Sequence[str]
+    account_id: int
+    challenge: ChallengeType
+    key_type: str
+    key_policy: KeyPolicy
+    subject: dict[str, str]
+    key_sealed: bytes | None
+    renew_before_days: float | None = None
+    profile: str | None = None
+    fallback_account_ids: Sequence[int] = ()
+    dns_account_id: int | None = None
+    dns_manual: bool = False
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A certificate as the CA sent it, described for the store."""
+
+    cert_pem: str
+    chain_pem: str
+    serial: str
+    issuer: str
+    not_before: datetime
+    not_after: datetime
+    fingerprint_sha256: str
+    order_url: str
 
 
 @dataclass(frozen=True)

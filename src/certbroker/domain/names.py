@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import idna
 
 from certbroker.domain.errors import UsageError
+from certbroker.domain.models import ChallengeType
 
 MAX_NAMES = 100
 MAX_NAME_LENGTH = 253
@@ -230,7 +231,9 @@ def normalize_name(name: str) -> str:
     return result
 
 
-def validate_names(names: Sequence[str], challenge: str = "http-01") -> list[str]:
+def validate_names(
+    names: Sequence[str], challenge: ChallengeType = ChallengeType.HTTP_01
+) -> list[str]:
     """Normalize the names for one certificate, in order (the first is the common name).
 
     Refuses an empty list, more than MAX_NAMES names, duplicates after
@@ -246,7 +249,7 @@ def validate_names(names: Sequence[str], challenge: str = "http-01") -> list[str
             f"{len(names)} names given; a certificate can hold at most {MAX_NAMES}, "
             "split them across several certificates"
         )
-    dns_challenge = challenge.strip().lower().startswith("dns-")
+    dns_challenge = challenge == ChallengeType.DNS_01
     seen: dict[str, str] = {}
     result: list[str] = []
     for name in names:

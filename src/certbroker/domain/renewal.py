@@ -40,6 +40,8 @@ class RenewalReason(StrEnum):
     POLICY_CAPPED = "days-before-expiry-capped"  # more days than half the lifetime
     LIFETIME = "one-third-of-lifetime-left"
     EMERGENCY = "emergency"  # the others came too late
+    RETRY_AFTER_FAILURE = "retry-after-failure"  # a renewal failed; the next try
+    STOPPED = "stopped"  # a renewal failed for good; no renew_at until `cert renew`
 
 
 @dataclass(frozen=True)

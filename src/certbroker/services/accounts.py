@@ -15,6 +15,7 @@ from certbroker.crypto.keys import (
     load_private_key,
     private_key_to_pem,
 )
+from certbroker.domain.directories import resolve_directory
 from certbroker.domain.errors import CAError, UsageError
 from certbroker.domain.keys import KeyType
 from certbroker.domain.models import Account, AccountStatus
@@ -23,7 +24,7 @@ from certbroker.services.common import ServiceContext, validate_emails
 
 @dataclass(frozen=True)
 class Registration:
-    directory_url: str
+    directory: str  # a directory URL or a preset (letsencrypt, letsencrypt-staging)
     emails: list[str]
     agree_tos: bool
     key_type: KeyType = KeyType.EC_P256
@@ -57,16 +58,13 @@ class AccountService:
 
     def register(self, reg: Registration) -> Account:
         """Validate everything, ask the CA, and only then store the account and its key."""
+        directory_url = resolve_directory(reg.directory)
         emails = validate_emails(reg.emails)
         if (reg.eab_kid is None) != (reg.eab_hmac_key is None):
             raise UsageError("external account binding needs both --eab-kid and --eab-hmac-key")
-        name = (
-            self._default_name(reg.directory_url)
-            if reg.name is None
-            else self._check_name(reg.name)
-        )
+        name = self._default_name(directory_url) if reg.name is None else self._check_name(reg.name)
         key = generate_private_key(reg.key_type)
-        ca = self.ctx.ca_factory(reg.directory_url, key, None, reg.ca_bundle)
+        ca = self.ctx.ca_factory(directory_url, key, None, reg.ca_bundle)
         tos = ca.terms_of_service()
         if not reg.agree_tos:
             where = f" at {tos}" if tos else ""
@@ -82,24 +80,24 @@ class AccountService:
         info = ca.register(emails, True, eab)
         return self.repo.add_account(
             name=name,
-            directory_url=reg.directory_url,
+            directory_url=directory_url,
             ca_bundle=reg.ca_bundle,
             emails=emails,
             key_type=reg.key_type.value,
             key_sealed=self.ctx.sealer.seal(private_key_to_pem(key)),
             uri=info.uri,
-            status=AccountStatus(
-                info.status if info.status in ("valid", "deactivated") else "valid"
-            ),
+            status=AccountStatus.from_ca(info.status),
             terms_of_service=tos,
             eab_kid=reg.eab_kid,
             now=self.ctx.clock(),
         )
 
     def import_key(
-        self, key_data: bytes, directory_url: str, name: str | None, ca_bundle: str | None
+        self, key_data: bytes, directory: str, name: str | None, ca_bundle: str | None
     ) -> Account:
-        """Adopt an account that exists at the CA, found by its key (onlyReturnExisting)."""
+        """Adopt an account that exists at the CA, found by its key (onlyReturnExisting).
+        `directory`: a directory URL or a preset."""
+        directory_url = resolve_directory(directory)
         key = load_private_key(key_data, "account key file")
         key_type = key_type_of(key)
         name = self._default_name(directory_url) if name is None else self._check_name(name)
@@ -122,9 +120,7 @@ class AccountService:
             key_type=key_type.value,
             key_sealed=self.ctx.sealer.seal(private_key_to_pem(key)),
             uri=info.uri,
-            status=AccountStatus.DEACTIVATED
-            if info.status == "deactivated"
-            else AccountStatus.VALID,
+            status=AccountStatus.from_ca(info.status),
             terms_of_service=ca.terms_of_service(),
             eab_kid=None,
             now=self.ctx.clock(),
@@ -140,9 +136,9 @@ class AccountService:
         """Ask the CA for the account's status and contacts and store what it says."""
         account = self.repo.get_account(ref)
         info = self.ctx.ca_for(account).query_account()
-        status = AccountStatus.DEACTIVATED if info.status != "valid" else AccountStatus.VALID
+        status = AccountStatus.from_ca(info.status)
         emails = [c.removeprefix("mailto:") for c in info.contacts]
-        return self.repo.update_account(account.id, self.ctx.clock(), status=status, emails=emails)
+        return self.repo.set_account_from_ca(account.id, status, emails, self.ctx.clock())
 
     def _usable(self, ref: str) -> Account:
         account = self.repo.get_account(ref)
@@ -157,7 +153,7 @@ class AccountService:
         account = self._usable(ref)
         cleaned = validate_emails(emails)
         self.ctx.ca_for(account).update_contacts(cleaned)
-        return self.repo.update_account(account.id, self.ctx.clock(), emails=cleaned)
+        return self.repo.set_account_emails(account.id, cleaned, self.ctx.clock())
 
     def rollover(self, ref: str, key_type: KeyType | None = None) -> Account:
         """RFC 8555 key change. The new key is stored before the CA hears of it."""
@@ -170,11 +166,11 @@ class AccountService:
             return self._swap_key(account, pending)
         new_key = generate_private_key(key_type or KeyType(account.key_type))
         new_sealed = sealer.seal(private_key_to_pem(new_key))
-        self.repo.update_account(account.id, self.ctx.clock(), next_key_sealed=new_sealed)
+        self.repo.stage_account_key(account.id, new_sealed, self.ctx.clock())
         try:
             self.ctx.ca_for(account, old_key).change_key(private_key_to_pem(new_key))
         except Exception:
-            self.repo.update_account(account.id, self.ctx.clock(), next_key_sealed=None)
+            self.repo.stage_account_key(account.id, None, self.ctx.clock())
             raise
         return self._swap_key(account, new_sealed)
 
@@ -188,20 +184,14 @@ class AccountService:
 
     def _swap_key(self, account: Account, sealed: bytes) -> Account:
         key = load_private_key(self.ctx.sealer.unseal(sealed))
-        return self.repo.update_account(
-            account.id,
-            self.ctx.clock(),
-            key_sealed=sealed,
-            next_key_sealed=None,
-            key_type=key_type_of(key).value,
+        return self.repo.swap_account_key(
+            account.id, sealed, key_type_of(key).value, self.ctx.clock()
         )
 
     def deactivate(self, ref: str) -> Account:
         account = self._usable(ref)
         self.ctx.ca_for(account).deactivate()
-        return self.repo.update_account(
-            account.id, self.ctx.clock(), status=AccountStatus.DEACTIVATED
-        )
+        return self.repo.set_account_status(account.id, AccountStatus.DEACTIVATED, self.ctx.clock())
 
     def delete(self, ref: str) -> Account:
         account = self.repo.get_account(ref)

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from certbroker.crypto.export import ExportBundle, ExportFormat, write_export
+from certbroker.crypto.export import ExportBundle, write_export
 from certbroker.crypto.keys import load_private_key
-from certbroker.domain.errors import CAError, NotFoundError, UsageError
-from certbroker.domain.keys import RevocationReason
-from certbroker.domain.models import Account, Certificate, CertificateStatus, Event, Order
+from certbroker.domain.errors import CAError, UsageError
+from certbroker.domain.keys import ExportFormat, RevocationReason
+from certbroker.domain.models import (
+    Account,
+    AccountStatus,
+    Certificate,
+    CertificateStatus,
+    ChallengeType,
+    Event,
+    Order,
+)
+from certbroker.ports import ChallengeSolver
 from certbroker.services.common import ServiceContext
 
 
 class CertificateService:
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(
+        self, ctx: ServiceContext, solvers: Mapping[ChallengeType, ChallengeSolver]
+    ) -> None:
         self.ctx = ctx
         self.repo = ctx.repo
+        self.solvers = solvers
 
     def search(
         self, status: CertificateStatus | None = None, expiring_within_days: int | None = None
@@ -57,8 +70,8 @@ class CertificateService:
             {
                 "issuer": cert.issuer,
                 "key_type": cert.key_type,
-                "key_policy": cert.key_policy,
-                "challenge": cert.challenge,
+                "key_policy": cert.key_policy.value,
+                "challenge": cert.challenge.value,
                 "subject": cert.subject,
                 "fingerprint_sha256": cert.fingerprint_sha256,
                 "order_url": cert.order_url,
@@ -66,10 +79,10 @@ class CertificateService:
                 "revoked_at": cert.revoked_at.isoformat() if cert.revoked_at else None,
                 "created_at": cert.created_at.isoformat(),
                 "renew_at": cert.renew_at.isoformat() if cert.renew_at else None,
-                "renewal_reason": cert.renewal_reason,
+                "renewal_reason": cert.renewal_reason.value if cert.renewal_reason else None,
                 "renew_before_days": cert.renew_before_days,
                 "profile": cert.profile,
-                "dns_account": self._dns_account(cert),
+                **self.solvers[cert.challenge].describe(cert),
                 # The TXT records of the current order (manual mode: the ones to write).
                 "dns_records": [
                     r.to_json()
@@ -94,18 +107,6 @@ class CertificateService:
             }
         )
         return data
-
-    def _dns_account(self, cert: Certificate) -> str | None:
-        if cert.challenge != "dns-01":
-            return None
-        if cert.dns_manual:
-            return "manual"
-        if cert.dns_account_id is None:
-            return "by zone"
-        try:
-            return self.repo.get_dns_account(cert.dns_account_id).name
-        except NotFoundError:
-            return f"#{cert.dns_account_id} (deleted)"
 
     def alarms(self) -> list[dict[str, Any]]:
         return [
@@ -150,7 +151,7 @@ class CertificateService:
                 "there is nothing to revoke — use `certbroker cert delete` to forget it"
             )
         account = self.repo.get_account(cert.account_id)
-        if account.status.value == "valid":
+        if account.status is AccountStatus.VALID:
             ca = self.ctx.ca_for(account)
         else:
             # A deactivated account cannot sign; the certificate's own key can (RFC 8555 7.6).

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from certbroker.crypto.keys import PrivateKey
-from certbroker.crypto.sealing import Sealer
+from certbroker.crypto.sealing import Sealer, new_master_key
 from certbroker.domain.errors import UsageError
 from certbroker.domain.models import Account
 from certbroker.ports import CertificateAuthority
@@ -20,8 +22,8 @@ from certbroker.store.repository import Repository
 Clock = Callable[[], datetime]
 # (directory URL, account key, account URL or None, CA bundle PEM or None) -> CA client
 CAFactory = Callable[[str, PrivateKey, str | None, str | None], CertificateAuthority]
-Progress = Callable[[str], None]
 
+FAULT_ENV = "CERTBROKER_FAULT_KILL_AFTER"  # test hook: SIGKILL this process after a step
 _EMAIL = re.compile(r"^[^@\s:]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$")
 
 
@@ -31,6 +33,13 @@ def utcnow() -> datetime:
 
 def no_progress(_message: str) -> None:
     return None
+
+
+def fault(step: str) -> None:
+    """Crash testing: SIGKILL this process right after `step` is recorded, when
+    CERTBROKER_FAULT_KILL_AFTER names it (tests/integration/test_crash_recovery.py)."""
+    if os.environ.get(FAULT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -69,3 +78,8 @@ def read_ca_bundle(data: bytes, source: str) -> str:
             f"{source} holds no PEM certificate; give the CA's root certificate(s) in PEM"
         ) from None
     return "".join(c.public_bytes(Encoding.PEM).decode() for c in certs)
+
+
+def make_master_key() -> str:
+    """A fresh master key for CERTBROKER_MASTER_KEY (stored nowhere)."""
+    return new_master_key().decode()

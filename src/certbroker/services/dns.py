@@ -1,38 +1,35 @@
-"""DNS-01: DNS accounts (add, list, show, test, delete) and the TXT records of orders
-(write, check they are visible, remove exactly what was written)."""
+"""DNS accounts for DNS-01: add, list, show, test, delete, their default zones, and the
+providers there are. Writing an order's TXT records is the DNS-01 solver's
+(services/dns01.py)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from certbroker.domain.dns import (
     MANUAL,
     RFC2136,
     DnsAccount,
     DnsAccountConfig,
-    DnsRecord,
     Server,
     challenge_record_name,
     check_account_name,
-    txt_value,
 )
-from certbroker.domain.errors import CAError, NotFoundError, PermanentError, UsageError
-from certbroker.domain.models import Certificate
+from certbroker.domain.errors import UsageError
 from certbroker.domain.names import normalize_name
-from certbroker.ports import DnsLookups, DnsProvider
-from certbroker.services.common import Progress, ServiceContext, no_progress
+from certbroker.ports import DnsLookups, DnsProvider, Progress
+from certbroker.services.common import ServiceContext, no_progress
 
-log = logging.getLogger("certbroker.challenges")
+if TYPE_CHECKING:
+    from certbroker.dns.lexicon_catalog import ProviderOption
 
 DnsFactory = Callable[[DnsAccountConfig], DnsProvider]
-CLEANUP_RETRY = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -206,145 +203,20 @@ class DnsService:
         own = provider.check_servers() if provider is not None else ()
         return own or self.lookups.authoritative_servers(name)
 
-    # -- the records of an order -----------------------------------------------------------
 
-    def check_request(
-        self, names: Sequence[str], dns_account: str | None
-    ) -> tuple[int | None, bool]:
-        """(DNS account ID or None for "by zone", manual) for a dns-01 request; refuses a
-        request some name of which has no DNS account."""
-        if dns_account is not None and dns_account.strip().lower() == MANUAL:
-            return None, True
-        if dns_account is not None:
-            return self.get(dns_account).id, False
-        missing = [n for n in names if not self._served(challenge_record_name(n))]
-        if missing:
-            raise UsageError(
-                f"no DNS account for {', '.join(missing)}: choose one with --dns-account NAME "
-                "(or --dns-account manual), or make one the default of the zone with "
-                "`certbroker dns zones NAME --add ZONE`"
-            )
-        return None, False
+def dns_providers() -> dict[str, bool]:
+    """Every hosted DNS provider (dns-lexicon's) by name, and whether its Python
+    packages are installed."""
+    from certbroker.dns.lexicon_catalog import list_providers
 
-    def _served(self, name: str) -> bool:
-        """A zone default serves `name`, or the target of its CNAME (acme-dns pattern)."""
-        if self.repo.dns_account_for(name) is not None:
-            return True
-        try:
-            target = self.lookups.cname_target(name)
-        except CAError:
-            return False
-        return target != name and self.repo.dns_account_for(target) is not None
+    return list_providers()
 
-    def present(
-        self,
-        cert: Certificate,
-        order_id: int,
-        owner: str,
-        items: Sequence[tuple[str, str]],
-        progress: Progress = no_progress,
-    ) -> list[DnsRecord]:
-        """Store, then (unless manual) write, the TXT records for (identifier, key
-        authorization) pairs. CNAMEs at `_acme-challenge.<name>` are followed and the
-        record goes to the target, through the DNS account of the target's zone."""
-        rows: list[tuple[str, str, str, int | None]] = []
-        for identifier, key_authorization in items:
-            name = challenge_record_name(identifier)
-            target = self.lookups.cname_target(name)
-            account_id = None if cert.dns_manual else self._account_for(cert, name, target)
-            rows.append((identifier, target, txt_value(key_authorization), account_id))
-        records = self.repo.add_dns_records(order_id, owner, rows, self.ctx.clock())
-        if cert.dns_manual:
-            return records
-        providers: dict[int, DnsProvider] = {}
-        for record in records:
-            if record.written or record.dns_account_id is None:
-                continue
-            provider = providers.get(record.dns_account_id)
-            if provider is None:
-                provider = providers[record.dns_account_id] = self.provider(record.dns_account_id)
-            try:
-                provider.add_txt(record.name, record.value)
-            except PermanentError:
-                # Refused: nothing was written, so there is nothing to clean up later.
-                self.repo.forget_dns_record(record.id)
-                raise
-            self.repo.mark_dns_record_written(record.id)
-            progress(f"{record.identifier}: TXT record {record.name} written")
-        return records
 
-    def _account_for(self, cert: Certificate, name: str, target: str) -> int:
-        if target != name:
-            by_zone = self.repo.dns_account_for(target)
-            if by_zone is not None:
-                return by_zone
-        if cert.dns_account_id is not None:
-            return cert.dns_account_id
-        by_zone = self.repo.dns_account_for(target)
-        if by_zone is None:
-            raise PermanentError(
-                f"no DNS account serves {target}: make one the default of its zone with "
-                "`certbroker dns zones NAME --add ZONE`, or request with --dns-account"
-            )
-        return by_zone
+def dns_provider_options(provider: str) -> list[ProviderOption]:
+    """One provider's options: flag name, environment variable, secret or not, help."""
+    from certbroker.dns.lexicon_catalog import provider_options
 
-    def wait_visible(
-        self,
-        records: Sequence[DnsRecord],
-        progress: Progress = no_progress,
-        between: Callable[[], None] = lambda: None,
-    ) -> float:
-        """Until every record is visible at the servers that matter; the seconds it took.
-        `between` runs while waiting (an order keeps its lease with it)."""
-        checks: list[tuple[Server, str, str]] = []
-        providers: dict[int | None, DnsProvider | None] = {}
-        for record in records:
-            key = record.dns_account_id
-            if key not in providers:
-                providers[key] = None if key is None else self.provider(key)
-            for server in self.check_servers(providers[key], record.name):
-                checks.append((server, record.name, record.value))
-        if not checks:
-            return 0.0
-        took = self.lookups.wait_visible(checks, self.settings.propagation_timeout, between)
-        servers = sorted({f"{h}:{p}" for (h, p), _, _ in checks})
-        progress(f"TXT records visible at {', '.join(servers)} after {took:.2f} s")
-        return took
-
-    def cleanup(self, order_id: int | None = None) -> int:
-        """Remove the records of `order_id` (or of every order that ended) and forget
-        them; the records of a person (manual mode) are only forgotten. A removal that
-        fails is retried later. Returns how many records were removed."""
-        now = self.ctx.clock()
-        if order_id is None:
-            records = self.repo.dns_records_to_remove(now)
-        else:
-            records = self.repo.dns_records_of(order_id)
-        providers: dict[int, DnsProvider] = {}
-        removed = 0
-        for record in records:
-            if record.dns_account_id is None:
-                self.repo.forget_dns_record(record.id)
-                continue
-            try:
-                provider = providers.get(record.dns_account_id)
-                if provider is None:
-                    provider = self.provider(record.dns_account_id)
-                    providers[record.dns_account_id] = provider
-                provider.remove_txt(record.name, record.value)
-            except NotFoundError:
-                log.warning(
-                    "TXT record %s of order %d: its DNS account is gone; remove it by hand",
-                    record.name,
-                    record.order_id,
-                )
-            except CAError as exc:
-                log.warning("could not remove TXT record %s: %s", record.name, exc)
-                self.repo.dns_cleanup_failed(record.id, str(exc), now + CLEANUP_RETRY)
-                continue
-            self.repo.forget_dns_record(record.id)
-            removed += 1
-        return removed
+    return provider_options(provider)
 
 
 def _zone(text: str) -> str:

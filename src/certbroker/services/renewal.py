@@ -11,27 +11,32 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timedelta
+from collections.abc import Iterable
+from datetime import datetime
 
 from cryptography import x509
 
 from certbroker.domain.errors import UsageError
 from certbroker.domain.models import Certificate, CertificateStatus, Order
-from certbroker.domain.renewal import RenewalPlan, RenewalReason, plan_renewal
+from certbroker.ports import ChallengeSolver
 from certbroker.services.common import ServiceContext
-from certbroker.services.issuance import LEASE, IssuanceService
+from certbroker.services.issuance import IssuanceService
+from certbroker.services.leases import LEASE
+from certbroker.services.planning import ARI_RETRY_AFTER_ERROR, RenewalPlanner
 
 log = logging.getLogger("certbroker.scheduler")
 
 BATCH = 500
-ARI_RETRY_AFTER_ERROR = timedelta(hours=1)
 
 
 class RenewalService:
-    def __init__(self, ctx: ServiceContext, issuance: IssuanceService) -> None:
+    def __init__(
+        self, ctx: ServiceContext, issuance: IssuanceService, planner: RenewalPlanner
+    ) -> None:
         self.ctx = ctx
         self.repo = ctx.repo
         self.issuance = issuance
+        self.planner = planner
 
     def renew(self, cert_id: int, lease_owner: str | None = None) -> Order:
         """An order that renews the certificate now, due or not (or retries a failed one).
@@ -46,7 +51,8 @@ class RenewalService:
             return self.issuance.new_order_for(cert_id, lease_owner)
         if cert.status not in (CertificateStatus.VALID, CertificateStatus.REVOKED):
             raise UsageError(f"certificate {cert_id} is {cert.status.value}; it cannot be renewed")
-        return self.repo.add_renewal_order(cert_id, self.ctx.clock(), lease_owner, LEASE)
+        now = self.ctx.clock()
+        return self.repo.add_renewal_order(cert_id, now, lease_owner, now + LEASE)
 
     def refresh_renewal_info(self, limit: int = 100) -> int:
         """Ask the CA again for the ARI window of certificates whose Retry-After has
@@ -69,18 +75,8 @@ class RenewalService:
             return
         account = self.repo.get_account(cert.account_id)
         leaf = x509.load_pem_x509_certificate(cert.cert_pem.encode())
-        window, next_check = self.issuance.ask_renewal_info(self.ctx.ca_for(account), leaf, now)
-        plan = plan_renewal(
-            cert.not_before,
-            cert.not_after,
-            now=now,
-            days_before_expiry=cert.renew_before_days or self.issuance.renew_before_days,
-            ari=window,
-        )
-        kept = cert.renewal_reason == RenewalReason.ARI.value and cert.renew_at
-        if window is not None and kept and window.start <= kept <= window.end:
-            # The same window: keep the moment drawn in it, rather than draw again.
-            plan = RenewalPlan(kept, RenewalReason.ARI)
+        window, next_check = self.planner.ask_window(self.ctx.ca_for(account), leaf, now)
+        plan = self.planner.replan(cert, window, now)
         if plan.renew_at != cert.renew_at and window is not None:
             log.info(
                 "certificate %d: the CA's window moves renewal to %s", cert.id, plan.describe()
@@ -109,20 +105,20 @@ class RenewalService:
 class Scheduler:
     """Queues due renewals every `interval` seconds until stopped (a thread in `serve`)."""
 
-    def __init__(self, renewal: RenewalService, interval: float) -> None:
+    def __init__(
+        self, renewal: RenewalService, solvers: Iterable[ChallengeSolver], interval: float
+    ) -> None:
         self.renewal = renewal
+        self.solvers = tuple(solvers)
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def tick(self) -> list[int]:
         self.renewal.refresh_renewal_info()
-        dns = self.renewal.issuance.dns
-        if dns is not None:
-            # TXT records whose order ended while no process could remove them (a crash).
-            removed = dns.cleanup()
-            if removed:
-                log.info("removed %d leftover TXT record(s) of ended orders", removed)
+        for solver in self.solvers:
+            # What orders that ended while no process could clean up (a crash) left.
+            solver.sweep()
         queued = self.renewal.queue_due()
         if queued:
             log.info("renewal due for %d certificate(s): %s", len(queued), _ids(queued))

@@ -12,7 +12,8 @@ import threading
 import time
 
 from certbroker.domain.models import Order
-from certbroker.services.issuance import IssuanceService, holder_is_dead, make_owner
+from certbroker.services.issuance import IssuanceService
+from certbroker.services.leases import make_owner
 
 log = logging.getLogger("certbroker.workers")
 
@@ -54,21 +55,7 @@ class WorkerPool:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def _next(self, owner: str) -> Order | int | None:
-        order = self.issuance.claim_next(owner)
-        if order is not None:
-            return order
-        # Nothing free: take over an order whose holder died on this host at once, rather
-        # than when its lease runs out.
-        now = self.issuance.ctx.clock()
-        for order_id, holder, until in self.issuance.repo.claimable_orders(now, self.workers * 4):
-            held = holder is not None and until is not None and until > now
-            if (
-                held
-                and holder_is_dead(holder)
-                and self.issuance.claim_from(order_id, owner, holder)
-            ):
-                return order_id
-        return None
+        return self.issuance.leases.claim_next(owner, look_at=self.workers * 4)
 
     def _work(self, owner: str) -> None:
         while not self._stop.is_set():

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, select, update
+from sqlalchemy import Connection, Engine, Update, and_, bindparam, select, update
 
+from certbroker.domain.errors import LeaseLost
 from certbroker.store.db import write_lock
 from certbroker.store.schema import orders
 
@@ -16,16 +18,18 @@ from certbroker.store.schema import orders
 # building one (SQLAlchemy's coercions) and computing its cache key cost more than running
 # it, about 0.2 ms of CPU each, and an issuance runs about 30 (bench/issuance.py).
 LEASE_HOLDER = select(orders.c.lease_owner).where(orders.c.id == bindparam("b_id"))
-# The SET clause comes from the parameters' names (updated_at, lease_until, state, ...);
-# SQLAlchemy ignores a name that is no column, so `_advance` checks them.
-ADVANCE_HELD = update(orders).where(
-    and_(orders.c.id == bindparam("b_id"), orders.c.lease_owner == bindparam("b_owner"))
-)
-ORDER_COLUMNS = frozenset(orders.c.keys())
 
 
-class LeaseLost(Exception):
-    """Another worker holds this order now; the current holder must stop touching it."""
+@functools.cache
+def held_update(columns: tuple[str, ...]) -> Update:
+    """UPDATE orders SET updated_at, lease_until, <columns> WHERE id = :b_id AND
+    lease_owner = :b_owner, built once per set of columns; each value is bound as
+    `v_<column>`. A name that is no column fails when the statement is first compiled."""
+    return (
+        update(orders)
+        .where(and_(orders.c.id == bindparam("b_id"), orders.c.lease_owner == bindparam("b_owner")))
+        .values({c: bindparam(f"v_{c}") for c in ("updated_at", "lease_until", *columns)})
+    )
 
 
 class StoreBase:
@@ -47,23 +51,22 @@ class StoreBase:
         if holder != owner:
             raise LeaseLost(f"order {order_id} is now held by {holder}")
 
-    def _advance(
+    def _update_held(
         self,
         conn: Connection,
         order_id: int,
         owner: str,
         now: datetime,
         lease_until: datetime | None,
-        values: dict[str, Any],
+        values: Mapping[str, Any],
     ) -> None:
-        unknown = values.keys() - ORDER_COLUMNS
-        if unknown:
-            raise TypeError(f"orders has no column {', '.join(sorted(unknown))}")
-        done = conn.execute(
-            ADVANCE_HELD,
-            {"b_id": order_id, "b_owner": owner, "updated_at": now, "lease_until": lease_until}
-            | values,
-        )
+        """One step of an order under `owner`'s lease (None for `lease_until` lets the
+        lease go, with `lease_owner` set to None in `values`); LeaseLost when another
+        worker holds the order now."""
+        params = {"b_id": order_id, "b_owner": owner, "v_updated_at": now}
+        params["v_lease_until"] = lease_until
+        params.update({f"v_{name}": value for name, value in values.items()})
+        done = conn.execute(held_update(tuple(values)), params)
         if not done.rowcount:
             self._check_lease(conn, order_id, owner)  # raises LeaseLost, naming the holder
             raise LeaseLost(f"order {order_id} is gone")

@@ -256,18 +256,17 @@ class DnsStore(StoreBase):
     def await_person(
         self, order_id: int, owner: str, now: datetime, message: str, first: bool
     ) -> None:
-        """Manual DNS-01: let the order go until `cert verify`; no worker takes it
-        (claim_next skips WAITING_FOR_A_PERSON). `first`: the event that shows the records,
+        """Manual DNS-01: the order waits (AWAITING_DNS) until `cert verify`; no worker
+        takes it (claim_next skips WAITING_FOR_A_PERSON). `first`: the event that shows the records,
         and for a renewal (a certificate in use that will expire) the alarm."""
+        values = {
+            "state": OrderState.AWAITING_DNS.value,
+            "error_message": message,
+            "next_run_at": None,
+            "lease_owner": None,
+        }
         with self._write() as conn:
-            self._advance(
-                conn,
-                order_id,
-                owner,
-                now,
-                None,
-                {"error_message": message, "next_run_at": None, "lease_owner": None},
-            )
+            self._update_held(conn, order_id, owner, now, None, values)
             if first:
                 cert_id, purpose = conn.execute(
                     select(orders.c.certificate_id, orders.c.purpose).where(orders.c.id == order_id)
@@ -287,13 +286,7 @@ class DnsStore(StoreBase):
     def restart_order(self, order_id: int, owner: str, now: datetime) -> None:
         """Start the order over at the CA (`cert verify --new-challenge`): a new order URL,
         new challenges; the records a person was shown are forgotten."""
+        values = {"state": OrderState.QUEUED.value, "order_url": None, "error_message": None}
         with self._write() as conn:
-            self._advance(
-                conn,
-                order_id,
-                owner,
-                now,
-                now + timedelta(minutes=2),
-                {"state": OrderState.QUEUED.value, "order_url": None, "error_message": None},
-            )
+            self._update_held(conn, order_id, owner, now, now + timedelta(minutes=2), values)
             conn.execute(delete(dns_records).where(dns_records.c.order_id == order_id))

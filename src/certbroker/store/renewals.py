@@ -3,27 +3,27 @@ certificate (which moves the one it replaces into the history)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, and_, delete, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from certbroker.domain.errors import LeaseLost
 from certbroker.domain.models import (
     ACTIVE_ORDER_STATES,
     Certificate,
     CertificateStatus,
     EventKind,
+    IssuedCertificate,
     Order,
     OrderPurpose,
     OrderState,
     PastCertificate,
 )
 from certbroker.domain.renewal import RenewalPlan
-from certbroker.store.base import LeaseLost
 from certbroker.store.events import EventStore, succeeded
-from certbroker.store.rows import CERT_COLUMNS, certificate_row, new_id, order_row
+from certbroker.store.rows import CERT_COLUMNS, certificate_row, new_id, order_row, queued_order
 from certbroker.store.schema import (
     certificate_history,
     certificates,
@@ -31,19 +31,6 @@ from certbroker.store.schema import (
     events,
     orders,
 )
-
-
-@dataclass(frozen=True)
-class IssuedCertificate:
-    cert_pem: str
-    chain_pem: str
-    serial: str
-    issuer: str
-    not_before: datetime
-    not_after: datetime
-    fingerprint_sha256: str
-    order_url: str
-
 
 _no_active_order = ~exists().where(
     and_(
@@ -79,7 +66,7 @@ class RenewalStore(EventStore):
             if ids:
                 conn.execute(
                     insert(orders),
-                    [_new_order_values(cert_id, OrderPurpose.RENEW, now) for cert_id in ids],
+                    [queued_order(cert_id, OrderPurpose.RENEW, now) for cert_id in ids],
                 )
                 why = "renewal due" if cert_ids is None else "renewal forced"
                 conn.execute(
@@ -134,21 +121,15 @@ class RenewalStore(EventStore):
             )
 
     def add_renewal_order(
-        self, cert_id: int, now: datetime, lease_owner: str | None, lease: timedelta
+        self, cert_id: int, now: datetime, lease_owner: str | None, lease_until: datetime
     ) -> Order:
         """A renewal order for one certificate now, or its active order if it has one."""
+        order = queued_order(
+            cert_id, OrderPurpose.RENEW, now, lease_owner=lease_owner, lease_until=lease_until
+        )
         try:
             with self._write() as conn:
-                order_id = new_id(
-                    conn.execute(
-                        insert(orders).values(
-                            **_new_order_values(cert_id, OrderPurpose.RENEW, now),
-                            lease_owner=lease_owner,
-                            lease_until=now + lease if lease_owner else None,
-                            started_at=now if lease_owner else None,
-                        )
-                    )
-                )
+                order_id = new_id(conn.execute(insert(orders).values(order)))
         except IntegrityError:  # one is active already (the unique index said so)
             with self._read() as conn:
                 row = conn.execute(
@@ -300,18 +281,6 @@ class RenewalStore(EventStore):
                 )
                 for r in rows
             ]
-
-
-def _new_order_values(cert_id: int, purpose: OrderPurpose, now: datetime) -> dict[str, object]:
-    return {
-        "certificate_id": cert_id,
-        "state": OrderState.QUEUED.value,
-        "purpose": purpose.value,
-        "attempts": 0,
-        "next_run_at": now,
-        "created_at": now,
-        "updated_at": now,
-    }
 
 
 def _why_replaced(old: Row[Any], ordered_at: datetime) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,14 +30,16 @@ from certbroker.domain.models import (
     Certificate,
     CertificateStatus,
     EventKind,
+    NewCertificate,
     Order,
+    OrderPurpose,
     OrderState,
 )
-from certbroker.store.base import LeaseLost, StoreBase
+from certbroker.domain.renewal import RenewalReason
 from certbroker.store.dns import DnsStore
 from certbroker.store.events import add_event
 from certbroker.store.events import failed_attempt as record_failure
-from certbroker.store.renewals import IssuedCertificate, RenewalStore
+from certbroker.store.renewals import RenewalStore
 from certbroker.store.rows import (
     CERT_COLUMNS,
     account_row,
@@ -46,6 +47,7 @@ from certbroker.store.rows import (
     new_id,
     order_row,
     put_challenges,
+    queued_order,
 )
 from certbroker.store.schema import (
     UTCDateTime,
@@ -56,9 +58,6 @@ from certbroker.store.schema import (
     orders,
     runtime_settings,
 )
-
-__all__ = ["IssuedCertificate", "LeaseLost", "NewCertificate", "Repository", "StoreBase"]
-
 
 # Built once (see store/base.py): the look-ups every issuance makes.
 _ACCOUNT_BY_NAME = select(accounts).where(accounts.c.name == bindparam("b_name"))
@@ -79,22 +78,6 @@ _ACTIVE_ORDER = (
     )
     .order_by(orders.c.id.desc())
 )
-
-
-@dataclass(frozen=True)
-class NewCertificate:
-    names: Sequence[str]
-    account_id: int
-    challenge: str
-    key_type: str
-    key_policy: str
-    subject: dict[str, str]
-    key_sealed: bytes | None
-    renew_before_days: float | None = None
-    profile: str | None = None
-    fallback_account_ids: Sequence[int] = ()
-    dns_account_id: int | None = None
-    dns_manual: bool = False
 
 
 def _certificate_of(conn: Connection, order_id: int) -> int:
@@ -184,16 +167,38 @@ class Repository(RenewalStore, DnsStore):
             ).scalar_one_or_none()
         return None if value is None else bytes(value)
 
-    def update_account(self, account_id: int, now: datetime, **values: Any) -> Account:
-        if "emails" in values:
-            values["emails"] = json.dumps(list(values["emails"]))
-        if "status" in values:
-            values["status"] = AccountStatus(values["status"]).value
+    def _update_account(self, account_id: int, now: datetime, values: dict[str, Any]) -> Account:
         with self._write() as conn:
             conn.execute(
                 update(accounts).where(accounts.c.id == account_id).values(updated_at=now, **values)
             )
         return self.get_account(account_id)
+
+    def set_account_status(self, account_id: int, status: AccountStatus, now: datetime) -> Account:
+        return self._update_account(account_id, now, {"status": status.value})
+
+    def set_account_emails(self, account_id: int, emails: Sequence[str], now: datetime) -> Account:
+        return self._update_account(account_id, now, {"emails": json.dumps(list(emails))})
+
+    def set_account_from_ca(
+        self, account_id: int, status: AccountStatus, emails: Sequence[str], now: datetime
+    ) -> Account:
+        """What the CA says of the account: its status and contacts."""
+        values = {"status": status.value, "emails": json.dumps(list(emails))}
+        return self._update_account(account_id, now, values)
+
+    def stage_account_key(
+        self, account_id: int, next_key_sealed: bytes | None, now: datetime
+    ) -> None:
+        """A key rollover's new key, stored before the CA hears of it (None: abandoned)."""
+        self._update_account(account_id, now, {"next_key_sealed": next_key_sealed})
+
+    def swap_account_key(
+        self, account_id: int, key_sealed: bytes, key_type: str, now: datetime
+    ) -> Account:
+        """The rollover reached the CA: the staged key becomes the account's key."""
+        values = {"key_sealed": key_sealed, "next_key_sealed": None, "key_type": key_type}
+        return self._update_account(account_id, now, values)
 
     def count_certificates_of_account(self, account_id: int) -> int:
         with self._read() as conn:
@@ -222,9 +227,9 @@ class Repository(RenewalStore, DnsStore):
                         names=json.dumps(list(new.names)),
                         status=CertificateStatus.PENDING.value,
                         account_id=new.account_id,
-                        challenge=new.challenge,
+                        challenge=new.challenge.value,
                         key_type=new.key_type,
-                        key_policy=new.key_policy,
+                        key_policy=new.key_policy.value,
                         subject=json.dumps(new.subject),
                         key_sealed=new.key_sealed,
                         renew_before_days=new.renew_before_days,
@@ -241,21 +246,10 @@ class Repository(RenewalStore, DnsStore):
                     )
                 )
             )
-            order_id = new_id(
-                conn.execute(
-                    insert(orders).values(
-                        certificate_id=cert_id,
-                        state=OrderState.QUEUED.value,
-                        attempts=0,
-                        lease_owner=lease_owner,
-                        lease_until=lease_until if lease_owner else None,
-                        next_run_at=now,
-                        started_at=now if lease_owner else None,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
+            order = queued_order(
+                cert_id, OrderPurpose.ISSUE, now, lease_owner=lease_owner, lease_until=lease_until
             )
+            order_id = new_id(conn.execute(insert(orders).values(order)))
         return self.get_certificate(cert_id), self.get_order(order_id)
 
     def get_certificate(self, cert_id: int) -> Certificate:
@@ -280,13 +274,17 @@ class Repository(RenewalStore, DnsStore):
         query = select(*CERT_COLUMNS).order_by(certificates.c.id)
         c = certificates.c
         if status is CertificateStatus.EXPIRED:
-            query = query.where(and_(c.status == "valid", c.not_after <= now))
+            query = query.where(and_(c.status == CertificateStatus.VALID.value, c.not_after <= now))
         elif status is CertificateStatus.VALID:
-            query = query.where(and_(c.status == "valid", c.not_after > now))
+            query = query.where(and_(c.status == CertificateStatus.VALID.value, c.not_after > now))
         elif status is not None:
             query = query.where(c.status == status.value)
         if expiring_within is not None:
-            query = query.where(and_(c.status == "valid", c.not_after <= now + expiring_within))
+            query = query.where(
+                and_(
+                    c.status == CertificateStatus.VALID.value, c.not_after <= now + expiring_within
+                )
+            )
         with self._read() as conn:
             return [certificate_row(r) for r in conn.execute(query)]
 
@@ -316,24 +314,14 @@ class Repository(RenewalStore, DnsStore):
     # -- orders --------------------------------------------------------------------------
 
     def add_order(
-        self, cert_id: int, now: datetime, lease_owner: str | None, lease: timedelta
+        self, cert_id: int, now: datetime, lease_owner: str | None, lease_until: datetime
     ) -> Order:
+        """A new first-issuance order for a certificate that has none active (a retry)."""
+        order = queued_order(
+            cert_id, OrderPurpose.ISSUE, now, lease_owner=lease_owner, lease_until=lease_until
+        )
         with self._write() as conn:
-            order_id = new_id(
-                conn.execute(
-                    insert(orders).values(
-                        certificate_id=cert_id,
-                        state=OrderState.QUEUED.value,
-                        attempts=0,
-                        lease_owner=lease_owner,
-                        lease_until=now + lease if lease_owner else None,
-                        next_run_at=now,
-                        started_at=now if lease_owner else None,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-            )
+            order_id = new_id(conn.execute(insert(orders).values(order)))
         return self.get_order(order_id)
 
     def get_order(self, order_id: int) -> Order:
@@ -434,33 +422,68 @@ class Repository(RenewalStore, DnsStore):
             ).first()
         return None if row is None else order_row(row)
 
-    def advance_order(
+    # -- the steps of an order, each under the caller's lease (LeaseLost otherwise) --------
+
+    def _mark(
+        self, order_id: int, owner: str, now: datetime, until: datetime, state: OrderState
+    ) -> None:
+        with self._write() as conn:
+            self._update_held(conn, order_id, owner, now, until, {"state": state.value})
+
+    def mark_ordered(
         self,
         order_id: int,
         owner: str,
         now: datetime,
-        lease_until: datetime,
+        until: datetime,
         *,
-        failed_attempt: bool = False,
-        **values: Any,
+        order_url: str,
+        replaces: str | None,
     ) -> None:
-        """Record a step; refuses when the lease was lost to another worker.
-
-        With failed_attempt, `error` and `error_message` also go into an event and the
-        certificate's alarm, in the same transaction.
-        """
-        problem = values.get("error")
-        if "state" in values:
-            values["state"] = OrderState(values["state"]).value
-        if isinstance(problem, AcmeProblem):
-            values["error"] = json.dumps(problem.to_json())
+        """The CA has the order: its URL (and the ARI certID it replaces) stored."""
+        values = {"state": OrderState.ORDERED.value, "order_url": order_url, "replaces": replaces}
         with self._write() as conn:
-            self._advance(conn, order_id, owner, now, lease_until, values)
-            if failed_attempt:
-                cert_id = _certificate_of(conn, order_id)
-                message = str(values.get("error_message") or problem or "failed")
-                failed = problem if isinstance(problem, AcmeProblem) else None
-                record_failure(conn, now, cert_id, order_id, message, failed, final=False)
+            self._update_held(conn, order_id, owner, now, until, values)
+
+    def mark_presented(self, order_id: int, owner: str, now: datetime, until: datetime) -> None:
+        """Every challenge is where the CA will look."""
+        self._mark(order_id, owner, now, until, OrderState.PRESENTED)
+
+    def mark_answered(self, order_id: int, owner: str, now: datetime, until: datetime) -> None:
+        """The CA was told to validate every challenge."""
+        self._mark(order_id, owner, now, until, OrderState.ANSWERED)
+
+    def mark_finalizing(self, order_id: int, owner: str, now: datetime, until: datetime) -> None:
+        """The CSR is about to be sent: from here a resume never finalizes again."""
+        self._mark(order_id, owner, now, until, OrderState.FINALIZING)
+
+    def keep_lease(self, order_id: int, owner: str, now: datetime, until: datetime) -> None:
+        """Extend the lease while a step waits (the CA, DNS propagation)."""
+        with self._write() as conn:
+            self._update_held(conn, order_id, owner, now, until, {})
+
+    def count_failed_attempt(
+        self,
+        order_id: int,
+        owner: str,
+        now: datetime,
+        until: datetime,
+        *,
+        attempts: int,
+        message: str,
+        problem: AcmeProblem | None,
+    ) -> None:
+        """An attempt failed and the holder goes on at once (a new order at the CA): the
+        count, the problem, an event and the certificate's alarm, in one transaction."""
+        values = {
+            "attempts": attempts,
+            "error": json.dumps(problem.to_json()) if problem else None,
+            "error_message": message,
+        }
+        with self._write() as conn:
+            self._update_held(conn, order_id, owner, now, until, values)
+            cert_id = _certificate_of(conn, order_id)
+            record_failure(conn, now, cert_id, order_id, message, problem, final=False)
 
     def fail_order(
         self,
@@ -500,24 +523,19 @@ class Repository(RenewalStore, DnsStore):
             conn.execute(delete(challenges).where(challenges.c.order_id == order_id))
             record_failure(conn, now, cert_id, order_id, message, problem, final=True)
             if fall_back_to is not None:
-                conn.execute(
-                    insert(orders).values(
-                        certificate_id=cert_id,
-                        account_id=fall_back_to,
-                        state=OrderState.QUEUED.value,
-                        purpose=purpose,
-                        attempts=0,
-                        next_run_at=now,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
+                order = queued_order(cert_id, OrderPurpose(purpose), now, account_id=fall_back_to)
+                conn.execute(insert(orders).values(order))
                 add_event(conn, now, EventKind.CA_FALLBACK, fallback_message, cert_id=cert_id)
                 return
             # A certificate that was never issued is failed; an issued one keeps its status.
             conn.execute(
                 update(certificates)
-                .where(and_(certificates.c.id == cert_id, certificates.c.status == "pending"))
+                .where(
+                    and_(
+                        certificates.c.id == cert_id,
+                        certificates.c.status == CertificateStatus.PENDING.value,
+                    )
+                )
                 .values(status=CertificateStatus.FAILED.value, updated_at=now)
             )
             if retry_renewal_at is not None or stop:
@@ -526,7 +544,9 @@ class Repository(RenewalStore, DnsStore):
                     .where(certificates.c.id == cert_id)
                     .values(
                         renew_at=retry_renewal_at,
-                        renewal_reason="retry-after-failure" if not stop else "stopped",
+                        renewal_reason=(
+                            RenewalReason.STOPPED if stop else RenewalReason.RETRY_AFTER_FAILURE
+                        ).value,
                         ari_next_check=None,
                     )
                 )
@@ -544,36 +564,24 @@ class Repository(RenewalStore, DnsStore):
     ) -> None:
         """A transient failure: count it, record it, and let the order go until
         `next_run_at` (any worker may take it then)."""
+        values = {
+            "attempts": attempts,
+            "error": json.dumps(problem.to_json()) if problem else None,
+            "error_message": message,
+            "next_run_at": next_run_at,
+            "lease_owner": None,
+        }
         with self._write() as conn:
-            self._advance(
-                conn,
-                order_id,
-                owner,
-                now,
-                None,
-                {
-                    "attempts": attempts,
-                    "error": json.dumps(problem.to_json()) if problem else None,
-                    "error_message": message,
-                    "next_run_at": next_run_at,
-                    "lease_owner": None,
-                },
-            )
+            self._update_held(conn, order_id, owner, now, None, values)
             cert_id = _certificate_of(conn, order_id)
             record_failure(conn, now, cert_id, order_id, message, problem, final=False)
 
     def hold(self, order_id: int, owner: str, now: datetime, until: datetime, message: str) -> None:
         """Let the order go until `until` without counting an attempt (a rate limit of
         ours, not a failure), with an event that says why."""
+        values = {"error_message": message, "next_run_at": until, "lease_owner": None}
         with self._write() as conn:
-            self._advance(
-                conn,
-                order_id,
-                owner,
-                now,
-                None,
-                {"error_message": message, "next_run_at": until, "lease_owner": None},
-            )
+            self._update_held(conn, order_id, owner, now, None, values)
             cert_id = _certificate_of(conn, order_id)
             add_event(conn, now, EventKind.HELD_BACK, message, cert_id=cert_id, order_id=order_id)
 
@@ -608,19 +616,12 @@ class Repository(RenewalStore, DnsStore):
             put_challenges(conn, order_id, items, now)
 
     def present_challenges(
-        self,
-        order_id: int,
-        owner: str,
-        items: Iterable[tuple[str, str, str, str]],
-        now: datetime,
-        lease_until: datetime,
+        self, order_id: int, owner: str, items: Iterable[tuple[str, str, str, str]], now: datetime
     ) -> None:
-        """put_challenges and advance_order(state=presented), in one transaction."""
+        """An order's tokens, under its lease: a worker that lost the lease writes none."""
         with self._write() as conn:
+            self._check_lease(conn, order_id, owner)
             put_challenges(conn, order_id, items, now)
-            self._advance(
-                conn, order_id, owner, now, lease_until, {"state": OrderState.PRESENTED.value}
-            )
 
     def key_authorization(self, token: str) -> str | None:
         with self._read() as conn:
@@ -632,7 +633,3 @@ class Repository(RenewalStore, DnsStore):
     def delete_challenge(self, token: str) -> None:
         with self._write() as conn:
             conn.execute(delete(challenges).where(challenges.c.token == token))
-
-    def delete_challenges_of(self, order_id: int) -> None:
-        with self._write() as conn:
-            conn.execute(delete(challenges).where(challenges.c.order_id == order_id))

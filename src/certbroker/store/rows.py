@@ -10,15 +10,18 @@ from typing import Any
 from sqlalchemy import Connection, Row, delete, insert
 
 from certbroker.domain.errors import AcmeProblem
+from certbroker.domain.keys import KeyPolicy
 from certbroker.domain.models import (
     Account,
     AccountStatus,
     Certificate,
     CertificateStatus,
+    ChallengeType,
     Order,
     OrderPurpose,
     OrderState,
 )
+from certbroker.domain.renewal import RenewalReason
 from certbroker.store.schema import certificates, challenges
 
 
@@ -53,9 +56,9 @@ def certificate_row(row: Row[Any]) -> Certificate:
         names=tuple(json.loads(row.names)),
         status=CertificateStatus(row.status),
         account_id=row.account_id,
-        challenge=row.challenge,
+        challenge=ChallengeType(row.challenge),
         key_type=row.key_type,
-        key_policy=row.key_policy,
+        key_policy=KeyPolicy(row.key_policy),
         subject=json.loads(row.subject),
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -71,7 +74,7 @@ def certificate_row(row: Row[Any]) -> Certificate:
         revoked_at=row.revoked_at,
         renew_at=row.renew_at,
         renew_before_days=row.renew_before_days,
-        renewal_reason=row.renewal_reason,
+        renewal_reason=RenewalReason(row.renewal_reason) if row.renewal_reason else None,
         alarm_since=row.alarm_since,
         alarm_message=row.alarm_message,
         ari_next_check=row.ari_next_check,
@@ -102,6 +105,33 @@ def order_row(row: Row[Any]) -> Order:
         lease_until=row.lease_until,
         next_run_at=row.next_run_at,
     )
+
+
+def queued_order(
+    cert_id: int,
+    purpose: OrderPurpose,
+    now: datetime,
+    *,
+    account_id: int | None = None,
+    lease_owner: str | None = None,
+    lease_until: datetime | None = None,
+) -> dict[str, object]:
+    """The row of a new order, queued: the one way every order begins (a request, a
+    retry, a renewal, a fallback to another account). With `lease_owner`, it is leased
+    to that worker from the start (`cert request --wait`), so no other takes it."""
+    return {
+        "certificate_id": cert_id,
+        "account_id": account_id,
+        "state": OrderState.QUEUED.value,
+        "purpose": purpose.value,
+        "attempts": 0,
+        "lease_owner": lease_owner,
+        "lease_until": lease_until if lease_owner else None,
+        "next_run_at": now,
+        "started_at": now if lease_owner else None,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def put_challenges(

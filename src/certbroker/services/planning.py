@@ -1,0 +1,117 @@
+"""Renewal planning, in one place: when a certificate that just arrived is renewed, how
+the CA's ARI window moves that, which certificate a renewal order replaces, and when a
+failed renewal is tried again. The moments themselves are pure functions in
+domain/renewal.py; this module asks the CA and applies the policy settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+
+from certbroker.crypto.ari import ari_cert_id
+from certbroker.domain.errors import CAError
+from certbroker.domain.models import Certificate, Order, OrderPurpose, OrderState
+from certbroker.domain.renewal import RenewalPlan, RenewalReason, RenewalWindow, plan_renewal
+from certbroker.ports import CertificateAuthority
+
+log = logging.getLogger("certbroker.scheduler")
+
+ARI_DEFAULT_RETRY = timedelta(hours=6)  # when the CA sends no Retry-After (RFC 9773 §4.3)
+ARI_LONGEST_RETRY = timedelta(days=1)
+ARI_RETRY_AFTER_ERROR = timedelta(hours=1)
+RENEWAL_RETRY_FIRST = timedelta(minutes=10)  # a renewal that failed transiently, again
+RENEWAL_RETRY_MAX = timedelta(hours=6)
+
+
+@dataclass(frozen=True)
+class AfterFailure:
+    """What a failed renewal leaves planned: a moment to try again, or a stop."""
+
+    retry_at: datetime | None
+    stop: bool
+    note: str  # appended to the failure's message
+
+
+class RenewalPlanner:
+    def __init__(self, renew_before_days: float | None = None) -> None:
+        self.renew_before_days = renew_before_days  # the global policy; None: 1/3 of lifetime
+
+    def ask_window(
+        self, ca: CertificateAuthority, leaf: x509.Certificate, now: datetime
+    ) -> tuple[RenewalWindow | None, datetime | None]:
+        """The CA's ARI window for `leaf` and when to ask again, or (None, None) when the
+        CA offers no ARI. A CA that fails to answer is asked again in an hour; the
+        policy plans the renewal meanwhile."""
+        if not ca.supports_renewal_info():
+            return None, None
+        try:
+            info = ca.renewal_info(ari_cert_id(leaf))
+        except (CAError, ValueError) as exc:
+            log.warning("no renewal information from the CA: %s", exc)
+            return None, now + ARI_RETRY_AFTER_ERROR
+        wait = info.retry_after if info.retry_after else ARI_DEFAULT_RETRY.total_seconds()
+        wait = min(max(wait, 60.0), ARI_LONGEST_RETRY.total_seconds())
+        return RenewalWindow(info.start, info.end), now + timedelta(seconds=wait)
+
+    def plan(
+        self,
+        cert: Certificate,
+        not_before: datetime,
+        not_after: datetime,
+        window: RenewalWindow | None,
+        now: datetime,
+    ) -> RenewalPlan:
+        """When to renew `cert`'s certificate valid from `not_before` to `not_after`."""
+        return plan_renewal(
+            not_before,
+            not_after,
+            now=now,
+            days_before_expiry=cert.renew_before_days or self.renew_before_days,
+            ari=window,
+        )
+
+    def replan(self, cert: Certificate, window: RenewalWindow | None, now: datetime) -> RenewalPlan:
+        """The plan of a certificate in use, after the CA was asked for its window again:
+        a moment already drawn inside the same window is kept rather than drawn again."""
+        assert cert.not_before is not None and cert.not_after is not None
+        plan = self.plan(cert, cert.not_before, cert.not_after, window, now)
+        kept = cert.renew_at if cert.renewal_reason is RenewalReason.ARI else None
+        if window is not None and kept is not None and window.start <= kept <= window.end:
+            return RenewalPlan(kept, RenewalReason.ARI)
+        return plan
+
+    def replaces(self, ca: CertificateAuthority, cert: Certificate, order: Order) -> str | None:
+        """For a renewal at a CA with ARI: the certificate it replaces (RFC 9773 §5)."""
+        if order.purpose is not OrderPurpose.RENEW or cert.cert_pem is None:
+            return None
+        if not ca.supports_renewal_info():
+            return None
+        try:
+            return ari_cert_id(x509.load_pem_x509_certificate(cert.cert_pem.encode()))
+        except ValueError as exc:
+            log.info("order %d: not naming the replaced certificate: %s", order.id, exc)
+            return None
+
+    def after_failure(
+        self, cert: Certificate, history: Sequence[Order], *, transient: bool, now: datetime
+    ) -> AfterFailure:
+        """A renewal that failed for good: after transient failures the scheduler tries
+        again later (10 minutes, doubling with each failed renewal since the last
+        success, at most 6 hours), so the broker heals itself when the cause goes away;
+        after a permanent one (unauthorized, caa, a deactivated account…) renewal stops
+        until a person acts (`cert renew ID`)."""
+        if not transient:
+            return AfterFailure(
+                None, True, f"; renewal stopped until `certbroker cert renew {cert.id}`"
+            )
+        last_valid = max((o.id for o in history if o.state is OrderState.VALID), default=0)
+        failed = sum(1 for o in history if o.id > last_valid and o.state is OrderState.FAILED)
+        retry_at = now + min(RENEWAL_RETRY_MAX, RENEWAL_RETRY_FIRST * 2**failed)
+        return AfterFailure(
+            retry_at, False, f"; renewal tried again at {retry_at:%Y-%m-%d %H:%M} UTC"
+        )
