@@ -184,7 +184,15 @@ class Peer:
         self.peak_kib = 0  # the largest peak RSS of one call of the tool
         if not TIME.exists():
             raise PeerMissing(f"{TIME} is missing; run `make bench`, which installs it")
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBROKER_")}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("CERTBROKER_") and k != "PYTHONDONTWRITEBYTECODE"
+        }
+        # Each tool runs as installed: certbot's modules are compiled in its venv by pip;
+        # certbroker's (installed editable) are compiled once into this cache, not again
+        # in every process as PYTHONDONTWRITEBYTECODE, if the shell sets it, would have it.
+        self.env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
         if kind == "certbot":
             if not CERTBOT.exists():
                 raise PeerMissing(f"{CERTBOT} is missing; run `make bench`, which installs it")

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,9 @@ import pytest
 
 from tests.support.pebble import PebbleServer, start_pebble
 from tests.support.ports import free_port
+
+# Where the certbroker processes the tests start keep their bytecode (shared by workers).
+PYCACHE = os.path.join(tempfile.gettempdir(), f"certbroker-tests-pycache-{os.getuid()}")
 
 
 @pytest.fixture(scope="session")
@@ -84,9 +88,15 @@ class Cli:
 
 
 def make_cli(data_dir: Path, pebble: PebbleServer | None) -> Cli:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBROKER_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CERTBROKER_") and k != "PYTHONDONTWRITEBYTECODE"
+    }
     env.update(
         {
+            # Compiled once per run, outside the work tree, instead of in every call.
+            "PYTHONPYCACHEPREFIX": PYCACHE,
             "CERTBROKER_DATA_DIR": str(data_dir),
             "CERTBROKER_HTTP01_ADDRESS": "127.0.0.1",
             "CERTBROKER_HTTP01_PORT": str(pebble.http_port if pebble else free_port()),

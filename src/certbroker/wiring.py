@@ -1,36 +1,40 @@
-"""The one place that picks concrete adapters from the configuration."""
+"""The one place that picks concrete adapters from the configuration.
+
+A service is built, and its module imported, when an entry point first asks for it:
+`cert list` needs the store and two services, not the ACME client, the solvers or the
+issuance machinery (docs/benchmarks.md, start-up).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-from certbroker.challenges.http01 import Responder, bind_responder, probe
-from certbroker.config import Settings
-from certbroker.crypto.keys import PrivateKey
 from certbroker.crypto.sealing import Sealer, load_or_create_master_key
 from certbroker.domain.dns import RFC2136, DnsAccountConfig, parse_servers
 from certbroker.domain.models import ChallengeType
 from certbroker.ports import CertificateAuthority, ChallengeSolver, DnsLookups, DnsProvider
-from certbroker.services.accounts import AccountService
-from certbroker.services.certificates import CertificateService
 from certbroker.services.common import CAFactory, ServiceContext
-from certbroker.services.dns import DnsService, DnsSettings
-from certbroker.services.dns01 import Dns01Solver
-from certbroker.services.http01 import Http01Solver
-from certbroker.services.issuance import IssuanceService
-from certbroker.services.planning import RenewalPlanner
-from certbroker.services.renewal import RenewalService
-from certbroker.services.requests import RequestService
-from certbroker.services.runtime import RuntimeSettings
 from certbroker.store.db import make_engine, migrate
 from certbroker.store.repository import Repository
-from certbroker.store.token_lookup import token_lookup
+
+if TYPE_CHECKING:
+    from certbroker.challenges.http01 import Responder
+    from certbroker.config import Settings
+    from certbroker.crypto.keys import PrivateKey
+    from certbroker.services.accounts import AccountService
+    from certbroker.services.certificates import CertificateService
+    from certbroker.services.dns import DnsService, DnsSettings
+    from certbroker.services.issuance import IssuanceService
+    from certbroker.services.planning import RenewalPlanner
+    from certbroker.services.renewal import RenewalService
+    from certbroker.services.requests import RequestService
+    from certbroker.services.runtime import RuntimeSettings
 
 
 class CAClients:
@@ -56,6 +60,8 @@ class CAClients:
     ) -> CertificateAuthority:
         # Imported here: the ACME library is a third of the CLI's start-up, and most
         # commands (list, show, export) never talk to a CA.
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
         from certbroker.ca.acme_client import AcmeCA
 
         bundle = self._bundle_path(ca_bundle) if ca_bundle else None
@@ -97,6 +103,8 @@ def make_dns_provider(config: DnsAccountConfig) -> DnsProvider:
 
 
 def dns_settings(settings: Settings) -> DnsSettings:
+    from certbroker.services.dns import DnsSettings
+
     check = settings.dns_check_servers
     return DnsSettings(
         check_servers=(() if check == "off" else parse_servers(check, "dns_check_servers") or None),
@@ -107,7 +115,8 @@ def dns_settings(settings: Settings) -> DnsSettings:
 @dataclass
 class Broker:
     """The services every entry point calls (CLI today; API, console, agent next), wired
-    to the adapters the settings choose. Entry points use these and nothing beneath."""
+    to the adapters the settings choose. Entry points use these and nothing beneath.
+    Each is made on first use."""
 
     settings: Settings
     repo: Repository
@@ -115,39 +124,72 @@ class Broker:
     # DNS look-ups for DNS-01 (made on first use); tests that are about the order's states
     # rather than DNS hand in their own.
     dns_lookups: Callable[[], DnsLookups] | None = None
-    solvers: dict[ChallengeType, ChallengeSolver] = field(init=False)
-    accounts: AccountService = field(init=False)
-    requests: RequestService = field(init=False)
-    issuance: IssuanceService = field(init=False)
-    renewal: RenewalService = field(init=False)
-    certificates: CertificateService = field(init=False)
-    dns: DnsService = field(init=False)
-    runtime: RuntimeSettings = field(init=False)
 
-    def __post_init__(self) -> None:
-        settings = self.settings
-        self.accounts = AccountService(self.ctx)
+    @cached_property
+    def accounts(self) -> AccountService:
+        from certbroker.services.accounts import AccountService
+
+        return AccountService(self.ctx)
+
+    @cached_property
+    def certificates(self) -> CertificateService:
+        from certbroker.services.certificates import CertificateService
+
+        return CertificateService(self.ctx, self.solvers)
+
+    @cached_property
+    def dns(self) -> DnsService:
+        from certbroker.services.dns import DnsService
+
         lookups = self.dns_lookups or self._dns_lookups
-        self.dns = DnsService(self.ctx, make_dns_provider, lookups, dns_settings(settings))
-        self.solvers = {
-            ChallengeType.HTTP_01: Http01Solver(
-                self.ctx, self.bind_responder_started, probe, settings.http01_port
-            ),
-            ChallengeType.DNS_01: Dns01Solver(self.dns),
-        }
-        planner = RenewalPlanner(settings.renew_before_days or None)
-        self.requests = RequestService(self.ctx, self.solvers)
-        self.issuance = IssuanceService(
+        return DnsService(self.ctx, make_dns_provider, lookups, dns_settings(self.settings))
+
+    @cached_property
+    def solvers(self) -> dict[ChallengeType, ChallengeSolver]:
+        """One solver per challenge type: how the services prove control of a name."""
+        from certbroker.challenges.http01 import probe
+        from certbroker.services.dns01 import Dns01Solver
+        from certbroker.services.http01 import Http01Solver
+
+        http01 = Http01Solver(self.ctx, self.start_responder, probe, self.settings.http01_port)
+        return {ChallengeType.HTTP_01: http01, ChallengeType.DNS_01: Dns01Solver(self.dns)}
+
+    @cached_property
+    def planner(self) -> RenewalPlanner:
+        from certbroker.services.planning import RenewalPlanner
+
+        return RenewalPlanner(self.settings.renew_before_days or None)
+
+    @cached_property
+    def requests(self) -> RequestService:
+        from certbroker.services.requests import RequestService
+
+        return RequestService(self.ctx, self.solvers)
+
+    @cached_property
+    def issuance(self) -> IssuanceService:
+        from certbroker.services.issuance import IssuanceService
+
+        return IssuanceService(
             self.ctx,
             self.solvers,
-            planner,
-            order_timeout=settings.order_timeout,
-            retry_attempts=settings.retry_attempts,
-            validation_cap=settings.validation_failures_per_hour,
+            self.planner,
+            order_timeout=self.settings.order_timeout,
+            retry_attempts=self.settings.retry_attempts,
+            validation_cap=self.settings.validation_failures_per_hour,
         )
-        self.renewal = RenewalService(self.ctx, self.issuance, planner)
-        self.certificates = CertificateService(self.ctx, self.solvers)
-        self.runtime = RuntimeSettings(self.ctx)
+
+    @cached_property
+    def renewal(self) -> RenewalService:
+        from certbroker.services.renewal import RenewalService
+
+        return RenewalService(self.ctx, self.issuance, self.planner)
+
+    @cached_property
+    def runtime(self) -> RuntimeSettings:
+        from certbroker.services.runtime import RuntimeSettings
+
+        return RuntimeSettings(self.ctx)
 
     def _dns_lookups(self) -> DnsLookups:
         from certbroker.dns.propagation import DnsLookups
@@ -157,12 +199,15 @@ class Broker:
     def bind_responder(self) -> Responder:
         """The HTTP-01 responder on the configured port, answering this store's tokens;
         listening already (a taken port raises CertbrokerError), answering once started."""
+        from certbroker.challenges.http01 import bind_responder
+        from certbroker.store.token_lookup import token_lookup
+
         lookup, inline = token_lookup(self.repo.engine, self.repo.key_authorization)
         return bind_responder(
             self.settings.http01_address, self.settings.http01_port, lookup, inline=inline
         )
 
-    def bind_responder_started(self) -> Responder:
+    def start_responder(self) -> Responder:
         return self.bind_responder().start()
 
 

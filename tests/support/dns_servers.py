@@ -12,7 +12,7 @@ journals, control socket, database, logs) inside the work directory: no ``-u``/`
 nothing under /run or /var, no rndc listener. They neither need nor touch a system-wide
 named/pdns, and several instances (one per xdist worker) can run side by side.
 
-Facts this relies on (BIND 9.18, PowerDNS 4.7, see docs/research/dns-01.md §3 and §6):
+Facts this relies on (BIND 9.18, PowerDNS 4.7):
 
 * named's pid-file and session-keyfile default to /run/named (not writable by non-root),
   so they, and lock-file, point into the work directory. ``notify no`` stops NOTIFYs to

@@ -240,9 +240,7 @@ def list_(
             choices = ", ".join(s.value for s in CertificateStatus)
             raise UsageError(f"unknown --status {status!r}: choose one of {choices}") from None
     state: State = ctx.obj
-    svc = state.broker.certificates
-    accounts = {a.id: a for a in state.broker.accounts.all()}
-    rows = [svc.summary(c, accounts) for c in svc.search(wanted, expiring_within)]
+    rows = state.broker.certificates.listing(wanted, expiring_within)
     if as_json:
         print_json(rows)
         return

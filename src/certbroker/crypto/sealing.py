@@ -7,13 +7,17 @@ with mode 0600. Creation is atomic, so two processes starting at once agree on o
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import os
 from pathlib import Path
-
-from cryptography.fernet import Fernet, InvalidToken
+from typing import TYPE_CHECKING
 
 from certbroker.domain.errors import CertbrokerError, ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 MASTER_KEY_FILE = "master.key"
 
@@ -22,18 +26,34 @@ class Sealer:
     """Seals and unseals secrets (private keys, DNS credentials) with the master key."""
 
     def __init__(self, master_key: bytes) -> None:
+        # Checked now, as Fernet would; Fernet itself (and the cipher modules it loads)
+        # is made on first use, which commands that read no secret (cert list) never pay.
         try:
-            self._fernet = Fernet(master_key)
-        except (ValueError, TypeError):
+            valid = len(base64.urlsafe_b64decode(master_key)) == 32
+        except (binascii.Error, ValueError, TypeError):
+            valid = False
+        if not valid:
             raise ConfigError(
                 "the master key is not a valid key (32 url-safe base64 bytes); "
                 "generate one with `certbroker config new-master-key`"
-            ) from None
+            )
+        self._key = master_key
+        self._made: Fernet | None = None
+
+    @property
+    def _fernet(self) -> Fernet:
+        if self._made is None:
+            from cryptography.fernet import Fernet
+
+            self._made = Fernet(self._key)
+        return self._made
 
     def seal(self, secret: bytes) -> bytes:
         return self._fernet.encrypt(secret)
 
     def unseal(self, sealed: bytes) -> bytes:
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._fernet.decrypt(sealed)
         except InvalidToken:
@@ -44,6 +64,8 @@ class Sealer:
 
 
 def new_master_key() -> bytes:
+    from cryptography.fernet import Fernet
+
     return Fernet.generate_key()
 
 

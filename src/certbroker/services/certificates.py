@@ -7,8 +7,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from certbroker.crypto.export import ExportBundle, write_export
-from certbroker.crypto.keys import load_private_key
 from certbroker.domain.errors import CAError, UsageError
 from certbroker.domain.keys import ExportFormat, RevocationReason
 from certbroker.domain.models import (
@@ -41,6 +39,14 @@ class CertificateService:
         return self.repo.list_certificates(
             now=self.ctx.clock(), status=status, expiring_within=within
         )
+
+    def listing(
+        self, status: CertificateStatus | None = None, expiring_within_days: int | None = None
+    ) -> list[dict[str, Any]]:
+        """`search`, each certificate as `summary` shows it (its account by name)."""
+        found = self.search(status, expiring_within_days)
+        accounts = {a.id: a for a in self.repo.list_accounts()}
+        return [self.summary(c, accounts) for c in found]
 
     def get(self, cert_id: int) -> Certificate:
         return self.repo.get_certificate(cert_id)
@@ -133,6 +139,8 @@ class CertificateService:
             )
         sealed = self.repo.certificate_key_sealed(cert_id)
         key_pem = self.ctx.sealer.unseal(sealed) if sealed is not None else None
+        from certbroker.crypto.export import ExportBundle, write_export
+
         bundle = ExportBundle(
             cert_pem=cert.cert_pem.encode(),
             chain_pem=(cert.chain_pem or "").encode(),
@@ -161,6 +169,8 @@ class CertificateService:
                     f"account {account.name!r} is deactivated and the certificate's key is not "
                     "held here, so nothing can sign the revocation"
                 )
+            from certbroker.crypto.keys import load_private_key
+
             cert_key = load_private_key(self.ctx.sealer.unseal(sealed))
             ca = self.ctx.ca_factory(account.directory_url, cert_key, None, account.ca_bundle)
         try:

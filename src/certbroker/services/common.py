@@ -8,20 +8,20 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-
-from certbroker.crypto.keys import PrivateKey
-from certbroker.crypto.sealing import Sealer, new_master_key
 from certbroker.domain.errors import UsageError
 from certbroker.domain.models import Account
 from certbroker.ports import CertificateAuthority
-from certbroker.store.repository import Repository
+
+if TYPE_CHECKING:  # the cryptography modules load when first used (start-up of the CLI)
+    from certbroker.crypto.keys import PrivateKey
+    from certbroker.crypto.sealing import Sealer
+    from certbroker.store.repository import Repository
 
 Clock = Callable[[], datetime]
 # (directory URL, account key, account URL or None, CA bundle PEM or None) -> CA client
-CAFactory = Callable[[str, PrivateKey, str | None, str | None], CertificateAuthority]
+CAFactory = Callable[[str, "PrivateKey", str | None, str | None], CertificateAuthority]
 
 FAULT_ENV = "CERTBROKER_FAULT_KILL_AFTER"  # test hook: SIGKILL this process after a step
 _EMAIL = re.compile(r"^[^@\s:]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$")
@@ -71,6 +71,9 @@ def validate_emails(emails: list[str]) -> list[str]:
 
 def read_ca_bundle(data: bytes, source: str) -> str:
     """A PEM bundle of CA certificates, checked now rather than at the first TLS handshake."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -82,4 +85,6 @@ def read_ca_bundle(data: bytes, source: str) -> str:
 
 def make_master_key() -> str:
     """A fresh master key for CERTBROKER_MASTER_KEY (stored nowhere)."""
+    from certbroker.crypto.sealing import new_master_key
+
     return new_master_key().decode()

@@ -138,12 +138,13 @@ orders = Table(
     Column("account_id", Integer, nullable=True),  # None: the certificate's account_id
     Index("ix_orders_certificate_id", "certificate_id"),
     Index("ix_orders_state_next_run", "state", "next_run_at"),
+    # Migrations create it with the same WHERE on PostgreSQL too; naming
+    # postgresql_where here would load the PostgreSQL dialect in every process (~20 ms).
     Index(
         "ux_orders_one_active_per_certificate",
         "certificate_id",
         unique=True,
         sqlite_where=text(ACTIVE_STATES_SQL),
-        postgresql_where=text(ACTIVE_STATES_SQL),
     ),
 )
 
