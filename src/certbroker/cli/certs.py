@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from certbroker.cli.params import CERT_ID_HELP, CertId, number
-from certbroker.cli.state import State, console, escape, print_json
+from certbroker.cli.state import State, console, escape, print_json, say
 
 app = typer.Typer(
     help="Certificates: request, list, show, export, revoke, delete.", no_args_is_help=True
@@ -146,7 +146,7 @@ def request(
         if as_json:
             print_json(broker.certificates.details(cert.id))
         else:
-            console.print(
+            say(
                 f"certificate {cert.id} queued (order {order.id}); `certbroker serve` obtains it, "
                 f"or run `certbroker cert resume {cert.id}`"
             )
@@ -160,7 +160,7 @@ def request(
         # Leased to this process from the start, so a running `serve` leaves it alone.
         cert, _ = broker.requests.store(prepared, lease_owner=owner)
         if not as_json:
-            console.print(f"certificate {cert.id}: obtaining {escape(', '.join(cert.names))}")
+            say(f"certificate {cert.id}: obtaining {', '.join(cert.names)}")
         drive_one(broker, cert.id, as_json, owner)
 
 

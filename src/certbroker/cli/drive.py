@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from certbroker.cli.state import console, console_err, escape, print_json
+from certbroker.cli.state import print_json, say
 from certbroker.domain.errors import CertbrokerError
 from certbroker.services.issuance import Outcome, RunResult
 
@@ -16,14 +16,14 @@ if TYPE_CHECKING:
 
 
 def progress(message: str) -> None:
-    console_err.print(f"  {escape(message)}")
+    say(f"  {message}", err=True)
 
 
 def print_dns_records(cert_id: int, details: dict[str, Any]) -> None:
-    console.print(f"certificate {cert_id} waits for these DNS records (manual mode):")
-    for record in details["dns_records"]:
-        console.print(f"  {escape(record['name'])}. TXT {escape(record['value'])}")
-    console.print(f"write them at your DNS provider, then run `certbroker cert verify {cert_id}`")
+    lines = [f"certificate {cert_id} waits for these DNS records (manual mode):"]
+    lines += [f"  {r['name']}. TXT {r['value']}" for r in details["dns_records"]]
+    lines.append(f"write them at your DNS provider, then run `certbroker cert verify {cert_id}`")
+    say("\n".join(lines))
 
 
 def drive_one(broker: Broker, cert_id: int, as_json: bool, owner: str) -> None:
@@ -44,8 +44,8 @@ def report(broker: Broker, cert_id: int, as_json: bool, result: RunResult) -> No
     if result.outcome is not Outcome.ISSUED:
         raise CertbrokerError(f"certificate {cert_id} failed: {result.message}")
     if not as_json:
-        console.print(
-            f"certificate {cert_id} issued for {escape(', '.join(details['names']))}; "
+        say(
+            f"certificate {cert_id} issued for {', '.join(details['names'])}; "
             f"valid until {details['not_after']}"
         )
 

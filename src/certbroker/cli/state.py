@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -37,6 +38,15 @@ class _LazyConsole:
 # Typed as the Console they stand in for.
 console = cast("Console", _LazyConsole(highlight=False, soft_wrap=True))
 console_err = cast("Console", _LazyConsole(stderr=True, highlight=False, soft_wrap=True))
+
+
+def say(line: str, *, err: bool = False) -> None:
+    """One line as it is (never read as markup), on standard output or, with `err`,
+    standard error: what the commands that obtain certificates print, without loading
+    Rich for it."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(line + "\n")
+    stream.flush()
 
 
 def started() -> None:
