@@ -115,7 +115,8 @@ _FIELD_TYPES: dict[str, type] = {
     "dns_propagation_timeout": float,
 }
 
-# TOML tables the issue tracker and the seeds speak of, mapped to the flat settings.
+# TOML tables ([renewal], [dns]) a configuration file may group settings in, mapped to the
+# flat settings.
 _TABLE_KEYS = {
     ("renewal", "days_before_expiry"): "renew_before_days",
     ("renewal", "scheduler_interval"): "scheduler_interval",

@@ -1,4 +1,4 @@
-"""Logging by component (the seeds call it tracing), set in the configuration and, while
+"""Logging by component (tracing), set in the configuration and, while
 `serve` runs, changed at runtime through the store (`certbroker log-level`), so every
 process and node on the store follows.
 

@@ -1,4 +1,4 @@
-"""What keeps `certbroker --help` fast (issue 5: under 0.3 s) while it looks as Typer
+"""What keeps `certbroker --help` fast (docs/benchmarks.md: under 0.3 s) while it looks as Typer
 draws it, and what every command's help has in common.
 
 * `LazyGroup`: the top-level commands are listed from a table of `Lazy` entries (a name,
