@@ -19,7 +19,7 @@ from certbroker.crypto.sealing import Sealer, load_or_create_master_key
 from certbroker.domain.dns import RFC2136, DnsAccountConfig, parse_servers
 from certbroker.domain.models import ChallengeType
 from certbroker.ports import CertificateAuthority, ChallengeSolver, DnsLookups, DnsProvider
-from certbroker.services.common import CAFactory, ServiceContext
+from certbroker.services.common import ServiceContext
 from certbroker.store.db import make_engine, migrate
 from certbroker.store.repository import Repository
 
@@ -211,14 +211,14 @@ class Broker:
         return self.bind_responder().start()
 
 
-def build(settings: Settings, ca_factory: CAFactory | None = None) -> Broker:
-    """The broker on the configured store; `ca_factory` replaces the ACME client (tests
-    that script a CA's answers)."""
+def build(settings: Settings) -> Broker:
+    """The broker on the configured store, reaching CAs through the ACME client."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(settings.effective_database_url)
     migrate(engine)
     sealer = Sealer(load_or_create_master_key(settings.data_dir, settings.master_key))
     repo = Repository(engine)
-    factory = ca_factory or CAClients(settings.data_dir / "ca-bundles")
-    ctx = ServiceContext(repo=repo, sealer=sealer, ca_factory=factory)
+    ctx = ServiceContext(
+        repo=repo, sealer=sealer, ca_factory=CAClients(settings.data_dir / "ca-bundles")
+    )
     return Broker(settings=settings, repo=repo, ctx=ctx)
