@@ -15,11 +15,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certbroker.crypto.sealing import Sealer, load_or_create_master_key
 from certbroker.domain.dns import RFC2136, DnsAccountConfig, parse_servers
 from certbroker.domain.models import ChallengeType
 from certbroker.ports import CertificateAuthority, ChallengeSolver, DnsLookups, DnsProvider
-from certbroker.services.common import ServiceContext
+from certbroker.services.common import ServiceContext, utcnow
+from certbroker.services.master_key import open_sealer
 from certbroker.store.db import make_engine, migrate
 from certbroker.store.repository import Repository
 
@@ -216,8 +216,8 @@ def build(settings: Settings) -> Broker:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(settings.effective_database_url)
     migrate(engine)
-    sealer = Sealer(load_or_create_master_key(settings.data_dir, settings.master_key))
     repo = Repository(engine)
+    sealer = open_sealer(settings.data_dir, settings.master_key, repo, utcnow)
     ctx = ServiceContext(
         repo=repo, sealer=sealer, ca_factory=CAClients(settings.data_dir / "ca-bundles")
     )

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from certbroker.crypto.sealing import Sealer, load_or_create_master_key, new_master_key
+from certbroker.crypto.sealing import Sealer, create_master_key, new_master_key, read_master_key
 from certbroker.domain.errors import CertbrokerError, ConfigError
 
 
 def test_master_key_is_created_once_with_mode_0600(tmp_path: Path) -> None:
-    first = load_or_create_master_key(tmp_path / "data")
-    second = load_or_create_master_key(tmp_path / "data")
+    assert read_master_key(tmp_path / "data") is None
+    first = create_master_key(tmp_path / "data")
+    second = read_master_key(tmp_path / "data")
     assert first == second
     mode = stat.S_IMODE((tmp_path / "data" / "master.key").stat().st_mode)
     assert mode == 0o600
@@ -22,7 +23,7 @@ def test_master_key_is_created_once_with_mode_0600(tmp_path: Path) -> None:
 
 def test_environment_key_wins_and_no_file_is_written(tmp_path: Path) -> None:
     key = new_master_key()
-    assert load_or_create_master_key(tmp_path, key.decode()) == key
+    assert read_master_key(tmp_path, key.decode()) == key
     assert not (tmp_path / "master.key").exists()
 
 

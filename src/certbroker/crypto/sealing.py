@@ -1,8 +1,9 @@
 """Encryption of private keys at rest with the broker's master key.
 
 The master key is a Fernet key (AES-128-CBC + HMAC-SHA256). It comes from
-CERTBROKER_MASTER_KEY or from <data_dir>/master.key, which is created on first use
-with mode 0600. Creation is atomic, so two processes starting at once agree on one key.
+CERTBROKER_MASTER_KEY or from <data_dir>/master.key, which is created, with mode 0600,
+for an empty store only (services/master_key.py). Creation is atomic, so two processes
+starting at once agree on one key.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,14 +72,21 @@ def new_master_key() -> bytes:
     return Fernet.generate_key()
 
 
-def load_or_create_master_key(data_dir: Path, from_env: str = "") -> bytes:
+def read_master_key(data_dir: Path, from_env: str = "") -> bytes | None:
+    """The master key from CERTBROKER_MASTER_KEY, else from <data_dir>/master.key; None
+    when there is neither."""
     if from_env:
         return from_env.strip().encode()
-    path = data_dir / MASTER_KEY_FILE
     try:
-        return path.read_bytes().strip()
+        return (data_dir / MASTER_KEY_FILE).read_bytes().strip()
     except FileNotFoundError:
-        pass
+        return None
+
+
+def create_master_key(data_dir: Path) -> bytes:
+    """A new <data_dir>/master.key, mode 0600 from the start. Atomic: when two processes
+    create one at once, both return the one that was linked first."""
+    path = data_dir / MASTER_KEY_FILE
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = data_dir / f".{MASTER_KEY_FILE}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -91,3 +101,9 @@ def load_or_create_master_key(data_dir: Path, from_env: str = "") -> bytes:
     finally:
         tmp.unlink(missing_ok=True)
     return path.read_bytes().strip()
+
+
+def key_check(master_key: bytes) -> str:
+    """A value that tells whether a key is the one a store was sealed with, and tells
+    nothing about the key: HMAC-SHA256 under the key of a fixed text."""
+    return hmac.new(master_key, b"certbroker master key check", hashlib.sha256).hexdigest()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 
 from certbroker.domain.errors import ConfigError
 
@@ -136,28 +136,68 @@ def write_lock(engine: Engine) -> AbstractContextManager[Any]:
     return lock
 
 
+def _where(engine: Engine) -> str:
+    return (
+        engine.url.database or ""
+        if engine.dialect.name == "sqlite"
+        else engine.url.render_as_string()
+    )
+
+
 def current_revision(engine: Engine) -> str | None:
-    """The store's Alembic revision; None for a new store (no alembic_version table)."""
+    """The store's Alembic revision; None for a new store (no alembic_version table).
+    ConfigError, in one line, for a file or database that is no certbroker store."""
     try:
         with engine.connect().execution_options(readonly=True) as conn:
             row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
             return None if row is None else str(row[0])
-    except SQLAlchemyError:  # OperationalError: no such table
-        return None
+    except DatabaseError as exc:
+        reason = str(exc.orig)
+        if "alembic_version" in reason:  # no such table (relation): a new store
+            return None
+        if isinstance(exc, OperationalError):
+            raise ConfigError(f"cannot open the store {_where(engine)}: {reason}") from None
+        raise ConfigError(
+            f"{_where(engine)} is not a certbroker store ({reason}); point "
+            "--data-dir / CERTBROKER_DATA_DIR (or database_url) at certbroker's store, or "
+            "move that file away to start a new one"
+        ) from None
 
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision. A store already there costs one query,
-    and Alembic is not imported."""
-    if current_revision(engine) == HEAD_REVISION:
+    and Alembic is not imported. A database holding other tables, or a schema revision
+    this certbroker does not know, is refused with one line saying so."""
+    revision = current_revision(engine)
+    if revision == HEAD_REVISION:
         return
+    if revision is None:
+        from sqlalchemy import inspect
+
+        foreign = sorted(inspect(engine).get_table_names())
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
+            raise ConfigError(
+                f"{_where(engine)} is not a certbroker store: it holds other tables "
+                f"({shown}) and no certbroker schema; point --data-dir / "
+                "CERTBROKER_DATA_DIR (or database_url) at certbroker's store or an empty "
+                "database"
+            )
     from alembic import command
     from alembic.config import Config
+    from alembic.util.exc import CommandError
 
     cfg = Config()
     cfg.set_main_option("script_location", "certbroker.store:migrations")
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     os.environ.setdefault("ALEMBIC_SKIP_LOGGING", "1")
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except CommandError:
+        raise ConfigError(
+            f"the store {_where(engine)} has schema revision {revision}, which this "
+            f"certbroker (newest: {HEAD_REVISION}) does not know: it was made by a newer "
+            "certbroker; run that version, or restore a backup made with this one"
+        ) from None

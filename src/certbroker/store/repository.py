@@ -55,6 +55,7 @@ from certbroker.store.schema import (
     certificate_history,
     certificates,
     challenges,
+    dns_accounts,
     orders,
     runtime_settings,
 )
@@ -595,16 +596,40 @@ class Repository(RenewalStore, DnsStore):
         return None if value is None else str(value)
 
     def set_setting(self, name: str, value: str, now: datetime) -> None:
-        with self._write() as conn:
-            done = conn.execute(
-                update(runtime_settings)
-                .where(runtime_settings.c.name == name)
-                .values(value=value, updated_at=now)
-            )
-            if not done.rowcount:
-                conn.execute(
-                    insert(runtime_settings).values(name=name, value=value, updated_at=now)
-                )
+        change = (
+            update(runtime_settings)
+            .where(runtime_settings.c.name == name)
+            .values(value=value, updated_at=now)
+        )
+        try:
+            with self._write() as conn:
+                if not conn.execute(change).rowcount:
+                    conn.execute(
+                        insert(runtime_settings).values(name=name, value=value, updated_at=now)
+                    )
+        except IntegrityError:  # another process inserted it meanwhile (PostgreSQL)
+            with self._write() as conn:
+                conn.execute(change)
+
+    # -- secrets at rest -----------------------------------------------------------------
+
+    def a_sealed_secret(self) -> bytes | None:
+        """Any one secret sealed with the master key (an account key, a certificate's
+        key, a DNS account's credentials), or None when the store holds none."""
+        queries = (
+            select(accounts.c.key_sealed),
+            select(certificates.c.key_sealed).where(certificates.c.key_sealed.is_not(None)),
+            select(dns_accounts.c.secrets_sealed),
+            select(certificate_history.c.key_sealed).where(
+                certificate_history.c.key_sealed.is_not(None)
+            ),
+        )
+        with self._read() as conn:
+            for query in queries:
+                value = conn.execute(query.limit(1)).scalar_one_or_none()
+                if value is not None:
+                    return bytes(value)
+        return None
 
     # -- challenge tokens ----------------------------------------------------------------
 

@@ -1,0 +1,91 @@
+"""The master key is never silently replaced: a store that holds sealed secrets opens
+only with the key they were sealed with (services/master_key.py), on a real SQLite file."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from certbroker.crypto.sealing import Sealer, new_master_key
+from certbroker.domain.errors import ConfigError
+from certbroker.domain.models import AccountStatus
+from certbroker.services.master_key import CHECK_SETTING, open_sealer
+from certbroker.store.db import make_engine, migrate
+from certbroker.store.repository import Repository
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def _store(tmp_path: Path) -> Repository:
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    migrate(engine)
+    return Repository(engine)
+
+
+def _open(data: Path, repo: Repository, env: str = "") -> Sealer:
+    return open_sealer(data, env, repo, lambda: NOW)
+
+
+def _seal_an_account_key(repo: Repository, sealer: Sealer) -> None:
+    repo.add_account(
+        name="a", directory_url="https://ca/dir", ca_bundle=None, emails=[],
+        key_type="ec-p256", key_sealed=sealer.seal(b"the account key"), uri="https://ca/a/1",
+        status=AccountStatus.VALID, terms_of_service=None, eab_kid=None, now=NOW,
+    )  # fmt: skip
+
+
+def test_an_empty_store_gets_a_key_and_opens_with_it_again(tmp_path: Path) -> None:
+    repo, data = _store(tmp_path), tmp_path / "data"
+    first = _open(data, repo)
+    assert (data / "master.key").exists()
+    assert repo.get_setting(CHECK_SETTING) is not None
+    _seal_an_account_key(repo, first)
+    again = _open(data, repo)
+    assert again.unseal(repo.account_key_sealed(1)) == b"the account key"
+
+
+def test_a_missing_key_is_refused_while_secrets_are_stored_and_none_is_made(
+    tmp_path: Path,
+) -> None:
+    repo, data = _store(tmp_path), tmp_path / "data"
+    _seal_an_account_key(repo, _open(data, repo))
+    (data / "master.key").unlink()
+    with pytest.raises(ConfigError) as refused:
+        _open(data, repo)
+    message = str(refused.value)
+    assert "master.key" in message and "backup" in message
+    assert "CERTBROKER_MASTER_KEY" in message
+    assert not (data / "master.key").exists()
+
+
+def test_another_key_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    repo, data = _store(tmp_path), tmp_path / "data"
+    _seal_an_account_key(repo, _open(data, repo))
+    check = repo.get_setting(CHECK_SETTING)
+    with pytest.raises(ConfigError, match="is not the one this store's secrets"):
+        _open(data, repo, env=new_master_key().decode())
+    assert repo.get_setting(CHECK_SETTING) == check
+
+
+def test_a_store_sealed_before_it_kept_a_check_is_checked_by_its_secrets(
+    tmp_path: Path,
+) -> None:
+    """A store from before the check value: the key must open a stored secret."""
+    repo, data = _store(tmp_path), tmp_path / "data"
+    right = new_master_key()
+    _seal_an_account_key(repo, Sealer(right))
+    with pytest.raises(ConfigError, match="is not the one"):
+        _open(data, repo, env=new_master_key().decode())
+    assert repo.get_setting(CHECK_SETTING) is None
+    _open(data, repo, env=right.decode())
+    assert repo.get_setting(CHECK_SETTING) is not None
+
+
+def test_a_store_without_secrets_may_change_its_key(tmp_path: Path) -> None:
+    repo, data = _store(tmp_path), tmp_path / "data"
+    _open(data, repo)
+    (data / "master.key").unlink()
+    _open(data, repo)  # nothing sealed yet: a new key harms nothing
+    assert (data / "master.key").exists()
