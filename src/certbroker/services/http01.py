@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +25,10 @@ from certbroker.ports import (
 from certbroker.services.common import ServiceContext
 
 log = logging.getLogger("certbroker.challenges")
+
+CHALLENGE_PATH = "/.well-known/acme-challenge/"  # RFC 8555 8.3
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+HANDOVER_WAIT = 300.0  # seconds a CLI's responder waits for other processes' orders
 
 # (port, put a token, remove it) -> whether what listens on the port answered it
 Probe = Callable[[int, Callable[[str, str], None], Callable[[str], None]], bool]
@@ -41,6 +49,7 @@ class Http01Solver:
         self.start_responder = start_responder  # binds the port (CertbrokerError if taken)
         self.probe = probe
         self.port = port
+        self._takeover: _TakeOver | None = None  # while another process answers for us
 
     def check_request(self, names: Sequence[str], dns_account: str | None) -> SolverChoice:
         if dns_account is not None:
@@ -52,16 +61,34 @@ class Http01Solver:
 
     @contextlib.contextmanager
     def answering(self, progress: Progress) -> Iterator[None]:
-        """Run the responder here for the duration unless something already answers
-        this store's tokens on the port (`certbroker serve`)."""
+        """Make sure something answers this store's tokens on the port for the duration.
+
+        Several CLI processes may do this at once on one store (an automation tool running
+        one `cert request --wait` per host): the first runs the responder, the others rely
+        on it. So the one that runs it keeps it, after its own work, while tokens of other
+        live orders remain (up to HANDOVER_WAIT); and one that relies on another takes the
+        port over as soon as it is free."""
         responder = self._responder_unless_served()
+        takeover = None
         if responder is not None:
             progress(f"answering HTTP-01 on port {responder.port} for the duration")
+        else:
+            takeover = self._takeover = _TakeOver(self.start_responder, progress).start()
         try:
             yield
         finally:
+            if takeover is not None:
+                self._takeover = None
+                responder = takeover.stop()
             if responder is not None:
+                self._linger()
                 responder.stop()
+
+    def _linger(self) -> None:
+        """Keep answering while other processes' orders still have tokens out."""
+        deadline = time.monotonic() + HANDOVER_WAIT
+        while time.monotonic() < deadline and self.repo.challenges_in_flight(self.ctx.clock()):
+            time.sleep(0.2)
 
     def _responder_unless_served(self) -> RunningResponder | None:
         try:
@@ -90,7 +117,25 @@ class Http01Solver:
         self.repo.present_challenges(job.order.id, job.owner, rows, self.ctx.clock())
 
     def wait_ready(self, job: ChallengeJob, challenges: Sequence[PendingChallenge]) -> None:
-        """Nothing to wait for: a responder reads the store on every request."""
+        """A responder of this process reads the store on every request: nothing to wait
+        for. One that another process runs is asked for the tokens first, as the CA will
+        ask; if it is gone, this process takes the port over before any is answered."""
+        takeover = self._takeover
+        if takeover is None:
+            return
+        if not all(self._answered(c) for c in challenges):
+            takeover.now()
+
+    def _answered(self, challenge: PendingChallenge) -> bool:
+        url = f"http://127.0.0.1:{self.port}{CHALLENGE_PATH}{challenge.token}"
+        try:
+            # Straight to this machine's port, whatever proxy the environment names.
+            with _DIRECT.open(url, timeout=5) as response:
+                return bool(
+                    response.read().decode("ascii", "replace") == challenge.key_authorization
+                )
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
 
     def cleanup(self, order_id: int) -> None:
         """Nothing left to remove: the store deletes an order's tokens in the transaction
@@ -98,3 +143,43 @@ class Http01Solver:
 
     def sweep(self) -> int:
         return 0
+
+
+class _TakeOver:
+    """While another process answers on the port, try every 0.1 s to take the port
+    over, so that one leaving never leaves the store's tokens unanswered."""
+
+    def __init__(self, start: Callable[[], RunningResponder], progress: Progress) -> None:
+        self._start = start
+        self._progress = progress
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="http01-takeover", daemon=True)
+        self.responder: RunningResponder | None = None
+
+    def start(self) -> _TakeOver:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            if self.now():
+                return
+
+    def now(self) -> bool:
+        """Try once to take the port over; True when this process answers on it."""
+        with self._lock:
+            if self.responder is not None:
+                return True
+            try:
+                self.responder = self._start()
+            except CertbrokerError:
+                return False  # still taken
+        self._progress(f"took over answering HTTP-01 on port {self.responder.port}")
+        return True
+
+    def stop(self) -> RunningResponder | None:
+        """Stop trying; the responder it took over, if any (the caller stops it)."""
+        self._stop.set()
+        self._thread.join()
+        return self.responder

@@ -648,6 +648,21 @@ class Repository(RenewalStore, DnsStore):
             self._check_lease(conn, order_id, owner)
             put_challenges(conn, order_id, items, now)
 
+    def challenges_in_flight(self, now: datetime) -> int:
+        """Tokens of orders a live worker is driving (active, lease not run out): what a
+        responder must keep answering."""
+        live = and_(
+            orders.c.id == challenges.c.order_id,
+            orders.c.state.in_(ACTIVE_ORDER_STATES),
+            orders.c.lease_until > now,
+        )
+        with self._read() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(challenges).join(orders, live)
+                ).scalar_one()
+            )
+
     def key_authorization(self, token: str) -> str | None:
         with self._read() as conn:
             value = conn.execute(
