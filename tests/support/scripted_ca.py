@@ -311,6 +311,10 @@ class ScriptedCA:
             .add_extension(
                 x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
             )
+            .add_extension(  # what an ARI certificate identifier is made of (RFC 9773)
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.issuer_key.public_key()),
+                critical=False,
+            )
             .sign(self.issuer_key, hashes.SHA256())
         )
         return (leaf.public_bytes(Encoding.PEM) + self.issuer.public_bytes(Encoding.PEM)).decode()

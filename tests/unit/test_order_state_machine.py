@@ -36,7 +36,8 @@ from certbroker.domain.models import (
     Order,
     OrderState,
 )
-from certbroker.ports import CertificateAuthority
+from certbroker.domain.renewal import RenewalReason
+from certbroker.ports import CertificateAuthority, RenewalInfo
 from certbroker.services.common import ServiceContext, utcnow
 from certbroker.services.issuance import Outcome
 from certbroker.services.leases import make_owner
@@ -486,3 +487,37 @@ def test_a_run_that_lost_its_lease_stops_and_the_new_holder_finishes(tmp_path: P
     assert [a["state"] for a in data["attempts"]] == ["valid"]
     assert kinds(broker, cert.id) == [EventKind.ISSUED.value]
     assert broker.certificates.search(CertificateStatus.VALID) == [broker.certificates.get(cert.id)]
+
+
+def test_a_ca_answering_a_past_window_every_time_cannot_make_renewal_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first past window renews at once (the CA asks for it, say before a
+    revocation); the certificate that renewal brings is held off for 1 % of its lifetime,
+    at its arrival and whenever the window is asked for again."""
+    ca = ScriptedCA(renewal_info=True)
+
+    def always_past(cert_id: str) -> RenewalInfo:
+        now = utcnow()
+        return RenewalInfo(start=now - timedelta(days=2), end=now - timedelta(days=1))
+
+    monkeypatch.setattr(ca, "renewal_info", always_past)
+    broker = build(tmp_path, ca)
+    owner = make_owner("cli")
+    cert, _ = request(broker, owner, ["loop.example.com"])
+    assert broker.issuance.wait_for(cert.id, owner).outcome is Outcome.ISSUED
+    assert broker.certificates.get(cert.id).renewal_reason is RenewalReason.ARI_PAST
+
+    assert broker.renewal.queue_due() == [cert.id]  # renewed once, as the CA asked
+    renewed = broker.issuance.wait_for(cert.id, make_owner("worker"))
+    assert renewed.outcome is Outcome.ISSUED, renewed.message
+    after = broker.certificates.get(cert.id)
+    assert after.renewal_reason is RenewalReason.ARI_GUARDED
+    assert after.renew_at is not None and after.not_after is not None
+    assert after.renew_at - utcnow() > timedelta(hours=20)  # 1 % of 90 days: 21.6 h
+    assert broker.renewal.queue_due() == [], "the new certificate was renewed again at once"
+
+    broker.repo.postpone_ari_check(cert.id, utcnow() - timedelta(seconds=1))
+    assert broker.renewal.refresh_renewal_info() == 1  # the window asked for again
+    assert broker.certificates.get(cert.id).renew_at == after.renew_at
+    assert broker.renewal.queue_due() == [], "asking the window again renewed it at once"

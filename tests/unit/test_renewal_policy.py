@@ -10,6 +10,7 @@ from certbroker.domain.renewal import (
     JITTER_MAX,
     RenewalReason,
     RenewalWindow,
+    ari_guard,
     emergency_point,
     plan_renewal,
 )
@@ -133,3 +134,26 @@ def test_validation_cap_counts_failures_of_the_last_hour_only() -> None:
     assert validation_allowed_at(old + two, now, cap=3) is None
     four = [now - 55 * minute, *three]
     assert validation_allowed_at(four, now, cap=3) == now + 10 * minute
+
+
+def test_the_cas_window_cannot_renew_a_certificate_again_before_its_guard() -> None:
+    """One that came from an ARI renewal is held off until `ari_not_before` however far in
+    the past the CA puts the window (else a CA doing so for every certificate loops)."""
+    not_after = ISSUED + 90 * DAY
+    past = RenewalWindow(ISSUED - 2 * DAY, ISSUED - DAY)
+    guard = ISSUED + ari_guard(ISSUED, not_after)
+    assert guard == ISSUED + 0.9 * DAY  # 1 % of 90 days
+    plan = plan_renewal(ISSUED, not_after, now=ISSUED, ari=past, ari_not_before=guard)
+    assert plan == plan.__class__(guard, RenewalReason.ARI_GUARDED)
+    later = RenewalWindow(ISSUED + 60 * DAY, ISSUED + 61 * DAY)  # a window past the guard
+    plan = plan_renewal(ISSUED, not_after, now=ISSUED, ari=later, ari_not_before=guard)
+    assert plan.reason is RenewalReason.ARI and plan.renew_at >= later.start
+
+
+def test_the_guard_never_pushes_renewal_past_the_emergency_point() -> None:
+    not_after = ISSUED + 90 * DAY
+    now = not_after - DAY
+    past = RenewalWindow(now - 2 * DAY, now - DAY)
+    plan = plan_renewal(ISSUED, not_after, now=now, ari=past, ari_not_before=not_after)
+    assert plan.reason is RenewalReason.EMERGENCY
+    assert plan.renew_at == max(emergency_point(ISSUED, not_after), now)

@@ -10,6 +10,10 @@ In order of precedence:
    a 6-day one at 2 days).
 
 Whatever the source, never later than the emergency point: 1/20 of the lifetime left.
+A certificate that itself came from a renewal the CA's window asked for is not renewed
+for the CA's window again before `ari_not_before` (1 % of its lifetime later,
+`ari_guard`): a CA that answers a past window for every new certificate would otherwise
+make it renew in a loop.
 Policy and default moments are moved earlier by a random jitter (up to 2 % of the
 lifetime, at most 12 hours), so a thousand certificates issued in the same minute do not
 all renew in the same minute.
@@ -28,6 +32,7 @@ DEFAULT_FRACTION = 1 / 3
 MAX_POLICY_FRACTION = 1 / 2
 JITTER_FRACTION = 0.02
 JITTER_MAX = timedelta(hours=12)
+ARI_GUARD_FRACTION = 1 / 100
 
 # A source of uniform floats in [0, 1): random.random, or a seeded Random's in tests.
 Uniform = Callable[[], float]
@@ -40,6 +45,7 @@ class RenewalReason(StrEnum):
     POLICY_CAPPED = "days-before-expiry-capped"  # more days than half the lifetime
     LIFETIME = "one-third-of-lifetime-left"
     EMERGENCY = "emergency"  # the others came too late
+    ARI_GUARDED = "ari-guarded"  # the CA's window, held off: it asked again too soon
     RETRY_AFTER_FAILURE = "retry-after-failure"  # a renewal failed; the next try
     STOPPED = "stopped"  # a renewal failed for good; no renew_at until `cert renew`
 
@@ -65,6 +71,11 @@ def emergency_point(not_before: datetime, not_after: datetime) -> datetime:
     return not_after - (not_after - not_before) * EMERGENCY_FRACTION
 
 
+def ari_guard(not_before: datetime, not_after: datetime) -> timedelta:
+    """How long a certificate that came from an ARI renewal is safe from another."""
+    return (not_after - not_before) * ARI_GUARD_FRACTION
+
+
 def jitter(not_before: datetime, not_after: datetime, uniform: Uniform) -> timedelta:
     """How much earlier than planned: uniform in [0, min(2 % of the lifetime, 12 h))."""
     span = min((not_after - not_before) * JITTER_FRACTION, JITTER_MAX)
@@ -79,21 +90,26 @@ def plan_renewal(
     days_before_expiry: float | None = None,
     ari: RenewalWindow | None = None,
     uniform: Uniform = random.random,
+    ari_not_before: datetime | None = None,
 ) -> RenewalPlan:
-    """When to renew the certificate valid from `not_before` to `not_after`."""
+    """When to renew the certificate valid from `not_before` to `not_after`.
+    `ari_not_before`: the CA's window may not move renewal before this moment."""
     if not_after <= not_before:
         raise ValueError("a certificate's not_after must come after its not_before")
     lifetime = not_after - not_before
     latest = emergency_point(not_before, not_after)
     if ari is not None and ari.end > ari.start:
         if ari.end <= now:
-            return RenewalPlan(now, RenewalReason.ARI_PAST)
-        # RFC 9773 §4.2: a uniformly random moment in the window, not before now.
-        start = max(ari.start, now)
-        moment = start + (ari.end - start) * uniform()
+            moment, reason = now, RenewalReason.ARI_PAST
+        else:
+            # RFC 9773 §4.2: a uniformly random moment in the window, not before now.
+            start = max(ari.start, now)
+            moment, reason = start + (ari.end - start) * uniform(), RenewalReason.ARI
+        if ari_not_before is not None and moment < ari_not_before:
+            moment, reason = ari_not_before, RenewalReason.ARI_GUARDED
         if moment > latest:
             return RenewalPlan(max(latest, now), RenewalReason.EMERGENCY)
-        return RenewalPlan(moment, RenewalReason.ARI)
+        return RenewalPlan(moment, reason)
     if days_before_expiry is not None:
         lead = timedelta(days=days_before_expiry)
         reason = RenewalReason.POLICY

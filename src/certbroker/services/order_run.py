@@ -338,7 +338,7 @@ class OrderRun:
         now = self.run.clock()
         planner = self.run.planner
         window, next_check = planner.ask_window(self.ca, leaf, now)
-        plan = planner.plan(self.cert, issued.not_before, issued.not_after, window, now)
+        plan = planner.plan(self.cert, self.order, issued.not_before, issued.not_after, window, now)
         self.repo.store_issued(
             self.cert.id, self.order.id, self.owner, issued, now, plan, next_check
         )

@@ -16,7 +16,13 @@ from cryptography import x509
 from certbroker.crypto.ari import ari_cert_id
 from certbroker.domain.errors import CAError
 from certbroker.domain.models import Certificate, Order, OrderPurpose, OrderState
-from certbroker.domain.renewal import RenewalPlan, RenewalReason, RenewalWindow, plan_renewal
+from certbroker.domain.renewal import (
+    RenewalPlan,
+    RenewalReason,
+    RenewalWindow,
+    ari_guard,
+    plan_renewal,
+)
 from certbroker.ports import CertificateAuthority
 
 log = logging.getLogger("certbroker.scheduler")
@@ -61,25 +67,50 @@ class RenewalPlanner:
     def plan(
         self,
         cert: Certificate,
+        order: Order,
         not_before: datetime,
         not_after: datetime,
         window: RenewalWindow | None,
         now: datetime,
     ) -> RenewalPlan:
-        """When to renew `cert`'s certificate valid from `not_before` to `not_after`."""
+        """When to renew the certificate `order` just obtained for `cert` (as it was
+        before), valid from `not_before` to `not_after`. One that a renewal the CA's
+        window asked for obtained is safe from the window for `ari_guard`."""
+        after_ari = (
+            order.purpose is OrderPurpose.RENEW
+            and cert.renewal_reason in (RenewalReason.ARI, RenewalReason.ARI_PAST)
+            and cert.renew_at is not None
+            and cert.renew_at <= order.created_at
+        )
+        guard = now + ari_guard(not_before, not_after) if after_ari else None
+        return self._plan(cert, not_before, not_after, window, now, guard)
+
+    def _plan(
+        self,
+        cert: Certificate,
+        not_before: datetime,
+        not_after: datetime,
+        window: RenewalWindow | None,
+        now: datetime,
+        ari_not_before: datetime | None,
+    ) -> RenewalPlan:
         return plan_renewal(
             not_before,
             not_after,
             now=now,
             days_before_expiry=cert.renew_before_days or self.renew_before_days,
             ari=window,
+            ari_not_before=ari_not_before,
         )
 
     def replan(self, cert: Certificate, window: RenewalWindow | None, now: datetime) -> RenewalPlan:
         """The plan of a certificate in use, after the CA was asked for its window again:
-        a moment already drawn inside the same window is kept rather than drawn again."""
+        a moment already drawn inside the same window is kept rather than drawn again,
+        and a guarded one stays guarded."""
         assert cert.not_before is not None and cert.not_after is not None
-        plan = self.plan(cert, cert.not_before, cert.not_after, window, now)
+        guarded = cert.renewal_reason is RenewalReason.ARI_GUARDED
+        guard = cert.renew_at if guarded else None
+        plan = self._plan(cert, cert.not_before, cert.not_after, window, now, guard)
         kept = cert.renew_at if cert.renewal_reason is RenewalReason.ARI else None
         if window is not None and kept is not None and window.start <= kept <= window.end:
             return RenewalPlan(kept, RenewalReason.ARI)
