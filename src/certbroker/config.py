@@ -36,7 +36,7 @@ class Settings:
     log_levels: str = ""  # per component: "acme=debug,scheduler=warning" (certbroker.logs)
     master_key: str = field(default="", repr=False)  # empty: <data_dir>/master.key
     order_timeout: float = 300.0  # seconds one order may take before it counts as failed
-    retry_attempts: int = 4  # transient CA failures retried this many times per order
+    retry_attempts: int = 4  # tries of one order through transient CA failures, in all
     renew_before_days: float = 0.0  # 0: when one third of the lifetime is left
     scheduler_interval: float = 60.0  # seconds between looks for due renewals in serve
     validation_failures_per_hour: int = 3  # per account and name; Let's Encrypt allows 5

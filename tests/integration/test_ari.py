@@ -157,10 +157,13 @@ def test_a_ca_outage_heals_by_itself(ari: AriProxy, ari_cli: Cli) -> None:
     assert all("cannot reach the CA" in str(e["message"]) for e in failed)
 
 
-def test_a_renewal_that_fails_for_good_is_not_retried_until_a_person_acts(
+def test_a_renewal_that_needs_a_person_is_tried_again_later_not_abandoned(
     ari: AriProxy, ari_cli: Cli
 ) -> None:
-    ari_cli("cert", "request", "stopped.example.com", "--wait")
+    """A deactivated account fails every order: no retry fixes that by itself, so the
+    next try waits the ceiling (6 hours, less a jitter of up to a tenth); it is still
+    tried, since the fix happens outside certbroker. `cert disable` stops it."""
+    ari_cli("cert", "request", "needs-a-person.example.com", "--wait")
     ari_cli("account", "deactivate", "main", "--yes")  # every order now fails for good
     _make_due(ari_cli)
     serve = start_serve(ari_cli, CERTBROKER_SCHEDULER_INTERVAL="0.5")
@@ -172,9 +175,17 @@ def test_a_renewal_that_fails_for_good_is_not_retried_until_a_person_acts(
     assert serve.returncode == 0, log
     shown = ari_cli.json("cert", "show", "1")
     assert [a["state"] for a in shown["attempts"]] == ["valid", "failed"]
-    assert shown["renew_at"] is None and shown["renewal_reason"] == "stopped"
     assert shown["status"] == "valid"  # the current certificate is still good
-    assert "renewal stopped until `certbroker cert renew 1`" in shown["alarm"]["last_error"]
+    wait = datetime.fromisoformat(shown["next_try_at"]) - datetime.now(UTC)
+    assert timedelta(hours=5.3) < wait <= timedelta(hours=6)
+    alarm = shown["alarm"]
+    assert alarm["next_try_at"] == shown["next_try_at"]
+    assert "tries again at" in alarm["last_error"]
+    assert "needs a change outside certbroker first" in alarm["last_error"]
+    assert "`certbroker cert disable 1` stops it" in alarm["last_error"]
+    ari_cli("cert", "disable", "1")
+    stopped = ari_cli.json("cert", "show", "1")
+    assert stopped["disabled"] is True and stopped["next_try_at"] is None
 
 
 def _make_due(cli: Cli) -> None:

@@ -255,7 +255,7 @@ def list_(
             (
                 str(row["id"]),
                 ", ".join(row["names"]),
-                row["status"],
+                _status(row),
                 (row["not_after"] or "-")[:16].replace("T", " "),
                 str(row["days_left"] if row["days_left"] is not None else "-"),
                 str(row["account"]),
@@ -269,6 +269,16 @@ def list_(
             for line in table
         )
     )
+
+
+def _status(row: dict[str, Any]) -> str:
+    """The status, and for a failing certificate when it is tried again."""
+    text = str(row["status"])
+    if row["next_try_at"]:
+        text += f", next try {row['next_try_at'][:16].replace('T', ' ')}"
+    if row["disabled"]:
+        text += ", disabled"
+    return text
 
 
 def _print_details(data: dict[str, Any]) -> None:
@@ -429,6 +439,26 @@ def delete(
         else ""
     )
     console.print(f"certificate {cert.id} ({escape(', '.join(cert.names))}) deleted here.{tail}")
+
+
+@app.command("disable")
+def disable(ctx: typer.Context, cert_id: CertId) -> None:
+    """Stop retrying and renewing the certificate (an order under way finishes)."""
+    state: State = ctx.obj
+    cert = state.broker.renewal.disable(cert_id)
+    say(
+        f"certificate {cert.id} ({', '.join(cert.names)}) disabled: not retried or renewed "
+        f"until `certbroker cert enable {cert.id}`"
+    )
+
+
+@app.command("enable")
+def enable(ctx: typer.Context, cert_id: CertId) -> None:
+    """Retry and renew the certificate again; one that is failing is tried at once."""
+    state: State = ctx.obj
+    cert = state.broker.renewal.enable(cert_id)
+    tail = " `certbroker serve` tries it now." if cert.next_try_at else ""
+    say(f"certificate {cert.id} ({', '.join(cert.names)}) enabled.{tail}")
 
 
 @app.command("renew")

@@ -54,6 +54,11 @@ def alarms(
             escape(
                 f"certificate {alarm['certificate_id']} ({', '.join(alarm['names'])}): "
                 f"failing since {alarm['since'][:19].replace('T', ' ')}: {alarm['last_error']}"
+                + (
+                    f" (next try {alarm['next_try_at'][:19].replace('T', ' ')})"
+                    if alarm["next_try_at"]
+                    else ""
+                )
             )
         )
 

@@ -159,6 +159,8 @@ class Certificate:
     fallback_account_ids: tuple[int, ...] = ()  # tried in order when a CA fails
     dns_account_id: int | None = None  # dns-01: None means the zone's default DNS account
     dns_manual: bool = False  # dns-01: a person writes the TXT records
+    next_try_at: datetime | None = None  # failing: when the next order is tried
+    disabled: bool = False  # a person stopped its retries and renewal (`cert disable`)
 
     @property
     def account_ids(self) -> tuple[int, ...]:
@@ -285,10 +287,13 @@ class EventKind(StrEnum):
     ISSUED = "issued"
     RENEWED = "renewed"
     ATTEMPT_FAILED = "attempt-failed"  # will be retried
-    FAILED = "failed"  # stopped: waits for a person (`cert renew ID` retries)
+    FAILED = "failed"  # an order failed for good; the certificate is tried again later
     ALARM_RAISED = "alarm-raised"
     ALARM_CLEARED = "alarm-cleared"
     RENEWAL_QUEUED = "renewal-queued"
+    RETRY_QUEUED = "retry-queued"  # a failing certificate's next order
+    DISABLED = "disabled"  # a person stopped its retries and renewal
+    ENABLED = "enabled"
     CA_FALLBACK = "ca-fallback"  # an account's CA failed; the next account takes over
     HELD_BACK = "held-back"  # too many failed validations of a name in the last hour
     AWAITING_DNS = "awaiting-dns"  # manual DNS-01: the records a person must write

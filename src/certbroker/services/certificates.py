@@ -65,6 +65,9 @@ class CertificateService:
             "days_left": cert.days_left(now),
             "serial": cert.serial,
             "account": account.name if account else cert.account_id,
+            # Failing: when `serve` tries the next order (None while not failing).
+            "next_try_at": cert.next_try_at.isoformat() if cert.next_try_at else None,
+            "disabled": cert.disabled,
         }
 
     def details(self, cert_id: int) -> dict[str, Any]:
@@ -105,6 +108,7 @@ class CertificateService:
                     {
                         "since": cert.alarm_since.isoformat(),
                         "last_error": cert.alarm_message,
+                        "next_try_at": data["next_try_at"],
                     }
                     if cert.alarm_since
                     else None
@@ -121,6 +125,8 @@ class CertificateService:
                 "names": list(cert.names),
                 "since": cert.alarm_since.isoformat() if cert.alarm_since else None,
                 "last_error": cert.alarm_message,
+                "next_try_at": cert.next_try_at.isoformat() if cert.next_try_at else None,
+                "disabled": cert.disabled,
             }
             for cert in self.repo.certificates_in_alarm()
         ]

@@ -2,8 +2,8 @@
 
 An order advances through the persisted state machine in services/order_run.py; this
 service runs it under a lease and turns its outcome into the next step: a retry later
-(transient), a fall back to the next account (CA fallback), a renewal planned again or
-stopped, or a wait for a person (manual DNS-01). It also drives a certificate to the end
+(transient), a fall back to the next account (CA fallback), the next try of a failing
+certificate, or a wait for a person (manual DNS-01). It also drives a certificate to the end
 in the calling process (`--wait`) and resumes or verifies one on request.
 """
 
@@ -36,6 +36,8 @@ from certbroker.domain.models import (
     Order,
     OrderState,
 )
+from certbroker.domain.renewal import emergency_point
+from certbroker.domain.retry import heals_by_itself, next_try
 from certbroker.ports import ChallengeSolver, Progress
 from certbroker.services.common import ServiceContext, no_progress
 from certbroker.services.leases import LEASE, Leases
@@ -176,8 +178,9 @@ class IssuanceService:
         *,
         transient: bool = False,
     ) -> None:
-        """The order failed for good: the next account takes over (CA fallback); else a
-        renewal is planned again or stopped (services/planning.py)."""
+        """The order failed for good: the next account takes over (CA fallback); else the
+        certificate is tried again later, sooner when the cause may heal by itself
+        (domain/retry.py), unless a person disabled it."""
         now = self.ctx.clock()
         order = self.repo.get_order(order_id)
         cert = self.repo.get_certificate(order.certificate_id)
@@ -195,18 +198,32 @@ class IssuanceService:
                     fallback_message=note,
                 )  # fmt: skip
             return
-        retry_at = None
-        stop = False
-        if cert.cert_pem is not None:  # a renewal
-            history = self.repo.orders_of(cert.id)
-            after = self.planner.after_failure(cert, history, transient=transient, now=now)
-            retry_at, stop = after.retry_at, after.stop
-            message += after.note
+        failures = 1 + self._failed_in_a_row(order.certificate_id)
+        heals = heals_by_itself(problem, transient)
+        emergency = (
+            emergency_point(cert.not_before, cert.not_after)
+            if cert.not_before is not None and cert.not_after is not None
+            else None
+        )
+        next_at = None
+        if cert.disabled:
+            message += f"; not tried again: disabled (`certbroker cert enable {cert.id}`)"
+        else:
+            next_at = next_try(failures, now, heals=heals, emergency=emergency)
+            message += (
+                f"; `certbroker serve` tries again at {next_at:%Y-%m-%d %H:%M} UTC"
+                + ("" if heals else " (this needs a change outside certbroker first)")
+                + f"; `certbroker cert disable {cert.id}` stops it"
+            )
         log.warning("order %d failed: %s", order_id, message)
         with contextlib.suppress(LeaseLost):
-            self.repo.fail_order(
-                order_id, owner, now, message, problem, retry_renewal_at=retry_at, stop=stop
-            )
+            self.repo.fail_order(order_id, owner, now, message, problem, next_try_at=next_at)
+
+    def _failed_in_a_row(self, cert_id: int) -> int:
+        """Orders of the certificate that failed since it last got a certificate."""
+        history = self.repo.orders_of(cert_id)
+        last_valid = max((o.id for o in history if o.state is OrderState.VALID), default=0)
+        return sum(1 for o in history if o.id > last_valid and o.state is OrderState.FAILED)
 
     def _next_account(self, cert: Certificate, order: Order) -> Account | None:
         """The usable account after the one this order went to, for CA fallback."""

@@ -1,21 +1,20 @@
 """Renewal planning, in one place: when a certificate that just arrived is renewed, how
-the CA's ARI window moves that, which certificate a renewal order replaces, and when a
-failed renewal is tried again. The moments themselves are pure functions in
-domain/renewal.py; this module asks the CA and applies the policy settings.
+the CA's ARI window moves that, and which certificate a renewal order replaces. The
+moments themselves are pure functions in domain/renewal.py (and, for a failing
+certificate's next try, domain/retry.py); this module asks the CA and applies the
+policy settings.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
 
 from certbroker.crypto.ari import ari_cert_id
 from certbroker.domain.errors import CAError
-from certbroker.domain.models import Certificate, Order, OrderPurpose, OrderState
+from certbroker.domain.models import Certificate, Order, OrderPurpose
 from certbroker.domain.renewal import (
     RenewalPlan,
     RenewalReason,
@@ -30,17 +29,6 @@ log = logging.getLogger("certbroker.scheduler")
 ARI_DEFAULT_RETRY = timedelta(hours=6)  # when the CA sends no Retry-After (RFC 9773 §4.3)
 ARI_LONGEST_RETRY = timedelta(days=1)
 ARI_RETRY_AFTER_ERROR = timedelta(hours=1)
-RENEWAL_RETRY_FIRST = timedelta(minutes=10)  # a renewal that failed transiently, again
-RENEWAL_RETRY_MAX = timedelta(hours=6)
-
-
-@dataclass(frozen=True)
-class AfterFailure:
-    """What a failed renewal leaves planned: a moment to try again, or a stop."""
-
-    retry_at: datetime | None
-    stop: bool
-    note: str  # appended to the failure's message
 
 
 class RenewalPlanner:
@@ -127,22 +115,3 @@ class RenewalPlanner:
         except ValueError as exc:
             log.info("order %d: not naming the replaced certificate: %s", order.id, exc)
             return None
-
-    def after_failure(
-        self, cert: Certificate, history: Sequence[Order], *, transient: bool, now: datetime
-    ) -> AfterFailure:
-        """A renewal that failed for good: after transient failures the scheduler tries
-        again later (10 minutes, doubling with each failed renewal since the last
-        success, at most 6 hours), so the broker heals itself when the cause goes away;
-        after a permanent one (unauthorized, caa, a deactivated account…) renewal stops
-        until a person acts (`cert renew ID`)."""
-        if not transient:
-            return AfterFailure(
-                None, True, f"; renewal stopped until `certbroker cert renew {cert.id}`"
-            )
-        last_valid = max((o.id for o in history if o.state is OrderState.VALID), default=0)
-        failed = sum(1 for o in history if o.id > last_valid and o.state is OrderState.FAILED)
-        retry_at = now + min(RENEWAL_RETRY_MAX, RENEWAL_RETRY_FIRST * 2**failed)
-        return AfterFailure(
-            retry_at, False, f"; renewal tried again at {retry_at:%Y-%m-%d %H:%M} UTC"
-        )

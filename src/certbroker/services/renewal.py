@@ -84,13 +84,31 @@ class RenewalService:
         self.repo.set_renewal_plan(cert.id, plan, next_check, now)
 
     def queue_due(self) -> list[int]:
-        """Queue a renewal for every certificate that is due; returns their IDs."""
+        """Queue a renewal for every certificate that is due, and the next order of every
+        failing certificate whose next try has come; returns their IDs."""
         queued: list[int] = []
-        while True:
-            batch = self.repo.enqueue_renewals(self.ctx.clock(), BATCH)
-            queued += batch
-            if len(batch) < BATCH:
-                return queued
+        for enqueue in (self.repo.enqueue_renewals, self.repo.enqueue_retries):
+            while True:
+                batch = enqueue(self.ctx.clock(), BATCH)
+                queued += batch
+                if len(batch) < BATCH:
+                    break
+        return queued
+
+    def disable(self, cert_id: int) -> Certificate:
+        """A person stops the certificate's retries and renewal (an order already under
+        way finishes)."""
+        self.repo.get_certificate(cert_id)
+        self.repo.set_disabled(cert_id, True, self.ctx.clock(), None)
+        return self.repo.get_certificate(cert_id)
+
+    def enable(self, cert_id: int) -> Certificate:
+        """Retries and renewal again; a certificate that is failing is tried at once."""
+        cert = self.repo.get_certificate(cert_id)
+        failing = cert.alarm_since is not None or cert.status is CertificateStatus.FAILED
+        now = self.ctx.clock()
+        self.repo.set_disabled(cert_id, False, now, now if failing else None)
+        return self.repo.get_certificate(cert_id)
 
     def queue_all(self) -> list[int]:
         """Queue a renewal for every valid certificate, due or not (`--all --force`)."""

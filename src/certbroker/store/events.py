@@ -13,13 +13,13 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, func, insert, select, update
 
 from certbroker.domain.errors import AcmeProblem
-from certbroker.domain.models import Certificate, Event, EventKind
+from certbroker.domain.models import Certificate, Event, EventKind, OrderState
 from certbroker.store.base import StoreBase
 from certbroker.store.rows import CERT_COLUMNS, certificate_row
-from certbroker.store.schema import certificates, events, validation_failures
+from certbroker.store.schema import certificates, events, orders, validation_failures
 
 
 def add_event(
@@ -86,22 +86,40 @@ def raise_alarm(
 def succeeded(
     conn: Connection, now: datetime, cert_id: int, order_id: int, kind: EventKind, message: str
 ) -> None:
-    """The event for an issuance or renewal, and the certificate's alarm cleared."""
+    """The event for an issuance or renewal, and the certificate's alarm cleared, saying
+    how long it was failing and how many attempts failed meanwhile."""
     add_event(conn, now, kind, message, cert_id=cert_id, order_id=order_id)
-    cleared = conn.execute(
+    since = conn.execute(
+        select(certificates.c.alarm_since).where(certificates.c.id == cert_id)
+    ).scalar_one_or_none()
+    if since is None:
+        return
+    conn.execute(
         update(certificates)
-        .where(and_(certificates.c.id == cert_id, certificates.c.alarm_since.is_not(None)))
+        .where(certificates.c.id == cert_id)
         .values(alarm_since=None, alarm_message=None)
     )
-    if cleared.rowcount:
-        add_event(
-            conn,
-            now,
-            EventKind.ALARM_CLEARED,
-            f"cleared: {message}",
-            cert_id=cert_id,
-            order_id=order_id,
+    failed = conn.execute(
+        select(func.count())
+        .select_from(orders)
+        .where(
+            and_(
+                orders.c.certificate_id == cert_id,
+                orders.c.state == OrderState.FAILED.value,
+                orders.c.finished_at >= since,
+            )
         )
+    ).scalar_one()
+    minutes = max(1, round((now - since).total_seconds() / 60))
+    took = f"{minutes} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+    add_event(
+        conn,
+        now,
+        EventKind.ALARM_CLEARED,
+        f"cleared: {message}; it was failing for {took}, {failed} attempt(s) failed meanwhile",
+        cert_id=cert_id,
+        order_id=order_id,
+    )
 
 
 def _with_subproblems(problem: AcmeProblem | None) -> list[AcmeProblem]:

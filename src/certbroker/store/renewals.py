@@ -54,7 +54,10 @@ class RenewalStore(EventStore):
         at the next tick.
         """
         c = certificates.c
-        which = c.renew_at <= now if cert_ids is None else c.id.in_(cert_ids)
+        if cert_ids is None:  # a failing one is due at its next_try_at (enqueue_retries)
+            which = and_(c.renew_at <= now, c.next_try_at.is_(None), c.disabled.is_(False))
+        else:
+            which = c.id.in_(cert_ids)
         due = and_(c.status == CertificateStatus.VALID.value, _no_active_order, which)
         with self._write() as conn:
             ids = [
@@ -82,6 +85,39 @@ class RenewalStore(EventStore):
                     ],
                 )
         return ids
+
+    def enqueue_retries(self, now: datetime, limit: int) -> list[int]:
+        """Queue the next order of failing certificates whose `next_try_at` has come and
+        that have no active order and are not disabled: a renewal for one that was
+        issued, a first issuance for one that never was. Returns their IDs."""
+        c = certificates.c
+        due = and_(c.next_try_at <= now, c.disabled.is_(False), _no_active_order)
+        with self._write() as conn:
+            rows = conn.execute(
+                select(c.id, c.cert_pem.is_not(None).label("issued"))
+                .where(due)
+                .order_by(c.next_try_at, c.id)
+                .limit(limit)
+            ).all()
+            if rows:
+                purpose = {True: OrderPurpose.RENEW, False: OrderPurpose.ISSUE}
+                conn.execute(
+                    insert(orders),
+                    [queued_order(r.id, purpose[bool(r.issued)], now) for r in rows],
+                )
+                conn.execute(
+                    insert(events),
+                    [
+                        {
+                            "at": now,
+                            "kind": EventKind.RETRY_QUEUED.value,
+                            "message": "tried again: the last attempt failed",
+                            "certificate_id": r.id,
+                        }
+                        for r in rows
+                    ],
+                )
+        return [r.id for r in rows]
 
     def ari_due(self, now: datetime, limit: int) -> list[Certificate]:
         """Valid certificates whose ARI window should be asked for again."""
@@ -223,6 +259,7 @@ class RenewalStore(EventStore):
                 "renew_at": plan.renew_at,
                 "renewal_reason": plan.reason.value,
                 "ari_next_check": ari_next_check,
+                "next_try_at": None,
                 "updated_at": now,
             }
             if order.key_sealed is not None:

@@ -35,7 +35,6 @@ from certbroker.domain.models import (
     OrderPurpose,
     OrderState,
 )
-from certbroker.domain.renewal import RenewalReason
 from certbroker.store.dns import DnsStore
 from certbroker.store.events import add_event
 from certbroker.store.events import failed_attempt as record_failure
@@ -302,6 +301,25 @@ class Repository(RenewalStore, DnsStore):
                 )
             )
 
+    def set_disabled(
+        self, cert_id: int, disabled: bool, now: datetime, next_try_at: datetime | None
+    ) -> None:
+        """A person stops (or allows again) the certificate's retries and renewal; with
+        `next_try_at`, a failing one is tried again then."""
+        kind = EventKind.DISABLED if disabled else EventKind.ENABLED
+        message = (
+            "disabled: no retry or renewal until `certbroker cert enable`"
+            if disabled
+            else "enabled: retried and renewed again"
+        )
+        with self._write() as conn:
+            conn.execute(
+                update(certificates)
+                .where(certificates.c.id == cert_id)
+                .values(disabled=disabled, next_try_at=next_try_at, updated_at=now)
+            )
+            add_event(conn, now, kind, message, cert_id=cert_id)
+
     def delete_certificate(self, cert_id: int) -> None:
         with self._write() as conn:
             order_ids = select(orders.c.id).where(orders.c.certificate_id == cert_id)
@@ -494,15 +512,15 @@ class Repository(RenewalStore, DnsStore):
         message: str,
         problem: AcmeProblem | None,
         *,
-        retry_renewal_at: datetime | None = None,
-        stop: bool = False,
+        next_try_at: datetime | None = None,
         fall_back_to: int | None = None,
         fallback_message: str = "",
     ) -> None:
         """The order failed for good. With `fall_back_to`, a new order for the same
-        certificate goes to that account at once (CA fallback). Otherwise, for an issued
-        certificate (a renewal), either plan the next try (`retry_renewal_at`) or stop
-        renewing until a person acts (`stop`)."""
+        certificate goes to that account at once (CA fallback). Otherwise the
+        certificate is tried again at `next_try_at` (the scheduler queues it then); a
+        certificate that was never issued is `failed` meanwhile, an issued one keeps its
+        status and its certificate."""
         with self._write() as conn:
             self._check_lease(conn, order_id, owner)
             cert_id, purpose = conn.execute(
@@ -528,29 +546,17 @@ class Repository(RenewalStore, DnsStore):
                 conn.execute(insert(orders).values(order))
                 add_event(conn, now, EventKind.CA_FALLBACK, fallback_message, cert_id=cert_id)
                 return
-            # A certificate that was never issued is failed; an issued one keeps its status.
+            c = certificates.c
             conn.execute(
                 update(certificates)
-                .where(
-                    and_(
-                        certificates.c.id == cert_id,
-                        certificates.c.status == CertificateStatus.PENDING.value,
-                    )
-                )
-                .values(status=CertificateStatus.FAILED.value, updated_at=now)
+                .where(c.id == cert_id)
+                .values(next_try_at=next_try_at, updated_at=now)
             )
-            if retry_renewal_at is not None or stop:
-                conn.execute(
-                    update(certificates)
-                    .where(certificates.c.id == cert_id)
-                    .values(
-                        renew_at=retry_renewal_at,
-                        renewal_reason=(
-                            RenewalReason.STOPPED if stop else RenewalReason.RETRY_AFTER_FAILURE
-                        ).value,
-                        ari_next_check=None,
-                    )
-                )
+            conn.execute(
+                update(certificates)
+                .where(and_(c.id == cert_id, c.status == CertificateStatus.PENDING.value))
+                .values(status=CertificateStatus.FAILED.value)
+            )
 
     def retry_later(
         self,

@@ -82,6 +82,8 @@ def certificate_row(row: Row[Any]) -> Certificate:
         fallback_account_ids=tuple(json.loads(row.fallback_account_ids or "[]")),
         dns_account_id=row.dns_account_id,
         dns_manual=bool(row.dns_manual),
+        next_try_at=row.next_try_at,
+        disabled=bool(row.disabled),
     )
 
 

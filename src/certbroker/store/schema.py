@@ -96,6 +96,10 @@ certificates = Table(
     Column("renew_at", UTCDateTime, nullable=True),
     Column("renew_before_days", Float, nullable=True),  # None: the global policy
     Column("renewal_reason", String(40), nullable=True),  # why renew_at is what it is
+    # Failing: when the next order is tried (first issuance or renewal alike); None once
+    # it succeeds. A person stops the retries, and renewal, with `cert disable`.
+    Column("next_try_at", UTCDateTime, nullable=True),
+    Column("disabled", Boolean, nullable=False, server_default="0"),
     # Active while its issuance or renewal keeps failing; cleared by the next success.
     Column("alarm_since", UTCDateTime, nullable=True),
     Column("alarm_message", Text, nullable=True),
@@ -112,6 +116,7 @@ certificates = Table(
     Index("ix_certificates_renew_at", "renew_at"),
     Index("ix_certificates_not_after", "not_after"),
     Index("ix_certificates_ari_next_check", "ari_next_check"),
+    Index("ix_certificates_next_try_at", "next_try_at"),
 )
 
 orders = Table(
