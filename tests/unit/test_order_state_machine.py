@@ -26,6 +26,7 @@ from certbroker.config import Settings
 from certbroker.crypto.keys import PrivateKey, generate_private_key, private_key_to_pem
 from certbroker.crypto.sealing import Sealer, new_master_key
 from certbroker.domain.dns import challenge_record_name, txt_value
+from certbroker.domain.errors import AcmeProblem, PermanentError, TransientError
 from certbroker.domain.keys import KeyType
 from certbroker.domain.models import (
     AccountStatus,
@@ -521,3 +522,58 @@ def test_a_ca_answering_a_past_window_every_time_cannot_make_renewal_loop(
     assert broker.renewal.refresh_renewal_info() == 1  # the window asked for again
     assert broker.certificates.get(cert.id).renew_at == after.renew_at
     assert broker.renewal.queue_due() == [], "asking the window again renewed it at once"
+
+
+def test_an_account_the_ca_forgot_is_named_with_the_command_that_fixes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = ScriptedCA()
+    forgotten = AcmeProblem(
+        "urn:ietf:params:acme:error:accountDoesNotExist", "no account for this key", 400
+    )
+    real_new_order = ca.new_order
+    calls = {"n": 0}
+
+    def new_order(names: Sequence[str], **kw: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise PermanentError("the CA refused to create the order", forgotten)
+        return real_new_order(names, **kw)
+
+    monkeypatch.setattr(ca, "new_order", new_order)
+    broker = build(tmp_path, ca)
+    owner = make_owner("cli")
+    cert, _ = request(broker, owner, ["forgotten.example.com"])
+    result = broker.issuance.wait_for(cert.id, owner)
+    assert result.outcome is Outcome.FAILED
+    assert "no longer knows account 'main' (accountDoesNotExist" in result.message
+    assert "`certbroker account recreate main` registers its key again" in result.message
+    failing = broker.certificates.get(cert.id)
+    assert failing.next_try_at is not None
+    assert failing.next_try_at - utcnow() > timedelta(hours=5)  # no retry fixes it alone
+
+    account = broker.accounts.recreate("main")
+    assert [c.method for c in ca.calls].count("register") == 1
+    assert account.uri is not None
+    assert broker.certificates.get(cert.id).next_try_at <= utcnow()  # type: ignore[operator]
+    assert broker.renewal.queue_due() == [cert.id]
+    assert broker.issuance.wait_for(cert.id, owner).outcome is Outcome.ISSUED
+
+
+def test_a_rate_limited_certificate_is_not_tried_again_before_the_cas_retry_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = ScriptedCA()
+    limited = AcmeProblem("urn:ietf:params:acme:error:rateLimited", "too many orders", 429)
+
+    def new_order(names: Sequence[str], **kw: Any) -> Any:
+        raise TransientError("the CA is rate-limiting", limited, retry_after=3 * 3600.0)
+
+    monkeypatch.setattr(ca, "new_order", new_order)
+    broker = build(tmp_path, ca, retry_attempts=1)
+    owner = make_owner("cli")
+    cert, order = request(broker, owner, ["limited.example.com"])
+    assert broker.issuance.run(order.id, owner).outcome is Outcome.FAILED
+    next_try_at = broker.certificates.get(cert.id).next_try_at
+    assert next_try_at is not None
+    assert next_try_at - utcnow() > timedelta(hours=2, minutes=59)  # not the usual minute

@@ -186,6 +186,21 @@ def rollover(
     console.print(f"account {escape(found.name)} now signs with a new {found.key_type} key")
 
 
+@app.command("recreate")
+def recreate(
+    ctx: typer.Context,
+    account: Annotated[str, typer.Argument(help="Account name or ID.")],
+) -> None:
+    """Register the account's key again at its CA, after the CA forgot the account
+    (accountDoesNotExist: deleted there, or the CA was reset)."""
+    state: State = ctx.obj
+    found = state.broker.accounts.recreate(account)
+    console.print(
+        f"account {escape(found.name)} registered again at {escape(found.uri)}; its failing "
+        "certificates are tried again with it"
+    )
+
+
 @app.command("deactivate")
 def deactivate(
     ctx: typer.Context,

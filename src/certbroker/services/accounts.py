@@ -188,6 +188,17 @@ class AccountService:
             account.id, sealed, key_type_of(key).value, self.ctx.clock()
         )
 
+    def recreate(self, ref: str) -> Account:
+        """After the CA forgot the account (accountDoesNotExist): register its key again,
+        with its contacts, and keep the account here under its new URL."""
+        account = self._usable(ref)
+        key = load_private_key(self.ctx.sealer.unseal(self.repo.account_key_sealed(account.id)))
+        ca = self.ctx.ca_factory(account.directory_url, key, None, account.ca_bundle)
+        info = ca.register(list(account.emails), True, None)
+        return self.repo.set_account_registered(
+            account.id, info.uri, AccountStatus.from_ca(info.status), self.ctx.clock()
+        )
+
     def deactivate(self, ref: str) -> Account:
         account = self._usable(ref)
         self.ctx.ca_for(account).deactivate()

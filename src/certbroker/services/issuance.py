@@ -165,9 +165,22 @@ class IssuanceService:
         except TransientError as exc:
             return self._transient(order_id, owner, exc)
         except (PermanentError, CAError) as exc:
-            self._fail(order_id, owner, str(exc), exc.problem)
-            return RunResult(Outcome.FAILED, self.repo.get_order(order_id), str(exc))
+            message = self._explain(exc, order)
+            self._fail(order_id, owner, message, exc.problem)
+            return RunResult(Outcome.FAILED, self.repo.get_order(order_id), message)
         return RunResult(Outcome.ISSUED, self.repo.get_order(order_id))
+
+    def _explain(self, exc: CAError, order: Order) -> str:
+        """The CA's error, and what fixes it where certbroker knows."""
+        if exc.problem is None or exc.problem.code != "accountDoesNotExist":
+            return str(exc)
+        cert = self.repo.get_certificate(order.certificate_id)
+        account = self.repo.get_account(order.account_id or cert.account_id)
+        return (
+            f"the CA ({account.directory_url}) no longer knows account {account.name!r} "
+            f"(accountDoesNotExist: deleted there, or the CA was reset); "
+            f"`certbroker account recreate {account.name}` registers its key again"
+        )
 
     def _fail(
         self,
@@ -177,10 +190,12 @@ class IssuanceService:
         problem: AcmeProblem | None,
         *,
         transient: bool = False,
+        wait: float | None = None,
     ) -> None:
         """The order failed for good: the next account takes over (CA fallback); else the
         certificate is tried again later, sooner when the cause may heal by itself
-        (domain/retry.py), unless a person disabled it."""
+        (domain/retry.py), never before the CA's Retry-After (`wait`, seconds), unless a
+        person disabled it."""
         now = self.ctx.clock()
         order = self.repo.get_order(order_id)
         cert = self.repo.get_certificate(order.certificate_id)
@@ -210,6 +225,8 @@ class IssuanceService:
             message += f"; not tried again: disabled (`certbroker cert enable {cert.id}`)"
         else:
             next_at = next_try(failures, now, heals=heals, emergency=emergency)
+            if wait:  # the CA's Retry-After (rateLimited): never before it says
+                next_at = max(next_at, now + timedelta(seconds=wait))
             message += (
                 f"; `certbroker serve` tries again at {next_at:%Y-%m-%d %H:%M} UTC"
                 + ("" if heals else " (this needs a change outside certbroker first)")
@@ -241,7 +258,7 @@ class IssuanceService:
         attempts = order.attempts + 1
         if attempts >= self.retry_attempts:
             message = f"{exc} (gave up after {attempts} attempts)"
-            self._fail(order_id, owner, message, exc.problem, transient=True)
+            self._fail(order_id, owner, message, exc.problem, transient=True, wait=exc.retry_after)
             return RunResult(Outcome.FAILED, self.repo.get_order(order_id), message)
         delay = max(exc.retry_after or 0.0, min(300.0, 2.0**attempts))
         delay *= 1 + secrets.randbelow(250) / 1000  # jitter, so retries spread out

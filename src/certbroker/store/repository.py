@@ -187,6 +187,31 @@ class Repository(RenewalStore, DnsStore):
         values = {"status": status.value, "emails": json.dumps(list(emails))}
         return self._update_account(account_id, now, values)
 
+    def set_account_registered(
+        self, account_id: int, uri: str, status: AccountStatus, now: datetime
+    ) -> Account:
+        """The account registered again at its CA, under a new URL; its failing
+        certificates are tried again now."""
+        c = certificates.c
+        with self._write() as conn:
+            conn.execute(
+                update(accounts)
+                .where(accounts.c.id == account_id)
+                .values(uri=uri, status=status.value, updated_at=now)
+            )
+            conn.execute(
+                update(certificates)
+                .where(
+                    and_(
+                        c.account_id == account_id,
+                        c.next_try_at.is_not(None),
+                        c.disabled.is_(False),
+                    )
+                )
+                .values(next_try_at=now)
+            )
+        return self.get_account(account_id)
+
     def stage_account_key(
         self, account_id: int, next_key_sealed: bytes | None, now: datetime
     ) -> None:
