@@ -4,6 +4,8 @@ run; `cert disable` stops the retries and `cert enable` starts them again."""
 
 from __future__ import annotations
 
+import signal
+import time
 from datetime import UTC, datetime, timedelta
 
 from tests.conftest import Cli
@@ -70,3 +72,79 @@ def test_disable_stops_the_retries_and_enable_starts_them_at_once(cli: Cli) -> N
         wait_until("the retry", lambda: _show(cli)["status"] == "valid", serve=serve)
     finally:
         stop_serve(serve)
+
+
+def _make_due(cli: Cli) -> None:
+    """Time passing, for the store: every certificate's renewal is due."""
+    from sqlalchemy import update
+
+    from certbroker.store.db import make_engine
+    from certbroker.store.schema import certificates
+
+    engine = make_engine(f"sqlite:///{cli.data_dir / 'certbroker.db'}")
+    with engine.begin() as conn:
+        conn.execute(update(certificates).values(renew_at=datetime.now(UTC) - timedelta(minutes=1)))
+    engine.dispose()
+
+
+def test_a_renewal_that_failed_validation_is_renewed_once_the_responder_is_back(
+    cli: Cli,
+) -> None:
+    cli.register()
+    cli("cert", "request", "renew-heal.example.com", "--wait")
+    first = _show(cli)
+    _make_due(cli)
+    astray = start_serve(
+        cli, CERTBROKER_HTTP01_PORT=str(free_port()), CERTBROKER_SCHEDULER_INTERVAL="0.5"
+    )
+    try:
+        wait_until("the failed renewal", lambda: _show(cli)["next_try_at"], serve=astray)
+    finally:
+        stop_serve(astray)
+    failing = _show(cli)
+    assert failing["status"] == "valid" and failing["serial"] == first["serial"]  # in use
+    assert failing["renewal_reason"] != "stopped" and failing["alarm"] is not None
+
+    serve = start_serve(cli, CERTBROKER_SCHEDULER_INTERVAL="0.5")
+    try:
+        wait_until(
+            "the renewal to heal", lambda: _show(cli)["serial"] != first["serial"],
+            serve=serve, timeout=150,
+        )  # fmt: skip
+    finally:
+        stop_serve(serve)
+    renewed = _show(cli)
+    assert renewed["alarm"] is None and renewed["next_try_at"] is None
+    history = renewed["history"]
+    assert isinstance(history, list) and [h["serial"] for h in history] == [first["serial"]]
+
+
+def test_sixty_certificates_survive_serve_killed_with_validation_down(cli: Cli) -> None:
+    """serve SIGKILLed while 60 certificates are in flight, and nothing answering HTTP-01
+    for a few seconds; the next serve finishes every one, each issued exactly once."""
+    cli.register()
+    names = [f"storm{i}.example.com" for i in range(60)]
+    batch = cli.data_dir.parent / "storm.txt"
+    batch.write_text("\n".join(names) + "\n")
+    cli("cert", "request", "--from", str(batch))  # queued for serve
+    first = start_serve(cli, CERTBROKER_SCHEDULER_INTERVAL="0.5")
+    wait_until(
+        "some issued", lambda: any(c["status"] == "valid" for c in cli.json("cert", "list")),
+        serve=first,
+    )  # fmt: skip
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=60)
+    time.sleep(3)  # the validation port is down: the CA finds nothing there
+    second = start_serve(cli, CERTBROKER_SCHEDULER_INTERVAL="0.5")
+    try:
+        wait_until(
+            "all 60 valid",
+            lambda: all(c["status"] == "valid" for c in cli.json("cert", "list")),
+            serve=second, timeout=240,
+        )  # fmt: skip
+    finally:
+        stop_serve(second)
+    for cert_id in range(1, 61):
+        shown = cli.json("cert", "show", str(cert_id))
+        issued = [a for a in shown["attempts"] if a["state"] == "valid"]
+        assert len(issued) == 1 and shown["history"] == [], f"certificate {cert_id}: {shown}"
