@@ -89,3 +89,39 @@ def test_a_current_store_is_left_alone_without_alembic(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [HEAD_REVISION, False]
+
+
+def test_certificates_given_up_before_0012_are_tried_again(tmp_path: Path) -> None:
+    """A store from before self-healing: a failed first issuance and a renewal stopped
+    after a permanent error both get a next try, so `serve` picks them up."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0011")
+    stamp = {"at": "2026-01-01 00:00:00"}
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO accounts (name, directory_url, emails, key_type, key_sealed, "
+                "status, created_at, updated_at) VALUES ('a', 'https://ca/dir', '[]', "
+                "'ec-p256', x'00', 'valid', :at, :at)"
+            ),
+            stamp,
+        )
+        for status, reason in (("failed", None), ("valid", "stopped"), ("valid", "ari")):
+            conn.execute(
+                text(
+                    "INSERT INTO certificates (names, status, account_id, challenge, key_type, "
+                    "key_policy, subject, renewal_reason, created_at, updated_at) VALUES "
+                    "('[\"a.example.com\"]', :status, 1, 'http-01', 'ec-p256', 'new', '{}', "
+                    ":reason, :at, :at)"
+                ),
+                {"status": status, "reason": reason} | stamp,
+            )
+    migrate(engine)
+    repo = Repository(engine)
+    failed, stopped, fine = (repo.get_certificate(i) for i in (1, 2, 3))
+    assert failed.next_try_at is not None and stopped.next_try_at is not None
+    assert stopped.renewal_reason is None and not stopped.disabled
+    assert fine.next_try_at is None and fine.renewal_reason is not None

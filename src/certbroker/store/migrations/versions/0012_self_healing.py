@@ -24,11 +24,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("next_try_at", UTCDateTime, nullable=True))
         batch.add_column(sa.Column("disabled", sa.Boolean, nullable=False, server_default="0"))
     op.create_index("ix_certificates_next_try_at", "certificates", ["next_try_at"])
-    # Renewals stopped after a permanent error are tried again from now on.
+    # Certificates given up before (a renewal stopped after a permanent error, a first
+    # issuance that failed) are tried again from now on.
     op.execute(
         "UPDATE certificates SET next_try_at = CURRENT_TIMESTAMP, renewal_reason = NULL "
         "WHERE renewal_reason = 'stopped'"
     )
+    op.execute("UPDATE certificates SET next_try_at = CURRENT_TIMESTAMP WHERE status = 'failed'")
 
 
 def downgrade() -> None:
