@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python bench/dns01.py $(if $(QUICK),--quick,--write)
 	$(BIN)/python bench/startup.py $(if $(QUICK),--quick)
 	$(BIN)/python bench/responder.py $(if $(QUICK),--quick)
+	$(BIN)/python bench/heal.py $(if $(QUICK),--quick,--write)
 	$(BIN)/python bench/summary.py $(if $(QUICK),--no-write)
 
 clean:

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- summary:start -->", "<!-- summary:end -->"
-ORDER = ("issuance", "startup", "responder", "scheduler", "dns01")
+ORDER = ("issuance", "startup", "responder", "scheduler", "dns01", "heal")
 CPU_FIGURE = ": CPU per certificate"  # bench/issuance.py: "issuance, MODE, KEY: CPU per ..."
 CB_CLI_TARGET = ("always-valid", "ec-p256")  # where issue 11 sets cb-cli <= certbot
 

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from tests.conftest import Cli
+import pytest
+
+from tests.conftest import Cli, make_cli
+from tests.support.pebble import start_pebble
 from tests.support.ports import free_port
 from tests.support.serve import start_serve, stop_serve, wait_until
 
@@ -87,9 +92,20 @@ def _make_due(cli: Cli) -> None:
     engine.dispose()
 
 
+@pytest.fixture
+def fresh_authz_cli(tmp_path: Path) -> Iterator[Cli]:
+    """A CLI on a Pebble of its own that never reuses an authorization (by default Pebble
+    reuses half of them), so a renewal validates its names again."""
+    with start_pebble(
+        tmp_path / "pebble", http_port=free_port(), env={"PEBBLE_AUTHZREUSE": "0"}
+    ) as pebble:
+        yield make_cli(tmp_path / "data", pebble)
+
+
 def test_a_renewal_that_failed_validation_is_renewed_once_the_responder_is_back(
-    cli: Cli,
+    fresh_authz_cli: Cli,
 ) -> None:
+    cli = fresh_authz_cli
     cli.register()
     cli("cert", "request", "renew-heal.example.com", "--wait")
     first = _show(cli)
