@@ -14,6 +14,7 @@ from certbroker.domain.retry import (
     heals_by_itself,
     next_try,
     retry_pause,
+    what_a_person_must_change,
 )
 from certbroker.store.repository import Repository
 from tests.unit.conftest import LEASE, NOW, issued, new_certificate
@@ -111,3 +112,13 @@ def test_success_ends_the_retries_and_says_how_long_it_was_failing(repo: Reposit
     cleared = [e for e in repo.list_events(cert_id=cert_id) if e.kind is EventKind.ALARM_CLEARED]
     assert len(cleared) == 1
     assert "failing for 3 min, 1 attempt(s) failed meanwhile" in cleared[0].message
+
+
+def test_what_needs_a_person_says_what_to_change() -> None:
+    caa = AcmeProblem("urn:ietf:params:acme:error:caa", "CAA forbids it")
+    assert "CAA record" in what_a_person_must_change(caa)
+    refused = AcmeProblem("urn:ietf:params:acme:error:rejectedIdentifier", "no")
+    both = AcmeProblem("urn:ietf:params:acme:error:compound", subproblems=(caa, refused, caa))
+    advice = what_a_person_must_change(both)
+    assert advice.count("CAA record") == 1 and "will not issue for this name" in advice
+    assert what_a_person_must_change(None) == "see the error above"

@@ -44,6 +44,28 @@ NEEDS_A_PERSON = frozenset(
 )
 
 
+_ADVICE = {
+    "caa": "a CAA record of the name forbids this CA: add one that allows it",
+    "rejectedIdentifier": "the CA will not issue for this name: check it, or use another CA",
+    "unsupportedIdentifier": "the CA does not issue for names of this kind",
+    "badCSR": "the CA refused the request: request again with another --key-type",
+    "badPublicKey": "the CA refused the key: request again with another --key-type",
+    "badSignatureAlgorithm": "the CA refused the key: request again with another --key-type",
+    "accountDoesNotExist": "the CA forgot the account: `certbroker account recreate NAME`",
+    "externalAccountRequired": (
+        "the CA wants external account binding: register with --eab-kid and --eab-hmac-key"
+    ),
+    "userActionRequired": "the CA asks for something at its website (new terms?)",
+}
+
+
+def what_a_person_must_change(problem: AcmeProblem | None) -> str:
+    """For a failure no retry fixes by itself: what must change, as far as known."""
+    codes = [] if problem is None else [problem.code, *(p.code for p in problem.subproblems)]
+    advice = [_ADVICE[c] for c in dict.fromkeys(codes) if c in _ADVICE]
+    return "; ".join(advice) or "see the error above"
+
+
 def heals_by_itself(problem: AcmeProblem | None, transient: bool) -> bool:
     """Whether the cause may go away without anyone acting: network trouble, the CA's own
     errors, a validation that met a restart. A permanent error with no problem document

@@ -37,7 +37,7 @@ from certbroker.domain.models import (
     OrderState,
 )
 from certbroker.domain.renewal import emergency_point
-from certbroker.domain.retry import heals_by_itself, next_try
+from certbroker.domain.retry import heals_by_itself, next_try, what_a_person_must_change
 from certbroker.ports import ChallengeSolver, Progress
 from certbroker.services.common import ServiceContext, no_progress
 from certbroker.services.leases import LEASE, Leases
@@ -229,7 +229,12 @@ class IssuanceService:
                 next_at = max(next_at, now + timedelta(seconds=wait))
             message += (
                 f"; `certbroker serve` tries again at {next_at:%Y-%m-%d %H:%M} UTC"
-                + ("" if heals else " (this needs a change outside certbroker first)")
+                + (
+                    ""
+                    if heals
+                    else " (this needs a change outside certbroker first: "
+                    f"{what_a_person_must_change(problem)})"
+                )
                 + f"; `certbroker cert disable {cert.id}` stops it"
             )
         log.warning("order %d failed: %s", order_id, message)
