@@ -366,6 +366,7 @@ def test_an_interrupted_order_fails_when_its_attempts_are_used_up(
 
     assert result.outcome is Outcome.FAILED
     assert "the CA marked the order invalid" in result.message
+    assert "gave up after 2 attempts" in result.message  # says why it stopped ordering again
     assert len(ca.called("new_order")) == 2, (
         "expected presented -> failed with the attempts used up, not a third order"
     )
@@ -410,6 +411,10 @@ def test_an_expired_manual_dns_order_asks_for_a_new_challenge(
     data = broker.certificates.details(cert.id)
     assert f"cert verify {cert.id} --new-challenge" in data["attempts"][0]["error"]
     assert data["status"] == "pending" and data["serial"] is None
+    assert data["alarm"] is not None, "nobody was told the records can no longer work"
+    assert "--new-challenge" in data["alarm"]["last_error"]
+    told_events = [e for e in data["events"] if e["kind"] == "awaiting-dns"]
+    assert any("--new-challenge" in e["message"] for e in told_events)
     held = broker.repo.get_order(order.id)
     assert (held.state, held.order_url) == (OrderState.AWAITING_DNS, ca.orders[0].url), (
         "expected awaiting-dns kept (no new order) until --new-challenge"

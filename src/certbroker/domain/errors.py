@@ -111,9 +111,10 @@ class LeaseLost(Exception):
 class AwaitingDns(Exception):
     """Manual DNS-01: the order stops until a person writes the records (`cert verify`)."""
 
-    def __init__(self, message: str, *, first: bool) -> None:
+    def __init__(self, message: str, *, first: bool, order_gone: bool = False) -> None:
         super().__init__(message)
         self.first = first  # the records were just shown; False: still not there
+        self.order_gone = order_gone  # the CA's order is gone: `cert verify --new-challenge`
 
     @classmethod
     def expired(cls, cert_id: int, why: str) -> AwaitingDns:
@@ -122,4 +123,5 @@ class AwaitingDns(Exception):
             f"the CA's order for these TXT records is no longer usable ({why}); run "
             f"`certbroker cert verify {cert_id} --new-challenge` for new values",
             first=False,
+            order_gone=True,
         )

@@ -152,7 +152,9 @@ class IssuanceService:
             OrderRun(self._run_context(), order, owner, progress, confirmed=confirmed).drive()
         except AwaitingDns as exc:
             with contextlib.suppress(LeaseLost):
-                self.repo.await_person(order_id, owner, self.ctx.clock(), str(exc), exc.first)
+                self.repo.await_person(
+                    order_id, owner, self.ctx.clock(), str(exc), exc.first, exc.order_gone
+                )
             return RunResult(Outcome.AWAITING, self.repo.get_order(order_id), str(exc))
         except LeaseLost as exc:
             log.info("order %d: %s", order_id, exc)

@@ -198,9 +198,14 @@ class OrderRun:
             # its responder with it). That says nothing about the names: order again,
             # within the same attempt budget as any transient failure.
             attempts = self.order.attempts + 1
-            if attempts >= self.run.retry_attempts:
-                return info
             problem = self._authz_problem(info) or info.error
+            if attempts >= self.run.retry_attempts:
+                raise PermanentError(
+                    f"the CA marked the order invalid: {problem or 'no reason given'} "
+                    f"(validation ran while this order's process was gone; gave up after "
+                    f"{attempts} attempts)",
+                    problem,
+                )
             now = self.run.clock()
             self.repo.count_failed_attempt(
                 self.order.id,

@@ -254,11 +254,18 @@ class DnsStore(StoreBase):
     # -- manual mode ---------------------------------------------------------------------
 
     def await_person(
-        self, order_id: int, owner: str, now: datetime, message: str, first: bool
+        self,
+        order_id: int,
+        owner: str,
+        now: datetime,
+        message: str,
+        first: bool,
+        expired: bool = False,
     ) -> None:
         """Manual DNS-01: the order waits (AWAITING_DNS) until `cert verify`; no worker
-        takes it (claim_next skips WAITING_FOR_A_PERSON). `first`: the event that shows the records,
-        and for a renewal (a certificate in use that will expire) the alarm."""
+        takes it (claim_next skips WAITING_FOR_A_PERSON). `first`: the event that shows
+        the records, and for a renewal (a certificate in use that will expire) the alarm.
+        `expired`: the CA's order is gone; the event and the alarm say what to run."""
         values = {
             "state": OrderState.AWAITING_DNS.value,
             "error_message": message,
@@ -267,21 +274,23 @@ class DnsStore(StoreBase):
         }
         with self._write() as conn:
             self._update_held(conn, order_id, owner, now, None, values)
-            if first:
-                cert_id, purpose = conn.execute(
-                    select(orders.c.certificate_id, orders.c.purpose).where(orders.c.id == order_id)
-                ).one()
-                add_event(
-                    conn, now, EventKind.AWAITING_DNS, message, cert_id=cert_id, order_id=order_id
-                )
-                if purpose == OrderPurpose.RENEW.value:
-                    since = conn.execute(
-                        select(certificates.c.alarm_since).where(certificates.c.id == cert_id)
-                    ).scalar_one()
-                    raise_alarm(
-                        conn, now, cert_id, order_id, f"renewal waits for a person: {message}",
-                        already=since is not None,
-                    )  # fmt: skip
+            if not (first or expired):
+                return
+            cert_id, purpose = conn.execute(
+                select(orders.c.certificate_id, orders.c.purpose).where(orders.c.id == order_id)
+            ).one()
+            add_event(
+                conn, now, EventKind.AWAITING_DNS, message, cert_id=cert_id, order_id=order_id
+            )
+            if expired or purpose == OrderPurpose.RENEW.value:
+                since = conn.execute(
+                    select(certificates.c.alarm_since).where(certificates.c.id == cert_id)
+                ).scalar_one()
+                what = "renewal" if purpose == OrderPurpose.RENEW.value else "issuance"
+                raise_alarm(
+                    conn, now, cert_id, order_id, f"{what} waits for a person: {message}",
+                    already=since is not None,
+                )  # fmt: skip
 
     def restart_order(self, order_id: int, owner: str, now: datetime) -> None:
         """Start the order over at the CA (`cert verify --new-challenge`): a new order URL,
