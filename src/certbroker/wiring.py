@@ -147,11 +147,11 @@ class Broker:
     @cached_property
     def solvers(self) -> dict[ChallengeType, ChallengeSolver]:
         """One solver per challenge type: how the services prove control of a name."""
-        from certbroker.challenges.http01 import probe
+        from certbroker.challenges.http01 import answers
         from certbroker.services.dns01 import Dns01Solver
         from certbroker.services.http01 import Http01Solver
 
-        http01 = Http01Solver(self.ctx, self.start_responder, probe, self.settings.http01_port)
+        http01 = Http01Solver(self.ctx, self.start_responder, answers, self.settings.http01_port)
         return {ChallengeType.HTTP_01: http01, ChallengeType.DNS_01: Dns01Solver(self.dns)}
 
     @cached_property

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -26,12 +25,10 @@ from certbroker.services.common import ServiceContext
 
 log = logging.getLogger("certbroker.challenges")
 
-CHALLENGE_PATH = "/.well-known/acme-challenge/"  # RFC 8555 8.3
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 HANDOVER_WAIT = 300.0  # seconds a CLI's responder waits for other processes' orders
 
-# (port, put a token, remove it) -> whether what listens on the port answered it
-Probe = Callable[[int, Callable[[str, str], None], Callable[[str], None]], bool]
+# (port, token, key authorization) -> whether what listens on the port answers it
+Answers = Callable[[int, str, str], bool]
 
 
 class Http01Solver:
@@ -41,13 +38,13 @@ class Http01Solver:
         self,
         ctx: ServiceContext,
         start_responder: Callable[[], RunningResponder],
-        probe: Probe,
+        answers: Answers,
         port: int,
     ) -> None:
         self.ctx = ctx
         self.repo = ctx.repo
         self.start_responder = start_responder  # binds the port (CertbrokerError if taken)
-        self.probe = probe
+        self.answers = answers
         self.port = port
         self._takeover: _TakeOver | None = None  # while another process answers for us
 
@@ -91,25 +88,31 @@ class Http01Solver:
             time.sleep(0.2)
 
     def _responder_unless_served(self) -> RunningResponder | None:
-        try:
-            return self.start_responder()
-        except CertbrokerError as bind_error:
-            now = self.ctx.clock()
-            served = self.probe(
-                self.port,
-                lambda token, value: self.repo.put_challenges(
-                    None, [(token, value, "probe", "probe")], now
-                ),
-                self.repo.delete_challenge,
-            )
-            if served:
+        """The responder this process starts, or None when what holds the port answers
+        this store. Tried three times: the holder may let the port go between the two."""
+        for _ in range(3):
+            try:
+                return self.start_responder()
+            except CertbrokerError as exc:
+                bind_error = exc
+            if self._serves_this_store():
                 log.info("port %d already answers this store's challenges; using it", self.port)
                 return None
-            raise CertbrokerError(
-                f"{bind_error}; and what listens there does not answer certbroker's "
-                "challenges. Stop it, run `certbroker serve` there, or set "
-                "CERTBROKER_HTTP01_PORT"
-            ) from None
+        raise CertbrokerError(
+            f"{bind_error}; and what listens there does not answer certbroker's "
+            "challenges. Stop it, run `certbroker serve` there, or set "
+            "CERTBROKER_HTTP01_PORT"
+        ) from None
+
+    def _serves_this_store(self) -> bool:
+        """Whether what listens on the port answers a probe token put into this store."""
+        token = "certbroker-probe-" + secrets.token_urlsafe(16)
+        value = f"{token}.{secrets.token_urlsafe(16)}"
+        self.repo.put_challenges(None, [(token, value, "probe", "probe")], self.ctx.clock())
+        try:
+            return self.answers(self.port, token, value)
+        finally:
+            self.repo.delete_challenge(token)
 
     def present(self, job: ChallengeJob, challenges: Sequence[PendingChallenge]) -> None:
         """Every token of the order into the store at once; any responder answers it."""
@@ -123,19 +126,8 @@ class Http01Solver:
         takeover = self._takeover
         if takeover is None:
             return
-        if not all(self._answered(c) for c in challenges):
+        if not all(self.answers(self.port, c.token, c.key_authorization) for c in challenges):
             takeover.now()
-
-    def _answered(self, challenge: PendingChallenge) -> bool:
-        url = f"http://127.0.0.1:{self.port}{CHALLENGE_PATH}{challenge.token}"
-        try:
-            # Straight to this machine's port, whatever proxy the environment names.
-            with _DIRECT.open(url, timeout=5) as response:
-                return bool(
-                    response.read().decode("ascii", "replace") == challenge.key_authorization
-                )
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
 
     def cleanup(self, order_id: int) -> None:
         """Nothing left to remove: the store deletes an order's tokens in the transaction
