@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # CLI call), so one worker per core, at most four.
 TEST_WORKERS ?= auto
 
-.PHONY: install run test lint format demo bench clean
+.PHONY: install run test lint format demo bench screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ demo: install
 	bash scripts/ensure-test-deps.sh
 	$(BIN)/python scripts/demo.py
 
+## Each console page as PNG under docs/screenshots/ (desktop and phone width), with Chromium.
+screenshots: install
+	bash scripts/ensure-test-deps.sh
+	$(BIN)/python scripts/screenshots.py
+
 ## Benchmarks side by side with certbot, lego, uacme and nginx (not part of `make test`);
 ## figures go to docs/benchmarks.md. QUICK=1 for a short run.
 bench: install
@@ -52,6 +57,7 @@ bench: install
 	$(BIN)/python bench/startup.py $(if $(QUICK),--quick)
 	$(BIN)/python bench/responder.py $(if $(QUICK),--quick)
 	$(BIN)/python bench/heal.py $(if $(QUICK),--quick,--write)
+	$(BIN)/python bench/api.py $(if $(QUICK),--quick,--write)
 	$(BIN)/python bench/summary.py $(if $(QUICK),--no-write)
 
 clean:

@@ -14,6 +14,7 @@ REQUIRED=(
     "named:bind9"
     "nsupdate:bind9-dnsutils"
     "pdns_server:pdns-server"
+    "chromium:chromium"
 )
 # PowerDNS loads its SQLite backend from this module (package pdns-backend-sqlite3).
 GSQLITE3_GLOB="/usr/lib/*/pdns/libgsqlite3backend.so"

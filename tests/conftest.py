@@ -47,11 +47,13 @@ class Cli:
         check: bool = True,
         timeout: float = 180,
         env: dict[str, str] | None = None,
+        input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         run_env = {**self.env, **(env or {})}
         proc = subprocess.run(
             [sys.executable, "-m", "certbroker", *args],
             env=run_env,
+            input=input,
             capture_output=True,
             text=True,
             timeout=timeout,

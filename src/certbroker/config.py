@@ -35,6 +35,8 @@ class Settings:
     log_level: str = "info"
     log_levels: str = ""  # per component: "acme=debug,scheduler=warning" (certbroker.logs)
     master_key: str = field(default="", repr=False)  # empty: <data_dir>/master.key
+    # The first start's `admin` password; empty: a generated one, printed once.
+    admin_password: str = field(default="", repr=False)
     order_timeout: float = 300.0  # seconds one order may take before it counts as failed
     retry_attempts: int = 4  # tries of one order through transient CA failures, in all
     renew_before_days: float = 0.0  # 0: when one third of the lifetime is left
@@ -45,7 +47,7 @@ class Settings:
     dns_propagation_timeout: float = 120.0  # seconds until unseen TXT records count as failed
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
-    SECRET_KEYS = ("master_key",)
+    SECRET_KEYS = ("master_key", "admin_password")
 
     @property
     def effective_database_url(self) -> str:
@@ -105,6 +107,7 @@ _FIELD_TYPES: dict[str, type] = {
     "log_level": str,
     "log_levels": str,
     "master_key": str,
+    "admin_password": str,
     "order_timeout": float,
     "retry_attempts": int,
     "renew_before_days": float,

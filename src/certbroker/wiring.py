@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from certbroker.challenges.http01 import Responder
     from certbroker.config import Settings
     from certbroker.crypto.keys import PrivateKey
+    from certbroker.services.access import AccessService
     from certbroker.services.accounts import AccountService
+    from certbroker.services.browsing import Browsing
     from certbroker.services.certificates import CertificateService
     from certbroker.services.dns import DnsService, DnsSettings
     from certbroker.services.issuance import IssuanceService
@@ -126,10 +128,22 @@ class Broker:
     dns_lookups: Callable[[], DnsLookups] | None = None
 
     @cached_property
+    def access(self) -> AccessService:
+        from certbroker.services.access import AccessService
+
+        return AccessService(self.ctx)
+
+    @cached_property
     def accounts(self) -> AccountService:
         from certbroker.services.accounts import AccountService
 
         return AccountService(self.ctx)
+
+    @cached_property
+    def browsing(self) -> Browsing:
+        from certbroker.services.browsing import Browsing
+
+        return Browsing(self.ctx)
 
     @cached_property
     def certificates(self) -> CertificateService:
@@ -158,7 +172,9 @@ class Broker:
     def planner(self) -> RenewalPlanner:
         from certbroker.services.planning import RenewalPlanner
 
-        return RenewalPlanner(self.settings.renew_before_days or None)
+        return RenewalPlanner(
+            self.settings.renew_before_days or None, stored=self.runtime.stored_renew_before_days
+        )
 
     @cached_property
     def requests(self) -> RequestService:

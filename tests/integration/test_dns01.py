@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography import x509
 
@@ -18,7 +19,7 @@ from tests.conftest import Cli, make_cli
 from tests.support.dns_servers import BindServer, start_bind
 from tests.support.pebble import PebbleServer, start_pebble
 from tests.support.ports import free_port
-from tests.support.serve import start_serve, stop_serve, wait_until
+from tests.support.serve import api_url, start_api, start_serve, stop_serve, wait_until
 
 COM_KEY = "certbroker-com"
 NET_KEY = "certbroker-net"
@@ -307,3 +308,42 @@ def test_records_of_a_deleted_certificate_are_removed_by_serve(dcli: Cli, bind: 
     finally:
         log = stop_serve(serve)
     assert "removed 1 leftover TXT record(s)" in log
+
+
+def test_manual_records_are_verified_through_the_api(dcli: Cli, bind: BindServer) -> None:
+    secret = dcli("token", "create", "--name", "ops", "--role", "operator").stdout.split()[-1]
+    serve = start_api(
+        dcli, CERTBROKER_DNS_CHECK_SERVERS=bind.address, CERTBROKER_ADMIN_PASSWORD="x" * 12
+    )
+    try:
+        with httpx.Client(
+            base_url=api_url(dcli), headers={"Authorization": f"Bearer {secret}"},
+            trust_env=False, timeout=60,
+        ) as api:  # fmt: skip
+            body = {"names": ["byapi.example.com"], "challenge": "dns-01", "dns_account": "manual"}
+            cert_id = api.post("/api/v1/certificates", json=body).json()["id"]
+            too_soon = api.post(f"/api/v1/certificates/{cert_id}/verify", json={})
+            assert too_soon.status_code in (202, 422)  # serve may not have ordered yet
+
+            def awaiting() -> bool:
+                shown = api.get(f"/api/v1/certificates/{cert_id}/progress").json()
+                return bool(shown["order"] and shown["order"]["state"] == "awaiting-dns")
+
+            wait_until("the records to write", awaiting, serve=serve)
+            records = api.get(f"/api/v1/certificates/{cert_id}/progress").json()["dns_records"]
+            assert [r["name"] for r in records] == ["_acme-challenge.byapi.example.com"]
+            commands = "".join(
+                f'update add {r["name"]}. 60 IN TXT "{r["value"]}"\n' for r in records
+            )
+            assert bind.nsupdate(commands, COM_KEY).returncode == 0
+            verified = api.post(f"/api/v1/certificates/{cert_id}/verify", json={})
+            assert verified.status_code == 202, verified.text
+
+            def valid() -> bool:
+                return api.get(f"/api/v1/certificates/{cert_id}").json()["status"] == "valid"
+
+            wait_until("the certificate", valid, serve=serve)
+            again = api.post(f"/api/v1/certificates/{cert_id}/verify", json={})
+            assert again.status_code == 422 and "not waiting" in again.json()["detail"]
+    finally:
+        stop_serve(serve)

@@ -45,3 +45,29 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+def api_url(cli: Cli) -> str:
+    """Where `serve` on this CLI's store answers the API and console."""
+    return "http://" + cli.env["CERTBROKER_LISTEN"]
+
+
+def start_api(cli: Cli, **env: str) -> subprocess.Popen[str]:
+    """`certbroker serve`, once its API answers."""
+    import httpx
+
+    serve = start_serve(cli, **env)
+    url = api_url(cli) + "/api/v1/openapi.json"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(url, timeout=2, trust_env=False).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until("the API to answer", answers, serve=serve, timeout=60)
+    except AssertionError:
+        print(stop_serve(serve))
+        raise
+    return serve

@@ -26,8 +26,20 @@ from certbroker.cli.main import Commands, app
 if TYPE_CHECKING:
     from typer import _click
 
-TOP_LEVEL = ["serve", "account", "cert", "dns", "events", "alarms", "config", "log-level"]
+TOP_LEVEL = [
+    "serve",
+    "account",
+    "cert",
+    "dns",
+    "events",
+    "alarms",
+    "user",
+    "token",
+    "config",
+    "log-level",
+]
 COMMAND_MODULES = [
+    "certbroker.cli.access_cmd",
     "certbroker.cli.accounts",
     "certbroker.cli.certs",
     "certbroker.cli.config_cmd",

@@ -77,6 +77,25 @@ def request(
         str | None,
         typer.Option(help="An ACME profile the CA advertises (e.g. Let's Encrypt's shortlived)."),
     ] = None,
+    label: Annotated[
+        str | None, typer.Option(help="What people call it (shown in lists and the console).")
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="Why it exists, who owns it.")] = None,
+    keystore_type: Annotated[
+        str | None,
+        typer.Option(
+            help="The format downloads default to: pem, fullchain, combined, der, pkcs12 or jks."
+        ),
+    ] = None,
+    keystore_password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CERTBROKER_KEYSTORE_PASSWORD",
+            show_envvar=True,
+            help="A pkcs12/jks password kept (encrypted) with the certificate for downloads "
+            "and `cert export` (prefer the environment).",
+        ),
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option("--wait", help="Obtain it now and show progress (otherwise `serve` does it)."),
@@ -86,7 +105,7 @@ def request(
     """Request a certificate, or many with --from. Validates everything before anything is
     stored."""
     from certbroker.domain.errors import UsageError
-    from certbroker.domain.keys import KeyPolicy, KeyType
+    from certbroker.domain.keys import ExportFormat, KeyPolicy, KeyType
     from certbroker.domain.models import ChallengeType
     from certbroker.domain.subject import Subject
     from certbroker.services.requests import CertificateRequest
@@ -133,6 +152,10 @@ def request(
         renew_before_days=renew_before_days,
         profile=profile,
         dns_account=dns_account,
+        label=label,
+        description=description,
+        keystore_type=ExportFormat.parse(keystore_type) if keystore_type else None,
+        keystore_password=keystore_password,
     )
     state: State = ctx.obj
     if from_file is not None:
@@ -373,7 +396,8 @@ def export(
         typer.Option(
             envvar="CERTBROKER_EXPORT_PASSWORD",
             show_envvar=True,
-            help="Password for pkcs12 and jks (prefer the environment or --password-file).",
+            help="Password for pkcs12 and jks (prefer the environment or --password-file; "
+            "default: the one kept with the certificate).",
         ),
     ] = None,
     password_file: Annotated[

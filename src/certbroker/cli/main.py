@@ -33,8 +33,7 @@ class Commands(LazyGroup):
         # keeps failing; then the configuration and the log levels.
         "serve": Lazy(
             "certbroker.cli.main:serve",
-            "Run the broker: HTTP-01 responder and issuance workers, until stopped "
-            "(Ctrl-C / SIGTERM).",
+            "Run the broker: API, console, HTTP-01 responder, workers, renewals; until stopped.",
         ),
         "account": Lazy(
             "certbroker.cli.accounts:app",
@@ -54,6 +53,14 @@ class Commands(LazyGroup):
         "alarms": Lazy(
             "certbroker.cli.events_cmd:alarms",
             "Active alarms: certificates whose issuance or renewal keeps failing.",
+        ),
+        "user": Lazy(
+            "certbroker.cli.access_cmd:users_app",
+            "Users of the console and API: add, passwd, list, role, disable, enable, delete.",
+        ),
+        "token": Lazy(
+            "certbroker.cli.access_cmd:tokens_app",
+            "API tokens for scripts and tools: create, list, revoke.",
         ),
         "config": Lazy("certbroker.cli.config_cmd:app", "Show the effective configuration."),
         "log-level": Lazy(
@@ -120,7 +127,11 @@ def main(
 
 
 def serve(ctx: typer.Context) -> None:
-    """Run the broker: HTTP-01 responder and issuance workers, until stopped (Ctrl-C / SIGTERM)."""
+    """Run the broker: API, console, HTTP-01 responder, workers, renewals; until stopped.
+
+    Ctrl-C or SIGTERM stops it. The API and console listen on CERTBROKER_LISTEN
+    (default 127.0.0.1:8080). On the first start, user `admin` is made with
+    CERTBROKER_ADMIN_PASSWORD, or a generated password printed once."""
     from certbroker.cli.serve import run_serve
 
     run_serve(ctx.obj)

@@ -7,7 +7,7 @@ import signal
 import threading
 from types import FrameType
 
-from certbroker.cli.state import State
+from certbroker.cli.state import State, say
 
 log = logging.getLogger("certbroker.serve")
 
@@ -34,6 +34,13 @@ def run_serve(state: State) -> None:
         parse_levels(settings.log_levels),
         broker.runtime.stored_log_levels,
     ).start()
+    generated = broker.access.ensure_first_admin(settings.admin_password or None)
+    if generated is not None:
+        # Shown once, here; only its hash is kept.
+        say(f"first start: user 'admin' made with password {generated} (shown only now)")
+    from certbroker.api.server import WebServer
+
+    web = WebServer(broker, settings.listen_address()).start()
     responder = broker.bind_responder().start()
     try:
         processes = settings.effective_worker_processes
@@ -44,8 +51,9 @@ def run_serve(state: State) -> None:
             broker.renewal, broker.solvers.values(), settings.scheduler_interval
         ).start()
         log.info(
-            "certbroker serving: HTTP-01 on %s:%d, %d worker process%s × %d workers, "
-            "renewals checked every %g s, store %s",
+            "certbroker serving: API and console on %s, HTTP-01 on %s:%d, "
+            "%d worker process%s × %d workers, renewals checked every %g s, store %s",
+            web.url,
             settings.http01_address,
             responder.port,
             processes,
@@ -62,3 +70,4 @@ def run_serve(state: State) -> None:
         others.stop()
     finally:
         responder.stop()
+        web.stop()

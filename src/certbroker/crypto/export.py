@@ -79,14 +79,12 @@ def _key_pem(key: PrivateKey) -> bytes:
     )
 
 
-def write_export(
-    bundle: ExportBundle, fmt: ExportFormat, out: Path, password: str | None = None
-) -> list[Path]:
-    """Write `bundle` as `fmt` to `out` (a directory for pem, a file otherwise).
-
-    Returns the files written. Raises UsageError, leaving nothing new behind, when the
-    format needs a key or password that is missing or `out` cannot be written.
-    """
+def render_export(
+    bundle: ExportBundle, fmt: ExportFormat, password: str | None = None
+) -> list[tuple[str, bytes, int]]:
+    """`bundle` as `fmt`: each file's name, content and mode (one file, or certbot's
+    live/ layout for pem). Raises UsageError when the format needs a key or password
+    that is missing."""
     parsed = _parse(bundle)
     if fmt.needs_key and parsed.key is None:
         raise UsageError(
@@ -95,30 +93,45 @@ def write_export(
         )
     if fmt.needs_password and not password:
         raise UsageError(f"{fmt.value} export needs --password")
-
     # Keystore tools show and select entries by alias; an empty one is hard to address.
     alias = bundle.alias.strip() or "certbroker"
-    files: list[tuple[Path, bytes, int]]
-    if fmt is ExportFormat.PEM:
-        return _write_pem_dir(parsed, out)
     leaf_and_chain = _pem([parsed.leaf, *parsed.chain])
+    if fmt is ExportFormat.PEM:
+        files = [
+            ("cert.pem", _pem([parsed.leaf]), PUBLIC_MODE),
+            ("chain.pem", _pem(parsed.chain), PUBLIC_MODE),
+            ("fullchain.pem", leaf_and_chain, PUBLIC_MODE),
+        ]
+        if parsed.key is not None:
+            files.append(("privkey.pem", _key_pem(parsed.key), KEY_MODE))
+        return files
     if fmt is ExportFormat.FULLCHAIN:
-        files = [(out, leaf_and_chain, PUBLIC_MODE)]
-    elif fmt is ExportFormat.DER:
-        files = [(out, parsed.leaf.public_bytes(serialization.Encoding.DER), PUBLIC_MODE)]
-    else:
-        key = parsed.key
-        assert key is not None  # checked above through fmt.needs_key
-        if fmt is ExportFormat.COMBINED:
-            files = [(out, _key_pem(key) + leaf_and_chain, KEY_MODE)]
-        elif fmt is ExportFormat.PKCS12:
-            assert password
-            files = [(out, _pkcs12(parsed, key, alias, password), KEY_MODE)]
-        else:
-            assert password
-            files = [(out, _jks(parsed, key, alias, password), KEY_MODE)]
+        return [("fullchain.pem", leaf_and_chain, PUBLIC_MODE)]
+    if fmt is ExportFormat.DER:
+        return [("cert.der", parsed.leaf.public_bytes(serialization.Encoding.DER), PUBLIC_MODE)]
+    key = parsed.key
+    assert key is not None  # checked above through fmt.needs_key
+    if fmt is ExportFormat.COMBINED:
+        return [("combined.pem", _key_pem(key) + leaf_and_chain, KEY_MODE)]
+    assert password
+    if fmt is ExportFormat.PKCS12:
+        return [("certificate.p12", _pkcs12(parsed, key, alias, password), KEY_MODE)]
+    return [("keystore.jks", _jks(parsed, key, alias, password), KEY_MODE)]
+
+
+def write_export(
+    bundle: ExportBundle, fmt: ExportFormat, out: Path, password: str | None = None
+) -> list[Path]:
+    """Write `bundle` as `fmt` to `out` (a directory for pem, a file otherwise).
+
+    Returns the files written. Raises UsageError, leaving nothing new behind, when the
+    format needs a key or password that is missing or `out` cannot be written.
+    """
+    rendered = render_export(bundle, fmt, password)
+    if fmt is ExportFormat.PEM:
+        return _write_pem_dir(rendered, out)
     _check_file_target(out)
-    return _write_files(files)
+    return _write_files([(out, data, mode) for _, data, mode in rendered])
 
 
 def _pkcs12(parsed: _Parsed, key: PrivateKey, alias: str, password: str) -> bytes:
@@ -149,7 +162,7 @@ def _jks(parsed: _Parsed, key: PrivateKey, alias: str, password: str) -> bytes:
     return data
 
 
-def _write_pem_dir(parsed: _Parsed, out: Path) -> list[Path]:
+def _write_pem_dir(rendered: list[tuple[str, bytes, int]], out: Path) -> list[Path]:
     """certbot's live/ layout, so existing server configs can point at it unchanged."""
     if not out.parent.is_dir():
         raise UsageError(f"cannot export to {out}: directory {out.parent} does not exist")
@@ -163,13 +176,7 @@ def _write_pem_dir(parsed: _Parsed, out: Path) -> list[Path]:
             raise UsageError(f"cannot create directory {out}: {exc.strerror}") from None
         os.chmod(out, DIR_MODE)  # mkdir's mode is cut by the umask; it is empty still
         created = True
-    files = [
-        (out / "cert.pem", _pem([parsed.leaf]), PUBLIC_MODE),
-        (out / "chain.pem", _pem(parsed.chain), PUBLIC_MODE),
-        (out / "fullchain.pem", _pem([parsed.leaf, *parsed.chain]), PUBLIC_MODE),
-    ]
-    if parsed.key is not None:
-        files.append((out / "privkey.pem", _key_pem(parsed.key), KEY_MODE))
+    files = [(out / name, data, mode) for name, data, mode in rendered]
     try:
         return _write_files(files)
     except UsageError:

@@ -30,6 +30,27 @@ class ConfigError(UsageError):
     """The configuration file, environment or flags are wrong."""
 
 
+class NotAuthenticated(UsageError):
+    """No credentials, or ones that are wrong, expired or revoked (HTTP 401)."""
+
+
+class AccessDenied(UsageError):
+    """The caller is known but may not do this (HTTP 403)."""
+
+
+class Conflict(UsageError):
+    """The request clashes with the state of things (HTTP 409): a key reused, a run in
+    progress."""
+
+
+class Throttled(UsageError):
+    """Too many attempts; try again after `retry_after` seconds (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True)
 class AcmeProblem:
     """An RFC 8555 / RFC 7807 problem document as the CA sent it."""

@@ -161,6 +161,10 @@ class Certificate:
     dns_manual: bool = False  # dns-01: a person writes the TXT records
     next_try_at: datetime | None = None  # failing: when the next order is tried
     disabled: bool = False  # a person stopped its retries and renewal (`cert disable`)
+    label: str | None = None  # what people call it (Parallels RAS's "name")
+    description: str | None = None
+    keystore_type: str | None = None  # the download format it defaults to (an ExportFormat)
+    has_keystore_password: bool = False  # a password for those downloads is kept, sealed
 
     @property
     def account_ids(self) -> tuple[int, ...]:
@@ -202,6 +206,10 @@ class NewCertificate:
     fallback_account_ids: Sequence[int] = ()
     dns_account_id: int | None = None
     dns_manual: bool = False
+    label: str | None = None
+    description: str | None = None
+    keystore_type: str | None = None
+    keystore_password_sealed: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -297,6 +305,8 @@ class EventKind(StrEnum):
     CA_FALLBACK = "ca-fallback"  # an account's CA failed; the next account takes over
     HELD_BACK = "held-back"  # too many failed validations of a name in the last hour
     AWAITING_DNS = "awaiting-dns"  # manual DNS-01: the records a person must write
+    REVOKED = "revoked"  # at the CA, with a reason
+    DELETED = "deleted"  # forgotten here (still valid at the CA until it expires)
 
 
 @dataclass(frozen=True)

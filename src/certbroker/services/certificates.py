@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,24 @@ from certbroker.domain.models import (
 )
 from certbroker.ports import ChallengeSolver
 from certbroker.services.common import ServiceContext
+
+MEDIA_TYPES = {
+    ExportFormat.PEM: "application/zip",
+    ExportFormat.FULLCHAIN: "application/pem-certificate-chain",
+    ExportFormat.COMBINED: "application/x-pem-file",
+    ExportFormat.DER: "application/pkix-cert",
+    ExportFormat.PKCS12: "application/pkcs12",
+    ExportFormat.JKS: "application/x-java-keystore",
+}
+
+
+@dataclass(frozen=True)
+class ExportedFile:
+    """One download: pem is a zip of certbot's live/ files."""
+
+    filename: str
+    media_type: str
+    data: bytes
 
 
 class CertificateService:
@@ -58,6 +79,7 @@ class CertificateService:
         account = (accounts or {}).get(cert.account_id)
         return {
             "id": cert.id,
+            "label": cert.label,
             "names": list(cert.names),
             "status": cert.effective_status(now).value,
             "not_before": cert.not_before.isoformat() if cert.not_before else None,
@@ -77,6 +99,9 @@ class CertificateService:
         data = self.summary(cert, {account.id: account})
         data.update(
             {
+                "description": cert.description,
+                "keystore_type": cert.keystore_type,
+                "keystore_password_kept": cert.has_keystore_password,
                 "issuer": cert.issuer,
                 "key_type": cert.key_type,
                 "key_policy": cert.key_policy.value,
@@ -131,29 +156,104 @@ class CertificateService:
             for cert in self.repo.certificates_in_alarm()
         ]
 
-    def events(self, cert_id: int | None = None, since: datetime | None = None) -> list[Event]:
-        return self.repo.list_events(cert_id=cert_id, since=since)
+    def events(
+        self, cert_id: int | None = None, since: datetime | None = None, limit: int | None = None
+    ) -> list[Event]:
+        """Oldest first; with `limit`, the newest `limit` of them."""
+        return self.repo.list_events(cert_id=cert_id, since=since, limit=limit)
 
     def export(
         self, cert_id: int, fmt: ExportFormat, out: Path, password: str | None
     ) -> list[Path]:
+        """Write the files of `fmt` to `out`; a keystore without a password given takes
+        the one kept with the certificate."""
+        from certbroker.crypto.export import write_export
+
+        cert = self.repo.get_certificate(cert_id)
+        bundle = self._bundle(cert)
+        return write_export(bundle, fmt, out, self._password(cert_id, fmt, password))
+
+    def _password(self, cert_id: int, fmt: ExportFormat, given: str | None) -> str | None:
+        if given or not fmt.needs_password:
+            return given
+        sealed = self.repo.keystore_password_sealed(cert_id)
+        if sealed is None:
+            return None  # the export says the password is missing
+        return self.ctx.sealer.unseal(sealed).decode()
+
+    def _bundle(self, cert: Certificate) -> Any:
+        from certbroker.crypto.export import ExportBundle
+
+        if cert.cert_pem is None:
+            raise UsageError(
+                f"certificate {cert.id} has not been issued ({cert.status.value}); "
+                "nothing to export yet"
+            )
+        sealed = self.repo.certificate_key_sealed(cert.id)
+        return ExportBundle(
+            cert_pem=cert.cert_pem.encode(),
+            chain_pem=(cert.chain_pem or "").encode(),
+            key_pem=self.ctx.sealer.unseal(sealed) if sealed is not None else None,
+            alias=cert.common_name,
+        )
+
+    def download_format(self, cert_id: int, fmt: ExportFormat | None) -> ExportFormat:
+        """The format asked for, else the keystore type kept with the certificate, else
+        the full chain."""
+        if fmt is not None:
+            return fmt
+        cert = self.repo.get_certificate(cert_id)
+        return ExportFormat(cert.keystore_type) if cert.keystore_type else ExportFormat.FULLCHAIN
+
+    def export_holds_key(self, cert_id: int, fmt: ExportFormat) -> bool:
+        """Whether `fmt` of this certificate carries its private key (pem does when the
+        key is held here)."""
+        if fmt.needs_key:
+            return True
+        return fmt is ExportFormat.PEM and self.repo.certificate_key_sealed(cert_id) is not None
+
+    def export_file(self, cert_id: int, fmt: ExportFormat, password: str | None) -> ExportedFile:
+        """The download of one format; a keystore without a password given takes the one
+        kept with the certificate."""
+        from certbroker.crypto.export import render_export
+
+        cert = self.repo.get_certificate(cert_id)
+        bundle = self._bundle(cert)
+        files = render_export(bundle, fmt, self._password(cert_id, fmt, password))
+        stem = cert.common_name.replace("*", "wildcard")
+        if fmt is ExportFormat.PEM:
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+                for name, data, mode in files:
+                    info = zipfile.ZipInfo(f"{stem}/{name}")
+                    info.external_attr = (0o100000 | mode) << 16
+                    archive.writestr(info, data)
+            return ExportedFile(f"{stem}.zip", MEDIA_TYPES[fmt], buffer.getvalue())
+        name, data, _ = files[0]
+        suffix = name.partition(".")[2]
+        return ExportedFile(f"{stem}.{suffix}", MEDIA_TYPES[fmt], data)
+
+    def tls_material(self, cert_id: int) -> tuple[str, bytes, bytes]:
+        """(fingerprint, full chain PEM, private key PEM) of an issued certificate whose key
+        is held here: what the console's own HTTPS serves (never shown to anyone)."""
+        cert = self.repo.get_certificate(cert_id)
+        sealed = self.repo.certificate_key_sealed(cert_id)
+        if cert.cert_pem is None or sealed is None or cert.fingerprint_sha256 is None:
+            raise UsageError(
+                f"certificate {cert_id} cannot serve the console: it is not issued, or its "
+                "key is not held here"
+            )
+        chain = (cert.cert_pem + (cert.chain_pem or "")).encode()
+        return cert.fingerprint_sha256, chain, self.ctx.sealer.unseal(sealed)
+
+    def chain(self, cert_id: int) -> str:
+        """The certificate and its intermediates, PEM: what a server presents."""
         cert = self.repo.get_certificate(cert_id)
         if cert.cert_pem is None:
             raise UsageError(
-                f"certificate {cert_id} has not been issued ({cert.status.value}); "
-                "nothing to export yet"
+                f"certificate {cert_id} has not been issued ({cert.status.value}); no chain yet"
             )
-        sealed = self.repo.certificate_key_sealed(cert_id)
-        key_pem = self.ctx.sealer.unseal(sealed) if sealed is not None else None
-        from certbroker.crypto.export import ExportBundle, write_export
-
-        bundle = ExportBundle(
-            cert_pem=cert.cert_pem.encode(),
-            chain_pem=(cert.chain_pem or "").encode(),
-            key_pem=key_pem,
-            alias=cert.common_name,
-        )
-        return write_export(bundle, fmt, out, password)
+        return cert.cert_pem + (cert.chain_pem or "")
 
     def revoke(self, cert_id: int, reason: RevocationReason) -> Certificate:
         cert = self.repo.get_certificate(cert_id)
@@ -189,5 +289,5 @@ class CertificateService:
 
     def delete(self, cert_id: int) -> Certificate:
         cert = self.repo.get_certificate(cert_id)
-        self.repo.delete_certificate(cert_id)
+        self.repo.delete_certificate(cert_id, self.ctx.clock())
         return cert

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -305,11 +306,9 @@ class IssuanceService:
         now = self.ctx.clock()
         return self.repo.add_order(cert_id, now, lease_owner, now + LEASE)
 
-    def verify(
-        self, cert_id: int, owner: str, new_challenge: bool, progress: Progress = no_progress
-    ) -> RunResult:
-        """Manual DNS-01: check the records a person wrote and go on to the certificate;
-        with `new_challenge`, start over with a fresh order (new values to write)."""
+    def _awaiting_dns(self, cert_id: int) -> Order:
+        """The certificate's order waiting for a person's TXT records; UsageError when
+        there is none."""
         cert = self.repo.get_certificate(cert_id)
         if not cert.dns_manual:
             raise UsageError(
@@ -322,6 +321,14 @@ class IssuanceService:
                 f"certificate {cert_id} is not waiting for DNS records ({state}); "
                 f"`certbroker cert renew {cert_id}` starts a new order"
             )
+        return order
+
+    def verify(
+        self, cert_id: int, owner: str, new_challenge: bool, progress: Progress = no_progress
+    ) -> RunResult:
+        """Manual DNS-01: check the records a person wrote and go on to the certificate;
+        with `new_challenge`, start over with a fresh order (new values to write)."""
+        order = self._awaiting_dns(cert_id)
         if not self.leases.claim(order.id, owner):
             raise UsageError(
                 f"order {order.id} is being worked on by {order.lease_owner}; try again shortly"
@@ -334,6 +341,19 @@ class IssuanceService:
         if result.outcome in (Outcome.RETRY, Outcome.BUSY):
             return self.wait_for(cert_id, owner, progress)
         return result
+
+    def verify_in_background(self, cert_id: int, owner: str, new_challenge: bool) -> None:
+        """`verify` in a thread of this process (the API and console answer at once and
+        show the progress); refused here, before the thread, when nothing waits."""
+        self._awaiting_dns(cert_id)
+
+        def run() -> None:
+            try:
+                self.verify(cert_id, owner, new_challenge)
+            except Exception:
+                log.exception("certificate %d: verifying the DNS records failed", cert_id)
+
+        threading.Thread(target=run, name=f"verify-{cert_id}", daemon=True).start()
 
     def wait_for(self, cert_id: int, owner: str, progress: Progress = no_progress) -> RunResult:
         """Drive the certificate's active order to the end in this process (CLI --wait)."""

@@ -8,6 +8,7 @@ policy settings.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from cryptography import x509
@@ -32,8 +33,18 @@ ARI_RETRY_AFTER_ERROR = timedelta(hours=1)
 
 
 class RenewalPlanner:
-    def __init__(self, renew_before_days: float | None = None) -> None:
-        self.renew_before_days = renew_before_days  # the global policy; None: 1/3 of lifetime
+    def __init__(
+        self,
+        renew_before_days: float | None = None,
+        stored: Callable[[], float | None] | None = None,
+    ) -> None:
+        self.configured_days = renew_before_days  # the global policy; None: 1/3 of lifetime
+        self.stored = stored  # the console's setting, which comes first when set
+
+    @property
+    def renew_before_days(self) -> float | None:
+        days = self.stored() if self.stored is not None else None
+        return days if days is not None else self.configured_days
 
     def ask_window(
         self, ca: CertificateAuthority, leaf: x509.Certificate, now: datetime

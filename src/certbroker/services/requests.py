@@ -15,7 +15,7 @@ from certbroker.crypto.keys import (
     private_key_to_pem,
 )
 from certbroker.domain.errors import UsageError
-from certbroker.domain.keys import KeyPolicy, KeyType
+from certbroker.domain.keys import ExportFormat, KeyPolicy, KeyType
 from certbroker.domain.models import (
     DEFAULT_CHALLENGE,
     Account,
@@ -45,6 +45,10 @@ class CertificateRequest:
     profile: str | None = None  # an ACME profile the CA advertises
     fallback_accounts: Sequence[str] = ()  # tried in order when the account's CA fails
     dns_account: str | None = None  # dns-01: a DNS account, "manual", or None (by zone)
+    label: str | None = None  # what people call it (Parallels RAS's "name")
+    description: str | None = None
+    keystore_type: ExportFormat | None = None  # downloads default to this format
+    keystore_password: str | None = None  # ...and this password, kept sealed
 
 
 class RequestService:
@@ -95,6 +99,7 @@ class RequestService:
         if req.profile is not None:
             self._check_profile(account, req.profile)
         make_csr(key, names, subject)  # proves now that the CSR can be built
+        label, description, password_sealed = self._about(req)
         return NewCertificate(
             names=names,
             account_id=account.id,
@@ -108,7 +113,30 @@ class RequestService:
             fallback_account_ids=[a.id for a in fallbacks],
             dns_account_id=choice.dns_account_id,
             dns_manual=choice.dns_manual,
+            label=label,
+            description=description,
+            keystore_type=req.keystore_type.value if req.keystore_type else None,
+            keystore_password_sealed=password_sealed,
         )
+
+    def _about(self, req: CertificateRequest) -> tuple[str | None, str | None, bytes | None]:
+        """The label, description and sealed keystore password, checked."""
+        label = (req.label or "").strip() or None
+        if label is not None and len(label) > 200:
+            raise UsageError("the label is too long: at most 200 characters")
+        description = (req.description or "").strip() or None
+        if description is not None and len(description) > 2000:
+            raise UsageError("the description is too long: at most 2000 characters")
+        password = req.keystore_password or None
+        if password is not None:
+            if req.keystore_type is None or not req.keystore_type.needs_password:
+                raise UsageError(
+                    "a keystore password goes with keystore type pkcs12 or jks; choose one"
+                )
+            if len(password) > 200:
+                raise UsageError("the keystore password is too long: at most 200 characters")
+        sealed = self.ctx.sealer.seal(password.encode()) if password else None
+        return label, description, sealed
 
     def store(
         self, prepared: NewCertificate, lease_owner: str | None = None

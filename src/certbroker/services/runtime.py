@@ -1,11 +1,19 @@
 """Settings changed while the broker runs, kept in the store so every `serve` process
-and node follows them: today the log level of each component (`certbroker log-level`)."""
+and node follows them: the log level of each component (`certbroker log-level`), and
+the console's settings (renewal lead time, expiry mail recipients, the console's own
+HTTPS certificate)."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from certbroker.domain.errors import UsageError
 from certbroker.logs import COMPONENTS, LEVELS, RUNTIME_KEY, format_levels, parse_levels
-from certbroker.services.common import ServiceContext
+from certbroker.services.common import ServiceContext, validate_emails
+
+BROKER_SETTINGS = "broker-settings"
+_UNSET = object()
 
 
 class RuntimeSettings:
@@ -38,3 +46,45 @@ class RuntimeSettings:
             runtime[name] = level.lower()
         self.repo.set_setting(RUNTIME_KEY, format_levels(runtime), self.ctx.clock())
         return runtime
+
+    # -- the console's settings ----------------------------------------------------------
+
+    def broker_settings(self) -> dict[str, Any]:
+        """`renew_before_days` (None: the configured policy), `notify_to` (expiry mail
+        recipients, used by notifications), `console_certificate_id` (HTTPS)."""
+        stored = json.loads(self.repo.get_setting(BROKER_SETTINGS) or "{}")
+        return {
+            "renew_before_days": stored.get("renew_before_days"),
+            "notify_to": list(stored.get("notify_to", [])),
+            "console_certificate_id": stored.get("console_certificate_id"),
+        }
+
+    def stored_renew_before_days(self) -> float | None:
+        value = self.broker_settings()["renew_before_days"]
+        return None if value is None else float(value)
+
+    def update_broker_settings(
+        self,
+        *,
+        renew_before_days: Any = _UNSET,
+        notify_to: Any = _UNSET,
+        console_certificate_id: Any = _UNSET,
+    ) -> dict[str, Any]:
+        """Change the settings given (None clears one); each is checked first."""
+        current = self.broker_settings()
+        if renew_before_days is not _UNSET:
+            if renew_before_days is not None and not 0 < float(renew_before_days) < 10_000:
+                raise UsageError("renew_before_days: a number of days above 0, or null")
+            current["renew_before_days"] = renew_before_days
+        if notify_to is not _UNSET:
+            current["notify_to"] = validate_emails(list(notify_to or []))
+        if console_certificate_id is not _UNSET:
+            if console_certificate_id is not None:
+                cert = self.repo.get_certificate(int(console_certificate_id))
+                if cert.cert_pem is None:
+                    raise UsageError(
+                        f"console_certificate_id: certificate {cert.id} has not been issued yet"
+                    )
+            current["console_certificate_id"] = console_certificate_id
+        self.repo.set_setting(BROKER_SETTINGS, json.dumps(current), self.ctx.clock())
+        return current

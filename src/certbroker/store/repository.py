@@ -35,9 +35,11 @@ from certbroker.domain.models import (
     OrderPurpose,
     OrderState,
 )
+from certbroker.store.access import AccessStore
 from certbroker.store.dns import DnsStore
 from certbroker.store.events import add_event
 from certbroker.store.events import failed_attempt as record_failure
+from certbroker.store.listing import ListingStore
 from certbroker.store.renewals import RenewalStore
 from certbroker.store.rows import (
     CERT_COLUMNS,
@@ -86,7 +88,7 @@ def _certificate_of(conn: Connection, order_id: int) -> int:
     )
 
 
-class Repository(RenewalStore, DnsStore):
+class Repository(RenewalStore, DnsStore, AccessStore, ListingStore):
     """Typed storage; renewal, history and arrival of certificates in store/renewals.py."""
 
     # -- accounts ------------------------------------------------------------------------
@@ -266,6 +268,10 @@ class Repository(RenewalStore, DnsStore):
                         ),
                         dns_account_id=new.dns_account_id,
                         dns_manual=new.dns_manual,
+                        label=new.label,
+                        description=new.description,
+                        keystore_type=new.keystore_type,
+                        keystore_password_sealed=new.keystore_password_sealed,
                         created_at=now,
                         updated_at=now,
                     )
@@ -287,6 +293,13 @@ class Repository(RenewalStore, DnsStore):
     def certificate_key_sealed(self, cert_id: int) -> bytes | None:
         with self._read() as conn:
             value = conn.execute(_CERTIFICATE_KEY, {"b_id": cert_id}).scalar_one_or_none()
+        return None if value is None else bytes(value)
+
+    def keystore_password_sealed(self, cert_id: int) -> bytes | None:
+        with self._read() as conn:
+            value = conn.execute(
+                select(certificates.c.keystore_password_sealed).where(certificates.c.id == cert_id)
+            ).scalar_one_or_none()
         return None if value is None else bytes(value)
 
     def list_certificates(
@@ -325,6 +338,7 @@ class Repository(RenewalStore, DnsStore):
                     updated_at=now,
                 )
             )
+            add_event(conn, now, EventKind.REVOKED, f"revoked ({reason})", cert_id=cert_id)
 
     def set_disabled(
         self, cert_id: int, disabled: bool, now: datetime, next_try_at: datetime | None
@@ -345,8 +359,14 @@ class Repository(RenewalStore, DnsStore):
             )
             add_event(conn, now, kind, message, cert_id=cert_id)
 
-    def delete_certificate(self, cert_id: int) -> None:
+    def delete_certificate(self, cert_id: int, now: datetime | None = None) -> None:
         with self._write() as conn:
+            if now is not None:
+                names = conn.execute(
+                    select(certificates.c.names).where(certificates.c.id == cert_id)
+                ).scalar_one_or_none()
+                shown = ", ".join(json.loads(names)) if names else "?"
+                add_event(conn, now, EventKind.DELETED, f"deleted ({shown})", cert_id=cert_id)
             order_ids = select(orders.c.id).where(orders.c.certificate_id == cert_id)
             conn.execute(delete(challenges).where(challenges.c.order_id.in_(order_ids)))
             conn.execute(delete(orders).where(orders.c.certificate_id == cert_id))

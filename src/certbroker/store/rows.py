@@ -47,7 +47,11 @@ def account_row(row: Row[Any]) -> Account:
     )
 
 
-CERT_COLUMNS = [c for c in certificates.c if c.name != "key_sealed"]
+_SEALED = ("key_sealed", "keystore_password_sealed")
+CERT_COLUMNS: list[Any] = [
+    *(c for c in certificates.c if c.name not in _SEALED),
+    certificates.c.keystore_password_sealed.is_not(None).label("has_keystore_password"),
+]
 
 
 def certificate_row(row: Row[Any]) -> Certificate:
@@ -84,6 +88,10 @@ def certificate_row(row: Row[Any]) -> Certificate:
         dns_manual=bool(row.dns_manual),
         next_try_at=row.next_try_at,
         disabled=bool(row.disabled),
+        label=row.label,
+        description=row.description,
+        keystore_type=row.keystore_type,
+        has_keystore_password=bool(row.has_keystore_password),
     )
 
 

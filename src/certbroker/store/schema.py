@@ -19,10 +19,13 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    func,
+    literal_column,
     text,
 )
 from sqlalchemy.engine import Dialect
 
+from certbroker.domain.listing import NAME_KEY_LENGTH
 from certbroker.domain.models import ACTIVE_ORDER_STATES
 
 # "One active order per certificate", as a partial unique index (SQLite and PostgreSQL).
@@ -50,6 +53,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 metadata = MetaData()
+
+# Rendered with its numbers in the SQL (not bound), so SQLite matches it to the index.
+NAME_KEY = func.substr(
+    literal_column("names"), literal_column("1"), literal_column(str(NAME_KEY_LENGTH))
+)
 
 accounts = Table(
     "accounts",
@@ -110,6 +118,12 @@ certificates = Table(
     # DNS-01: the DNS account its records go through; None: the zone's default account.
     Column("dns_account_id", Integer, nullable=True),
     Column("dns_manual", Boolean, nullable=False, server_default="0"),  # a person writes them
+    # What people call it and why it exists (Parallels RAS's name and description).
+    Column("label", String(200), nullable=True),
+    Column("description", Text, nullable=True),
+    # The keystore downloads default to, and its password, sealed (Key Manager Plus).
+    Column("keystore_type", String(20), nullable=True),
+    Column("keystore_password_sealed", LargeBinary, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_certificates_status_renew_at", "status", "renew_at"),  # the scheduler
@@ -117,6 +131,13 @@ certificates = Table(
     Index("ix_certificates_not_after", "not_after"),
     Index("ix_certificates_ari_next_check", "ari_next_check"),
     Index("ix_certificates_next_try_at", "next_try_at"),
+    # Pages, the dashboard (counts, expiring, alarms) over many certificates (migration 0014).
+    Index("ix_certificates_status_not_after", "status", "not_after"),
+    Index("ix_certificates_alarm_since", "alarm_since"),
+    Index("ix_certificates_created_at", "created_at"),
+    # Pages sorted by name: the start of the names' JSON (the common name first), not all
+    # of it: a B-tree entry must stay under PostgreSQL's ~2.7 kB, and 100 names do not.
+    Index("ix_certificates_name_key", NAME_KEY),
 )
 
 orders = Table(
@@ -263,4 +284,81 @@ dns_records = Table(
     Column("cleanup_error", Text, nullable=True),  # why the last removal failed
     Column("cleanup_after", UTCDateTime, nullable=True),  # do not retry the removal before
     Index("ix_dns_records_order_id", "order_id"),
+)
+
+# -- access: people, API tokens, console sessions ------------------------------------------
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("role", String(20), nullable=False),
+    Column("password_hash", Text, nullable=False),  # argon2id
+    Column("enabled", Boolean, nullable=False, server_default="1"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("password_changed_at", UTCDateTime, nullable=False),
+)
+
+# API tokens: only a SHA-256 of each is kept (a token is 256 random bits; a slow hash
+# would add nothing but time to every request).
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(20), nullable=False),
+    Column("names", Text, nullable=False, server_default="[]"),  # JSON name patterns
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(100), nullable=True),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("last_used_from", String(100), nullable=True),
+)
+
+# Console sessions, in the store so any process or node knows them; the cookie holds the
+# session's secret, the store its SHA-256.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("address", String(100), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_sessions_user_id", "user_id"),
+)
+
+# Failed log-ins, per user name and per address, for throttling across processes.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_name", String(100), nullable=False),
+    Column("address", String(100), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_login_failures_user_at", "user_name", "at"),
+    Index("ix_login_failures_address_at", "address", "at"),
+)
+
+# Idempotency-Key: the first answer to a (caller, key), replayed for the same request.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("owner", String(100), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("status_code", Integer, nullable=True),  # None: the first request still runs
+    Column("body", Text, nullable=True),
+    Column("location", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ux_idempotency_owner_key", "owner", "key", unique=True),
+    Index("ix_idempotency_created_at", "created_at"),
 )

@@ -1,0 +1,70 @@
+"""The web application `certbroker serve` runs on CERTBROKER_LISTEN: the REST API under
+`/api/v1` (OpenAPI at `/api/v1/openapi.json`, interactive docs at `/api/docs`) and the
+console at `/`."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from certbroker import __version__
+from certbroker.api import admin, certificates, problems
+from certbroker.wiring import Broker
+
+API = "/api/v1"
+
+
+def create_app(broker: Broker) -> FastAPI:
+    app = FastAPI(
+        title="certbroker",
+        version=__version__,
+        summary="An ACME certificate broker: accounts, certificates, renewal, access control.",
+        openapi_url=f"{API}/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+    )
+    app.state.broker = broker
+    problems.install(app)
+    app.include_router(certificates.router, prefix=API)
+    app.include_router(admin.router, prefix=API)
+    _bearer_in_openapi(app)
+
+    # Swagger UI from the fastapi-swagger package: served here, no CDN.
+    from fastapi_swagger import patch_fastapi
+
+    patch_fastapi(
+        app,
+        docs_url="/api/docs",
+        redirect_from_root_to_docs=False,
+        title="certbroker API",
+        swagger_js_url="/api/docs/swagger-ui-bundle.js",
+        swagger_css_url="/api/docs/swagger-ui.css",
+        swagger_favicon_url="/api/docs/favicon-32x32.png",
+    )
+    from certbroker.web import install as install_console
+
+    install_console(app)
+    return app
+
+
+def _bearer_in_openapi(app: FastAPI) -> None:
+    """Declare `Authorization: Bearer` for every operation, so tools (and the docs page)
+    send the token."""
+    build = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {})
+        assert isinstance(components, dict)
+        components.setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A token from `certbroker token create`.",
+        }
+        schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

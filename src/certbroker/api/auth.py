@@ -1,0 +1,70 @@
+"""Who is calling: an API token (`Authorization: Bearer …`) or a console session (its
+cookie, and for a change the session's CSRF token in `X-CSRF-Token`)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from certbroker.domain.access import Action, Principal
+from certbroker.domain.errors import AccessDenied, NotAuthenticated
+from certbroker.wiring import Broker
+
+SESSION_COOKIE = "certbroker_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def broker_of(request: Request) -> Broker:
+    broker: Broker = request.app.state.broker
+    return broker
+
+
+def address_of(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def caller(request: Request) -> Principal:
+    """The principal of this request; NotAuthenticated without valid credentials."""
+    access = broker_of(request).access
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise NotAuthenticated("Authorization must be 'Bearer <token>'")
+        return access.authenticate_token(secret.strip(), address_of(request))
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        session = access.session(cookie)
+        if request.method not in SAFE_METHODS:
+            sent = request.headers.get(CSRF_HEADER, "")
+            if not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
+                raise AccessDenied(
+                    f"a change made with a console session needs its {CSRF_HEADER} header"
+                )
+        return session.principal
+    raise NotAuthenticated(
+        "no credentials: send 'Authorization: Bearer <token>' (`certbroker token create`) "
+        "or log in to the console"
+    )
+
+
+def allowed(action: Action) -> Callable[[Request], Principal]:
+    """A dependency: the caller, who must be allowed `action`."""
+
+    def check(request: Request) -> Principal:
+        principal = caller(request)
+        broker_of(request).access.require(principal, action)
+        return principal
+
+    return check
+
+
+Reader = Annotated[Principal, Depends(allowed(Action.READ))]
+Operator = Annotated[Principal, Depends(allowed(Action.REQUEST))]
+Admin = Annotated[Principal, Depends(allowed(Action.MANAGE))]
+Caller = Annotated[Principal, Depends(caller)]
+BrokerDep = Annotated[Broker, Depends(broker_of)]

@@ -1,0 +1,279 @@
+"""People and programs that use the broker: users with roles and passwords, API tokens,
+console sessions, log-in throttling, and the answers kept for Idempotency-Key.
+
+Secrets are never stored as given: passwords as argon2id hashes, tokens and session
+secrets as SHA-256 (each is 256 random bits, so a slow hash adds nothing)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from certbroker.domain.access import (
+    Action,
+    ApiToken,
+    Principal,
+    Role,
+    User,
+    check_password,
+    check_user_name,
+    parse_name_patterns,
+)
+from certbroker.domain.errors import (
+    AccessDenied,
+    NotAuthenticated,
+    Throttled,
+    UsageError,
+)
+from certbroker.services.common import ServiceContext
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
+
+    from certbroker.store.access import StoredAnswer
+
+TOKEN_PREFIX = "cbt_"  # noqa: S105 - recognisable in a leak, as GitHub's ghp_ tokens are
+SESSION_IDLE = timedelta(hours=8)  # a console session ends after this long unused
+SESSION_TOUCH = timedelta(minutes=5)  # its expiry moves on at most this often
+THROTTLE_WINDOW = timedelta(minutes=15)
+FAILURES_PER_USER = 5  # then that user name waits until the window has passed
+FAILURES_PER_ADDRESS = 20  # then that address does
+IDEMPOTENCY_KEEP = timedelta(hours=24)
+FIRST_ADMIN = "admin"
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Session:
+    principal: Principal
+    csrf_token: str
+
+
+@dataclass(frozen=True)
+class NewSession:
+    secret: str  # goes into the cookie, and nowhere else
+    csrf_token: str
+    user: User
+
+
+class AccessService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.repo = ctx.repo
+
+    @cached_property
+    def _hasher(self) -> PasswordHasher:
+        from argon2 import PasswordHasher
+
+        return PasswordHasher()  # argon2id, the library's (RFC 9106) parameters
+
+    @cached_property
+    def _nobody(self) -> str:
+        """The hash of a password nobody knows: what an unknown user name is checked
+        against, so it costs the same time as a wrong password."""
+        return self._hasher.hash(secrets.token_urlsafe(32))
+
+    def _hash(self, password: str) -> str:
+        return self._hasher.hash(check_password(password))
+
+    # -- users ---------------------------------------------------------------------------
+
+    def ensure_first_admin(self, password: str | None) -> str | None:
+        """On first start: user `admin` with `password`, or a generated one, which is
+        returned (to be shown once). None when users exist already."""
+        if self.repo.count_users():
+            return None
+        generated = None
+        if not password:
+            generated = password = secrets.token_urlsafe(18)
+        try:
+            self.repo.add_user(FIRST_ADMIN, Role.ADMIN, self._hash(password), self.ctx.clock())
+        except UsageError as exc:
+            if self.repo.count_users():  # another process made it at the same moment
+                return None
+            raise UsageError(f"CERTBROKER_ADMIN_PASSWORD: {exc}") from None
+        return generated
+
+    def users(self) -> list[User]:
+        return self.repo.list_users()
+
+    def user(self, ref: str | int) -> User:
+        return self.repo.get_user(ref)
+
+    def add_user(self, name: str, role: Role, password: str) -> User:
+        check_user_name(name)
+        return self.repo.add_user(name, role, self._hash(password), self.ctx.clock())
+
+    def set_password(self, ref: str | int, password: str) -> User:
+        user = self.repo.get_user(ref)
+        self.repo.set_password(user.id, self._hash(password), self.ctx.clock())
+        return self.repo.get_user(user.id)
+
+    def set_role(self, ref: str | int, role: Role) -> User:
+        user = self.repo.get_user(ref)
+        self.repo.change_user(user.id, self.ctx.clock(), role=role)
+        return self.repo.get_user(user.id)
+
+    def set_enabled(self, ref: str | int, enabled: bool) -> User:
+        user = self.repo.get_user(ref)
+        self.repo.change_user(user.id, self.ctx.clock(), enabled=enabled)
+        return self.repo.get_user(user.id)
+
+    def delete_user(self, ref: str | int) -> User:
+        user = self.repo.get_user(ref)
+        self.repo.change_user(user.id, self.ctx.clock(), delete_it=True)
+        return user
+
+    # -- log-in and sessions -------------------------------------------------------------
+
+    def login(self, name: str, password: str, address: str) -> NewSession:
+        """A console session for `name`; NotAuthenticated for a wrong name or password
+        (the same words for both), Throttled after too many failures."""
+        now = self.ctx.clock()
+        by_user, by_address = self.repo.login_failures_since(
+            now - THROTTLE_WINDOW, user_name=name, address=address
+        )
+        if by_user >= FAILURES_PER_USER or by_address >= FAILURES_PER_ADDRESS:
+            minutes = int(THROTTLE_WINDOW.total_seconds() // 60)
+            raise Throttled(
+                f"too many failed log-ins; try again in {minutes} minutes",
+                int(THROTTLE_WINDOW.total_seconds()),
+            )
+        found = self.repo.user_password_hash(name)
+        from argon2.exceptions import InvalidHashError, VerificationError
+
+        ok = False
+        try:
+            ok = self._hasher.verify(found[1] if found else self._nobody, password)
+        except (VerificationError, InvalidHashError):
+            ok = False
+        if not ok or found is None or not found[0].enabled:
+            self.repo.add_login_failure(name, address, now)
+            raise NotAuthenticated("wrong user name or password, or the user is disabled")
+        user, stored = found
+        self.repo.clear_login_failures(name)
+        if self._hasher.check_needs_rehash(stored):
+            self.repo.rehash_password(user.id, self._hasher.hash(password))
+        secret = secrets.token_urlsafe(32)
+        csrf = secrets.token_urlsafe(32)
+        self.repo.add_session(_sha256(secret), user.id, csrf, address, now, now + SESSION_IDLE)
+        return NewSession(secret=secret, csrf_token=csrf, user=user)
+
+    def session(self, secret: str) -> Session:
+        """The session a cookie names; NotAuthenticated when it ended."""
+        now = self.ctx.clock()
+        found = self.repo.get_session(_sha256(secret))
+        if found is None or found.expires_at <= now or not found.user.enabled:
+            raise NotAuthenticated("not logged in, or the session ended; log in again")
+        if now - found.last_seen_at >= SESSION_TOUCH:
+            self.repo.extend_session(_sha256(secret), now, now + SESSION_IDLE)
+        user = found.user
+        principal = Principal(name=user.name, role=user.role, user_id=user.id)
+        return Session(principal=principal, csrf_token=found.csrf_token)
+
+    def logout(self, secret: str) -> None:
+        self.repo.delete_session(_sha256(secret))
+
+    # -- API tokens ----------------------------------------------------------------------
+
+    def create_token(
+        self,
+        name: str,
+        role: Role,
+        names: Sequence[str] = (),
+        expires_days: float | None = None,
+        created_by: str | None = None,
+    ) -> tuple[ApiToken, str]:
+        """A new token and its secret, which is shown once and stored only hashed."""
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise UsageError("a token needs a --name of 1 to 200 characters, to tell it apart")
+        patterns = parse_name_patterns(names)
+        if expires_days is not None and not 0 < expires_days <= 3650:
+            raise UsageError("--expires-days takes a number of days from 1 to 3650")
+        now = self.ctx.clock()
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = self.repo.add_token(
+            name=name,
+            role=role,
+            token_hash=_sha256(secret),
+            prefix=secret[: len(TOKEN_PREFIX) + 6],
+            names=patterns,
+            created_by=created_by,
+            expires_at=None if expires_days is None else now + timedelta(days=expires_days),
+            now=now,
+        )
+        return token, secret
+
+    def tokens(self) -> list[ApiToken]:
+        return self.repo.list_tokens()
+
+    def revoke_token(self, token_id: int) -> ApiToken:
+        return self.repo.revoke_token(token_id, self.ctx.clock())
+
+    def authenticate_token(self, secret: str, address: str) -> Principal:
+        now = self.ctx.clock()
+        token = self.repo.token_by_hash(_sha256(secret)) if secret else None
+        if token is None:
+            raise NotAuthenticated("unknown API token; create one with `certbroker token create`")
+        if token.revoked_at is not None:
+            raise NotAuthenticated(f"API token {token.name!r} was revoked")
+        if not token.usable(now):
+            raise NotAuthenticated(f"API token {token.name!r} expired; create a new one")
+        self.repo.touch_token(token, now, address)
+        return Principal(name=token.name, role=token.role, names=token.names, token_id=token.id)
+
+    # -- what a caller may do ------------------------------------------------------------
+
+    @staticmethod
+    def require(principal: Principal, action: Action) -> None:
+        if not principal.may(action):
+            raise AccessDenied(
+                f"{principal.kind} {principal.name!r} ({principal.role.value}) may not "
+                f"{_WHAT[action]}; that needs the role {action.least_role.value}"
+            )
+
+    @staticmethod
+    def require_names(principal: Principal, names: Sequence[str]) -> None:
+        if not principal.may_see(names):
+            raise AccessDenied(
+                f"token {principal.name!r} is limited to {', '.join(principal.names)}; "
+                f"{', '.join(names)} is outside that"
+            )
+
+    # -- Idempotency-Key -----------------------------------------------------------------
+
+    def claim_idempotency_key(
+        self, principal: Principal, key: str, request_hash: str
+    ) -> StoredAnswer | None:
+        if not 1 <= len(key) <= 255:
+            raise UsageError("Idempotency-Key must be 1 to 255 characters")
+        return self.repo.claim_idempotency_key(
+            principal.key, key, request_hash, self.ctx.clock(), IDEMPOTENCY_KEEP
+        )
+
+    def keep_idempotent_answer(
+        self, principal: Principal, key: str, status: int, body: str, location: str | None
+    ) -> None:
+        self.repo.keep_idempotent_answer(principal.key, key, status, body, location)
+
+    def release_idempotency_key(self, principal: Principal, key: str) -> None:
+        self.repo.release_idempotency_key(principal.key, key)
+
+
+_WHAT = {
+    Action.READ: "read this",
+    Action.READ_KEY: "receive private keys",
+    Action.REQUEST: "request or renew certificates",
+    Action.REVOKE: "revoke certificates",
+    Action.DELETE: "delete certificates",
+    Action.MANAGE: "manage accounts, users, tokens or settings",
+}

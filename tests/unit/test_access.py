@@ -1,0 +1,203 @@
+"""Access control on a real store: name patterns, roles, password and token storage,
+sessions, log-in throttling, the last admin, Idempotency-Key claims."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from certbroker.crypto.sealing import Sealer, new_master_key
+from certbroker.domain.access import (
+    Action,
+    Principal,
+    Role,
+    name_matches,
+    names_allowed,
+    parse_name_patterns,
+)
+from certbroker.domain.errors import AccessDenied, NotAuthenticated, Throttled, UsageError
+from certbroker.services.access import FAILURES_PER_USER, SESSION_IDLE, AccessService
+from certbroker.services.common import ServiceContext
+from certbroker.store.repository import Repository
+from certbroker.store.schema import api_tokens, sessions, users
+from tests.unit.conftest import NOW
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self):  # type: ignore[no-untyped-def]
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def access(repo: Repository, clock: Clock) -> AccessService:
+    ctx = ServiceContext(
+        repo=repo,
+        sealer=Sealer(new_master_key()),
+        ca_factory=lambda *a: None,  # type: ignore[arg-type, return-value]
+        clock=clock,
+    )
+    return AccessService(ctx)
+
+
+def test_name_patterns_match_exact_names_and_names_below_a_zone() -> None:
+    assert parse_name_patterns(["WWW.Example.com.", "*.shop.example.com"]) == [
+        "www.example.com",
+        "*.shop.example.com",
+    ]
+    assert name_matches("*.shop.example.com", "pay.shop.example.com")
+    assert name_matches("*.shop.example.com", "*.shop.example.com")
+    assert name_matches("*.shop.example.com", "a.b.shop.example.com")
+    assert not name_matches("*.shop.example.com", "shop.example.com")
+    assert not name_matches("*.shop.example.com", "evilshop.example.com")
+    assert not name_matches("www.example.com", "www.example.com.evil.net")
+    # Every name must match; no patterns: no limit.
+    assert names_allowed(["*.shop.example.com"], ["a.shop.example.com", "b.shop.example.com"])
+    assert not names_allowed(["*.shop.example.com"], ["a.shop.example.com", "example.com"])
+    assert names_allowed([], ["anything.example.org"])
+    for bad in ("*", "*.", "a..b", "foo.*.com", "exa mple.com", "-a.com"):
+        with pytest.raises(UsageError, match="name pattern"):
+            parse_name_patterns([bad])
+
+
+def test_each_role_may_do_what_the_one_below_may_and_more() -> None:
+    viewer, operator, admin = (Principal("p", r) for r in Role)
+    assert viewer.may(Action.READ) and not viewer.may(Action.READ_KEY)
+    assert not viewer.may(Action.REQUEST) and not viewer.may(Action.REVOKE)
+    assert operator.may(Action.READ_KEY) and operator.may(Action.DELETE)
+    assert not operator.may(Action.MANAGE)
+    assert all(admin.may(a) for a in Action)
+    with pytest.raises(AccessDenied, match="needs the role operator"):
+        AccessService.require(viewer, Action.REVOKE)
+
+
+def test_passwords_are_stored_as_argon2_hashes_and_checked(
+    access: AccessService, repo: Repository
+) -> None:
+    access.add_user("alice", Role.OPERATOR, "a long enough secret")
+    with repo.engine.connect() as conn:
+        stored = conn.execute(select(users.c.password_hash)).scalar_one()
+    assert stored.startswith("$argon2id$") and "a long enough secret" not in stored
+    session = access.login("alice", "a long enough secret", "192.0.2.1")
+    assert access.session(session.secret).principal.role is Role.OPERATOR
+    with pytest.raises(NotAuthenticated):
+        access.login("alice", "a wrong secret!!", "192.0.2.1")
+    with pytest.raises(UsageError, match="too short"):
+        access.add_user("bob", Role.VIEWER, "short")
+
+
+def test_tokens_are_stored_hashed_expire_and_record_their_last_use(
+    access: AccessService, repo: Repository, clock: Clock
+) -> None:
+    token, secret = access.create_token("ci", Role.VIEWER, ["*.example.com"], expires_days=1)
+    assert secret.startswith("cbt_") and token.prefix == secret[:10]
+    with repo.engine.connect() as conn:
+        stored = conn.execute(select(api_tokens.c.token_hash)).scalar_one()
+    assert secret not in stored and len(stored) == 64
+    principal = access.authenticate_token(secret, "198.51.100.7")
+    assert principal.names == ("*.example.com",) and principal.role is Role.VIEWER
+    used = repo.get_token(token.id)
+    assert used.last_used_at == NOW and used.last_used_from == "198.51.100.7"
+    clock.now = NOW + timedelta(days=1, seconds=1)
+    with pytest.raises(NotAuthenticated, match="expired"):
+        access.authenticate_token(secret, "198.51.100.7")
+    access.revoke_token(token.id)
+    with pytest.raises(NotAuthenticated, match="revoked"):
+        access.authenticate_token(secret, "198.51.100.7")
+
+
+def test_sessions_end_when_idle_disabled_or_the_password_changes(
+    access: AccessService, repo: Repository, clock: Clock
+) -> None:
+    access.add_user("root", Role.ADMIN, "the admin password")
+    access.add_user("carol", Role.VIEWER, "carol's password")
+    first = access.login("carol", "carol's password", "192.0.2.1")
+    with repo.engine.connect() as conn:
+        ids = conn.execute(select(sessions.c.id_hash)).scalars().all()
+    assert first.secret not in ids  # the cookie's secret is not stored
+    access.set_password("carol", "a new password!")
+    with pytest.raises(NotAuthenticated):
+        access.session(first.secret)
+    second = access.login("carol", "a new password!", "192.0.2.1")
+    access.set_enabled("carol", False)
+    with pytest.raises(NotAuthenticated):
+        access.session(second.secret)
+    access.set_enabled("carol", True)
+    third = access.login("carol", "a new password!", "192.0.2.1")
+    clock.now += SESSION_IDLE + timedelta(seconds=1)
+    with pytest.raises(NotAuthenticated):
+        access.session(third.secret)
+    fourth = access.login("carol", "a new password!", "192.0.2.1")
+    access.logout(fourth.secret)
+    with pytest.raises(NotAuthenticated):
+        access.session(fourth.secret)
+
+
+def test_log_ins_are_throttled_per_user_and_per_address(
+    access: AccessService, clock: Clock
+) -> None:
+    access.add_user("dave", Role.VIEWER, "dave's password")
+    for _ in range(FAILURES_PER_USER):
+        with pytest.raises(NotAuthenticated):
+            access.login("dave", "guess guess guess", "203.0.113.9")
+    # Even the right password waits now, from any address.
+    with pytest.raises(Throttled):
+        access.login("dave", "dave's password", "192.0.2.50")
+    clock.now += timedelta(minutes=16)
+    access.login("dave", "dave's password", "192.0.2.50")
+    # One address trying many names is stopped too.
+    for n in range(20):
+        with pytest.raises(NotAuthenticated):
+            access.login(f"user{n}", "guess guess guess", "203.0.113.66")
+    with pytest.raises(Throttled):
+        access.login("dave", "dave's password", "203.0.113.66")
+
+
+def test_the_last_enabled_admin_stays(access: AccessService) -> None:
+    assert access.ensure_first_admin("first admin password") is None
+    assert access.ensure_first_admin(None) is None  # only on the very first start
+    for change in (
+        lambda: access.set_enabled("admin", False),
+        lambda: access.set_role("admin", Role.OPERATOR),
+        lambda: access.delete_user("admin"),
+    ):
+        with pytest.raises(UsageError, match="last enabled admin"):
+            change()
+    access.add_user("erin", Role.ADMIN, "erin's password")
+    access.set_role("admin", Role.VIEWER)
+    with pytest.raises(UsageError, match="last enabled admin"):
+        access.set_enabled("erin", False)
+
+
+def test_a_generated_first_password_is_returned_once(repo: Repository, clock: Clock) -> None:
+    ctx = ServiceContext(repo=repo, sealer=Sealer(new_master_key()), ca_factory=None, clock=clock)  # type: ignore[arg-type]
+    service = AccessService(ctx)
+    password = service.ensure_first_admin(None)
+    assert password and len(password) >= 20
+    service.login("admin", password, "127.0.0.1")
+    assert service.ensure_first_admin(None) is None
+
+
+def test_an_idempotency_key_is_held_then_answers_the_same(
+    access: AccessService, clock: Clock
+) -> None:
+    alice = Principal("alice", Role.OPERATOR, user_id=1)
+    bob = Principal("bob", Role.OPERATOR, user_id=2)
+    assert access.claim_idempotency_key(alice, "k1", "h1") is None
+    running = access.claim_idempotency_key(alice, "k1", "h1")
+    assert running is not None and running.status_code is None
+    assert access.claim_idempotency_key(bob, "k1", "h9") is None  # keys are per caller
+    access.keep_idempotent_answer(alice, "k1", 202, '{"id": 4}', "/api/v1/certificates/4")
+    kept = access.claim_idempotency_key(alice, "k1", "h1")
+    assert kept is not None and kept.status_code == 202 and kept.body == '{"id": 4}'
+    clock.now += timedelta(days=2)  # forgotten after a day
+    assert access.claim_idempotency_key(alice, "k1", "h2") is None
