@@ -6,6 +6,7 @@ once; pages follow keyset cursors."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from tests.conftest import Cli, make_cli
 from tests.support.pebble import PebbleServer
-from tests.support.serve import api_url, start_api, stop_serve
+from tests.support.serve import api_url, start_api, stop_serve, wait_until
 
 ADMIN_PASSWORD = "api-test-admin-password"
 
@@ -344,3 +345,28 @@ def test_the_interactive_docs_are_served_by_the_broker_itself(broker: Broker) ->
         schema = anonymous.get("/api/v1/openapi.json").json()
     assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert "/api/v1/certificates/{cert_id}/progress/stream" in schema["paths"]
+
+
+def test_open_progress_streams_do_not_hold_up_other_requests(broker: Broker) -> None:
+    """More streams than the API has threads for requests (8): each waits without one.
+    (A stream that held a thread would keep the ninth from starting until its heartbeat,
+    15 s, after the 10 s each request here is given.)"""
+    with broker.client("operator") as operator:
+        body = {"names": ["stream.example.com"], "challenge": "dns-01", "dns_account": "manual"}
+        cert_id = operator.post("/api/v1/certificates", json=body).json()["id"]
+
+        def awaiting() -> bool:
+            shown = operator.get(f"/api/v1/certificates/{cert_id}/progress").json()
+            return bool(shown["order"] and shown["order"]["state"] == "awaiting-dns")
+
+        wait_until("the order to wait for its records", awaiting, serve=broker.serve)
+        with contextlib.ExitStack() as streams:
+            for _ in range(20):
+                stream = streams.enter_context(
+                    operator.stream(
+                        "GET", f"/api/v1/certificates/{cert_id}/progress/stream", timeout=10
+                    )
+                )
+                assert next(stream.iter_lines()).startswith("event: progress")
+            listed = operator.get("/api/v1/certificates", timeout=10)
+            assert listed.status_code == 200 and listed.json()["items"]

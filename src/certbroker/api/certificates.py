@@ -3,14 +3,16 @@ revoke, delete; orders and their challenges; the live progress of an order."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from certbroker.api.auth import BrokerDep, Caller, Operator, Reader
 from certbroker.api.idempotency import idempotent
@@ -381,7 +383,9 @@ def certificate_progress_stream(
     visible(broker, principal, cert_id)
     first = broker.browsing.progress(cert_id)
 
-    def events() -> Iterator[str]:
+    async def events() -> AsyncIterator[str]:
+        # Async, so a stream waits without holding one of the threads requests run in;
+        # only the look at the store runs in one.
         last: str | None = None
         current = first
         started = quiet = time.monotonic()
@@ -398,9 +402,9 @@ def certificate_progress_stream(
             if time.monotonic() - quiet > HEARTBEAT:
                 yield ": still working\n\n"
                 quiet = time.monotonic()
-            time.sleep(POLL)
+            await asyncio.sleep(POLL)
             try:
-                current = broker.browsing.progress(cert_id)
+                current = await run_in_threadpool(broker.browsing.progress, cert_id)
             except NotFoundError:
                 yield 'event: done\ndata: {"deleted":true}\n\n'
                 return
