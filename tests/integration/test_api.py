@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -370,3 +371,29 @@ def test_open_progress_streams_do_not_hold_up_other_requests(broker: Broker) -> 
                 assert next(stream.iter_lines()).startswith("event: progress")
             listed = operator.get("/api/v1/certificates", timeout=10)
             assert listed.status_code == 200 and listed.json()["items"]
+
+
+def test_a_console_session_calls_the_api_with_its_csrf_token_only(broker: Broker) -> None:
+    with httpx.Client(base_url=broker.url, trust_env=False, timeout=60) as browser:
+        form = browser.get("/login").text
+        login_token = re.search(r'name="login_token" value="([^"]+)"', form)
+        assert login_token
+        logged_in = browser.post(
+            "/login",
+            data={"name": "admin", "password": ADMIN_PASSWORD, "next": "/",
+                  "login_token": login_token.group(1)},
+        )  # fmt: skip
+        assert logged_in.status_code in (302, 303), logged_in.text
+        page = browser.get("/certificates/new").text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert csrf
+        assert browser.get("/api/v1/certificates").status_code == 200  # reading needs none
+        body = {"names": ["session.example.com"]}
+        forged = browser.post("/api/v1/certificates", json=body)
+        assert forged.status_code == 403 and "X-CSRF-Token" in forged.json()["detail"]
+        wrong = browser.post("/api/v1/certificates", json=body, headers={"X-CSRF-Token": "guess"})
+        assert wrong.status_code == 403
+        made = browser.post(
+            "/api/v1/certificates", json=body, headers={"X-CSRF-Token": csrf.group(1)}
+        )
+        assert made.status_code == 202, made.text
