@@ -233,14 +233,24 @@ def export_certificate(
 ) -> Response:
     """The certificate as a file: pem (a zip of cert, chain, fullchain and key),
     fullchain, combined, der, pkcs12 or jks. Formats holding the key need operator."""
+    return download(broker, principal, cert_id, body.format, body.password)
+
+
+def download(
+    broker: Broker,
+    principal: Principal,
+    cert_id: int,
+    fmt: str | None,
+    password: str | None,
+) -> Response:
+    """One download, for the API and the console: a format holding the key needs a role
+    that may have keys; a name-limited caller gets only its own certificates."""
     broker.access.require(principal, Action.READ)
     visible(broker, principal, cert_id)
-    fmt = broker.certificates.download_format(
-        cert_id, ExportFormat(body.format) if body.format else None
-    )
-    if broker.certificates.export_holds_key(cert_id, fmt):
+    chosen = broker.certificates.download_format(cert_id, ExportFormat.parse(fmt) if fmt else None)
+    if broker.certificates.export_holds_key(cert_id, chosen):
         broker.access.require(principal, Action.READ_KEY)
-    file = broker.certificates.export_file(cert_id, fmt, body.password)
+    file = broker.certificates.export_file(cert_id, chosen, password)
     return Response(
         file.data,
         media_type=file.media_type,

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 from starlette.datastructures import FormData
 
+from certbroker.api.certificates import download as api_download
 from certbroker.domain.access import Action
 from certbroker.domain.errors import CAError, UsageError
 from certbroker.domain.keys import ExportFormat, KeyPolicy, KeyType, RevocationReason
@@ -387,21 +388,8 @@ def enable(request: Request, cert_id: CertId, form: Form) -> Response:
 @router.post("/certificates/{cert_id}/download")
 def download(request: Request, cert_id: CertId, form: Form) -> Response:
     person = acting(request, form, Action.READ)
-    certs = person.broker.certificates
-    chosen = text(form, "format")
-    fmt = certs.download_format(cert_id, ExportFormat.parse(chosen) if chosen else None)
-    if certs.export_holds_key(cert_id, fmt):
-        person.require(Action.READ_KEY)
     password = str(form.get("password") or "") or None
-    file = certs.export_file(cert_id, fmt, password)
-    return Response(
-        file.data,
-        media_type=file.media_type,
-        headers={
-            "Content-Disposition": f'attachment; filename="{file.filename}"',
-            "Cache-Control": "no-store",
-        },
-    )
+    return api_download(person.broker, person.principal, cert_id, text(form, "format"), password)
 
 
 @router.post("/certificates/{cert_id}/verify")
