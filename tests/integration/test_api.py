@@ -397,3 +397,23 @@ def test_a_console_session_calls_the_api_with_its_csrf_token_only(broker: Broker
             "/api/v1/certificates", json=body, headers={"X-CSRF-Token": csrf.group(1)}
         )
         assert made.status_code == 202, made.text
+
+
+def test_a_body_too_large_is_refused_before_anyone_is_asked_who_sent_it(broker: Broker) -> None:
+    big = b'{"names": ["' + b"a" * (2 << 20) + b'"]}'
+    with broker.client(None) as anonymous:
+        declared = anonymous.post(
+            "/api/v1/certificates", content=big, headers={"content-type": "application/json"}
+        )
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it comes
+            for start in range(0, len(big), 65536):
+                yield big[start : start + 65536]
+
+        streamed = anonymous.post(
+            "/api/v1/certificates", content=chunks(), headers={"content-type": "application/json"}
+        )
+    for answer in (declared, streamed):
+        assert answer.status_code == 413, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert "KiB" in answer.json()["detail"]

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from certbroker import __version__
 from certbroker.api import admin, certificates, problems
+from certbroker.api.limits import BodyLimit
 from certbroker.wiring import Broker
 
 API = "/api/v1"
@@ -41,6 +42,7 @@ def create_app(broker: Broker) -> FastAPI:
         swagger_ui_oauth2_redirect_url=None,
     )
     app.state.broker = broker
+    app.add_middleware(BodyLimit)
     problems.install(app)
     app.include_router(certificates.router, prefix=API)
     app.include_router(admin.router, prefix=API)
