@@ -108,6 +108,9 @@ class WebServer:
             proxy_headers=False,
         )
         config.load()
+        # uvicorn's own start and stop lines (under the name "uvicorn.error") say nothing
+        # certbroker's one line does not; its warnings and errors stay.
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         if self.tls is not None:
             config.ssl = self.tls.context  # uvicorn serves with it as it is
         server = uvicorn.Server(config)
