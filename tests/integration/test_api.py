@@ -317,6 +317,10 @@ def test_a_callers_mistakes_are_4xx_problems_naming_the_field(broker: Broker) ->
         assert missing.status_code == 404 and "999999" in missing.json()["detail"]
         status = operator.get("/api/v1/certificates", params={"status": "sleepy"})
         assert status.status_code == 422 and status.json()["field"] == "status"
+    with broker.client("admin") as admin:
+        body = {"directory": broker.cli.pebble.directory_url, "agree_tos": True, "name": "a/b"}  # type: ignore[union-attr]
+        slash = admin.post("/api/v1/accounts", json=body)
+        assert slash.status_code == 422 and "'/'" in slash.json()["detail"]
     # Nothing was stored for any of them.
     assert not [c for c in broker.cli.json("cert", "list") if "colour" in json.dumps(c)]
 

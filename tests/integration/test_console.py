@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import Cli, make_cli
-from tests.support.browser import http_gate, launch, log_in
+from tests.support.browser import csrf_of, http_gate, log_in, new_page
 from tests.support.pebble import PebbleServer
 from tests.support.ports import free_port
 from tests.support.serve import api_url, start_api, stop_serve
@@ -25,22 +25,6 @@ ADMIN_PASSWORD = "admin-password-1"
 VIEWER_PASSWORD = "viewer-password-1"
 P12_PASSWORD = "p12-secret-pass"
 WAIT_MS = 60_000
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-def new_page(browser: Browser, base_url: str) -> Page:
-    context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(20_000)
-    return context.new_page()
 
 
 # -- an admin, from an empty broker to a revoked certificate -----------------------------
@@ -170,12 +154,6 @@ def site_page(site: Cli, browser: Browser) -> Iterator[Page]:
         yield page
     finally:
         page.context.close()
-
-
-def csrf_of(page: Page) -> str:
-    token = page.locator("input[name=csrf_token]").first.get_attribute("value")
-    assert token
-    return token
 
 
 def test_a_viewer_sees_certificates_but_no_controls_and_no_keys(site: Cli, site_page: Page) -> None:

@@ -8,7 +8,6 @@ written with the target zone's DNS account.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,48 +15,10 @@ import pytest
 from cryptography import x509
 
 from tests.conftest import Cli, make_cli
+from tests.integration.conftest import COM_KEY, NET_KEY, add_account
 from tests.support.dns_servers import BindServer, start_bind
-from tests.support.pebble import PebbleServer, start_pebble
-from tests.support.ports import free_port
+from tests.support.pebble import PebbleServer
 from tests.support.serve import api_url, start_api, start_serve, stop_serve, wait_until
-
-COM_KEY = "certbroker-com"
-NET_KEY = "certbroker-net"
-
-
-@pytest.fixture(scope="module")
-def bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BindServer]:
-    server = start_bind(
-        tmp_path_factory.mktemp("bind"),
-        zones={
-            "example.com": ["_acme-challenge.alias 60 IN CNAME _acme-challenge.alias.example.net."],
-            "example.net": [],
-        },
-        keys={COM_KEY: ["example.com"], NET_KEY: ["example.net"]},
-        recursion=True,  # so Pebble's VA, like a resolver, follows the CNAME into example.net
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def dns_pebble(
-    tmp_path_factory: pytest.TempPathFactory, bind: BindServer
-) -> Iterator[PebbleServer]:
-    server = start_pebble(
-        tmp_path_factory.mktemp("pebble-dns"),
-        http_port=free_port(),
-        dns_server=bind.address,
-        # Every order gets fresh authorizations (Pebble reuses half of them by default), so
-        # each test validates every name it asks for.
-        env={"PEBBLE_AUTHZREUSE": "0"},
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -66,16 +27,6 @@ def dcli(tmp_path: Path, dns_pebble: PebbleServer, bind: BindServer) -> Cli:
     cli.env["CERTBROKER_DNS_RESOLVERS"] = bind.address  # for the CNAME lookups
     cli.register()
     return cli
-
-
-def add_account(
-    cli: Cli, bind: BindServer, name: str, key: str, zone: str, secret: str | None = None
-) -> None:
-    cli(
-        "dns", "add", name, "--provider", "rfc2136", "--server", bind.address,
-        "--tsig-key-name", key, "--zone", zone,
-        env={"CERTBROKER_DNS_TSIG_SECRET": secret or bind.keys[key][1]},
-    )  # fmt: skip
 
 
 def sans(cli: Cli, cert_id: int) -> list[str]:

@@ -98,3 +98,17 @@ def http_gate(listen_port: int, target_port: int) -> Iterator[HttpGate]:
         yield gate
     finally:
         gate.close()
+
+
+def new_page(browser: Browser, base_url: str, width: int = 1280, height: int = 800) -> Page:
+    """A page in a context of its own (its own cookies), at desktop width by default."""
+    context = browser.new_context(base_url=base_url, viewport={"width": width, "height": height})
+    context.set_default_timeout(20_000)
+    return context.new_page()
+
+
+def csrf_of(page: Page) -> str:
+    """The session's CSRF token, as the page's forms carry it."""
+    token = page.locator("input[name=csrf_token]").first.get_attribute("value")
+    assert token
+    return token

@@ -48,9 +48,15 @@ class AccountService:
 
     def _check_name(self, name: str) -> str:
         name = name.strip()
-        if not name or len(name) > 100 or name.isdigit() or any(c.isspace() for c in name):
+        if (
+            not name
+            or len(name) > 100
+            or name.isdigit()
+            or any(c.isspace() or c == "/" for c in name)
+        ):
+            # A '/' would make the account unreachable at /api/v1/accounts/{name}.
             raise UsageError(
-                f"account name {name!r} must be 1-100 characters, not only digits, no spaces"
+                f"account name {name!r} must be 1-100 characters, not only digits, no spaces or '/'"
             )
         if self.repo.account_name_taken(name):
             raise UsageError(f"an account named {name!r} already exists; choose another --name")

@@ -426,9 +426,10 @@ def change_settings(request: Request, form: Form) -> Response:
             errors = field_errors(
                 str(exc),
                 {
+                    # First: an address may hold any word ("certificate-team@…").
+                    "notify_to": ("is not an e-mail address",),
                     "renew_before_days": ("renew_before_days",),
                     "console_certificate_id": ("console_certificate_id", "certificate"),
-                    "notify_to": ("e-mail",),
                 },
             )
     if errors:

@@ -42,6 +42,7 @@
         list.appendChild(li);
       });
     }
+    showRecords(data.dns_records || []);
     var error = document.getElementById("order-error");
     if (error) {
       var message = order && order.error ? order.error : "";
@@ -49,6 +50,33 @@
       error.hidden = !message;
       error.className = order && order.state === "awaiting-dns" ? "note" : "problem";
     }
+  }
+
+  // Manual DNS-01: the records to write, as they arrive (and new ones after "new challenge").
+  function showRecords(records) {
+    var section = document.getElementById("dns-records");
+    var body = document.getElementById("dns-records-body");
+    if (!section || !body) { return; }
+    body.replaceChildren();
+    records.forEach(function (r) {
+      var row = document.createElement("tr");
+      [["Name", r.name, true], ["Type", "TXT", false], ["Value", r.value, true],
+       ["For", r.identifier, false]].forEach(function (cell) {
+        var td = document.createElement("td");
+        td.setAttribute("data-label", cell[0]);
+        if (cell[2]) {
+          var code = document.createElement("code");
+          if (cell[0] === "Value") { code.className = "value"; }
+          code.textContent = cell[1];
+          td.appendChild(code);
+        } else {
+          td.textContent = cell[1];
+        }
+        row.appendChild(td);
+      });
+      body.appendChild(row);
+    });
+    section.hidden = !records.length;
   }
 
   function refreshFacts(url) {
@@ -91,6 +119,9 @@
       if (!data.deleted) { showProgress(data); }
       section.setAttribute("data-active", "false");
       section.setAttribute("data-done", "true");
+      var renew = document.getElementById("renew");
+      if (renew && data.status) { renew.textContent = data.status === "failed" ? "Try again now" : "Renew now"; }
+      document.querySelectorAll("[data-show-when-done]").forEach(function (el) { el.hidden = false; });
       refreshFacts(section.getAttribute("data-details"));
     });
   }
