@@ -30,6 +30,9 @@ class Settings:
     http01_port: int = 80
     http01_address: str = "0.0.0.0"  # noqa: S104 - the CA must reach the responder from outside
     listen: str = "127.0.0.1:8080"
+    # Reverse proxies whose X-Forwarded-For / -Proto are believed: the client's address
+    # (log-in throttling, a token's last use) and https (Secure cookies) come from them.
+    trusted_proxies: str = "127.0.0.1,::1"
     workers: int = 8  # worker threads in each serve process
     worker_processes: int = 0  # processes `serve` runs workers in; 0: one per CPU core
     log_level: str = "info"
@@ -102,6 +105,7 @@ _FIELD_TYPES: dict[str, type] = {
     "http01_port": int,
     "http01_address": str,
     "listen": str,
+    "trusted_proxies": str,
     "workers": int,
     "worker_processes": int,
     "log_level": str,

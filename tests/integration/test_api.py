@@ -421,3 +421,29 @@ def test_a_body_too_large_is_refused_before_anyone_is_asked_who_sent_it(broker: 
         assert answer.status_code == 413, answer.text
         assert answer.headers["content-type"] == "application/problem+json"
         assert "KiB" in answer.json()["detail"]
+
+
+def test_a_trusted_reverse_proxy_names_the_client_and_the_scheme(broker: Broker) -> None:
+    """Behind a proxy on the same machine (trusted by default), the client's address is
+    what a token's last use records, and a session cookie over https is Secure."""
+    with broker.client("admin") as admin:
+        made = admin.post("/api/v1/tokens", json={"name": "proxied", "role": "viewer"}).json()
+    headers = {"Authorization": f"Bearer {made['token']}", "X-Forwarded-For": "203.0.113.5"}
+    with httpx.Client(base_url=broker.url, trust_env=False) as proxied:
+        assert proxied.get("/api/v1/certificates", headers=headers).status_code == 200
+        form = proxied.get("/login").text
+        token = re.search(r'name="login_token" value="([^"]+)"', form)
+        assert token
+        logged_in = proxied.post(
+            "/login",
+            data={"name": "admin", "password": ADMIN_PASSWORD, "next": "/",
+                  "login_token": token.group(1)},
+            headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.5"},
+        )  # fmt: skip
+    cookie = next(
+        v for k, v in logged_in.headers.multi_items()
+        if k == "set-cookie" and v.startswith("certbroker_session=")
+    )  # fmt: skip
+    assert "secure" in cookie.lower() and "httponly" in cookie.lower()
+    listed = {t["name"]: t for t in broker.cli.json("token", "list")}
+    assert listed["proxied"]["last_used_from"] == "203.0.113.5"

@@ -105,7 +105,9 @@ class WebServer:
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=5,
-            proxy_headers=False,
+            # X-Forwarded-For and -Proto, from the trusted proxies only.
+            proxy_headers=True,
+            forwarded_allow_ips=self.broker.settings.trusted_proxies or "",
         )
         config.load()
         # uvicorn's own start and stop lines (under the name "uvicorn.error") say nothing
