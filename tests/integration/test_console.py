@@ -279,3 +279,18 @@ def test_dns_provider_fields_load_and_pages_fit_a_phone(site: Cli, browser: Brow
         assert page.evaluate("document.activeElement.className") == "skip"
     finally:
         context.close()
+
+
+def test_the_api_docs_render_offline_and_try_calls_with_a_token(site: Cli, site_page: Page) -> None:
+    """Swagger UI from certbroker itself (the browser reaches nothing else here)."""
+    page = site_page
+    outside: list[str] = []
+    page.on(
+        "request",
+        lambda r: None if r.url.startswith(api_url(site)) else outside.append(r.url),
+    )
+    page.goto("/api/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("certbroker")
+    expect(page.locator(".swagger-ui")).to_contain_text("/api/v1/certificates")
+    expect(page.locator(".swagger-ui .btn.authorize")).to_be_visible()  # Bearer tokens
+    assert outside == []
