@@ -116,7 +116,7 @@ def dns_settings(settings: Settings) -> DnsSettings:
 
 @dataclass
 class Broker:
-    """The services every entry point calls (CLI today; API, console, agent next), wired
+    """The services every entry point calls (CLI, API and console; the agent next), wired
     to the adapters the settings choose. Entry points use these and nothing beneath.
     Each is made on first use."""
 

@@ -1,1 +1,2 @@
-"""Use cases, callable from the CLI today and the API tomorrow. They take ports, not adapters."""
+"""Use cases: what the CLI, the API and the console call (through wiring.Broker).
+They take ports, not adapters."""
