@@ -15,6 +15,7 @@ REQUIRED=(
     "nsupdate:bind9-dnsutils"
     "pdns_server:pdns-server"
     "chromium:chromium"
+    "nginx:nginx"
 )
 # PowerDNS loads its SQLite backend from this module (package pdns-backend-sqlite3).
 GSQLITE3_GLOB="/usr/lib/*/pdns/libgsqlite3backend.so"

@@ -29,6 +29,9 @@ class Settings:
     database_url: str = ""  # empty: SQLite file in the data dir
     http01_port: int = 80
     http01_address: str = "0.0.0.0"  # noqa: S104 - the CA must reach the responder from outside
+    # "http://host:port": where the responder forwards what it would answer 404 (a web
+    # server moved behind certbroker on port 80); empty: 404.
+    http01_upstream: str = ""
     listen: str = "127.0.0.1:8080"
     # Reverse proxies whose X-Forwarded-For / -Proto are believed: the client's address
     # (log-in throttling, a token's last use) and https (Secure cookies) come from them.
@@ -104,6 +107,7 @@ _FIELD_TYPES: dict[str, type] = {
     "database_url": str,
     "http01_port": int,
     "http01_address": str,
+    "http01_upstream": str,
     "listen": str,
     "trusted_proxies": str,
     "workers": int,
@@ -151,6 +155,34 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     return result
 
 
+def _upstream_problem(settings: Settings) -> str:
+    """What is wrong with http01_upstream ("" if nothing)."""
+    expected = "must look like http://HOST:PORT (http://127.0.0.1:8081)"
+    try:
+        parts = urlsplit(settings.http01_upstream)
+        port = parts.port
+    except ValueError:
+        return expected
+    if (
+        parts.scheme != "http"
+        or not parts.hostname
+        or port is None
+        or parts.username is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        return expected
+    if port == settings.http01_port and parts.hostname in (
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        settings.http01_address,
+    ):
+        return "is the responder itself (http01_port); give the web server behind it"
+    return ""
+
+
 def _validate(settings: Settings) -> None:
     def refuse(name: str, problem: str) -> ConfigError:
         # Name where the bad value came from: the file, the variable or the flag.
@@ -162,6 +194,13 @@ def _validate(settings: Settings) -> None:
         raise refuse(
             "http01_port", f"http01_port {settings.http01_port} is not a TCP port (1-65535)"
         )
+    if settings.http01_upstream:
+        problem = _upstream_problem(settings)
+        if problem:
+            raise refuse(
+                "http01_upstream",
+                f"http01_upstream {settings.http01_upstream!r} {problem}",
+            )
     host, _, port = settings.listen.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise refuse(

@@ -213,14 +213,21 @@ class Broker:
         return DnsLookups(parse_servers(self.settings.dns_resolvers, "dns_resolvers"))
 
     def bind_responder(self) -> Responder:
-        """The HTTP-01 responder on the configured port, answering this store's tokens;
-        listening already (a taken port raises CertbrokerError), answering once started."""
+        """The HTTP-01 responder on the configured port, answering this store's tokens
+        (and forwarding the rest to `http01_upstream`, if set); listening already (a taken
+        port raises CertbrokerError), answering once started."""
         from certbroker.challenges.http01 import bind_responder
+        from certbroker.challenges.upstream import Upstream
         from certbroker.store.token_lookup import token_lookup
 
         lookup, inline = token_lookup(self.repo.engine, self.repo.key_authorization)
+        url = self.settings.http01_upstream
         return bind_responder(
-            self.settings.http01_address, self.settings.http01_port, lookup, inline=inline
+            self.settings.http01_address,
+            self.settings.http01_port,
+            lookup,
+            inline=inline,
+            upstream=Upstream.from_url(url) if url else None,
         )
 
     def start_responder(self) -> Responder:

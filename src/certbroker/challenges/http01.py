@@ -13,6 +13,10 @@ second; this answers about half.
 Only what the CA needs is spoken: GET and HEAD, HTTP/1.0 and 1.1, keep-alive and
 pipelining. A request must fit in 8 KiB and arrive within 10 s; an idle keep-alive
 connection is closed after 30 s; at most 2,048 connections are open at once.
+
+With an upstream (`http01_upstream`, challenges/upstream.py), what would get 404 or 405
+(an unknown token, any other path, any other method, with its body) is forwarded there
+and its answer relayed; a known token is always answered here.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import formatdate
 
+from certbroker.challenges.upstream import MAX_BODY, Upstream, UpstreamFailed
 from certbroker.domain.errors import CertbrokerError
 
 log = logging.getLogger("certbroker.challenges")
@@ -46,8 +52,12 @@ _REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
     431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
     505: "HTTP Version Not Supported",
 }
 _BODIES = {
@@ -55,8 +65,12 @@ _BODIES = {
     404: b"not found\n",
     405: b"only GET and HEAD\n",
     408: b"request timeout\n",
+    411: b"a chunked request body is not forwarded; send Content-Length\n",
+    413: b"request body too large\n",
     431: b"request too large\n",
+    502: b"upstream unreachable\n",
     503: b"store unavailable\n",
+    504: b"upstream timed out\n",
     505: b"HTTP/1.0 or HTTP/1.1 only\n",
 }
 
@@ -76,6 +90,51 @@ class _Clock:
         return self._value
 
 
+@dataclass
+class _Request:
+    line: bytes  # the request line, as it came
+    method: bytes
+    target: bytes
+    headers: list[bytes]  # the header lines, as they came
+    keep_alive: bool
+    length: int  # Content-Length
+    chunked: bool  # Transfer-Encoding
+    expect_continue: bool
+
+
+def _parse(head: bytes) -> _Request | int:
+    """The request, or the status that refuses it."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+        return 400
+    method, target, version = parts
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        return 505
+    request = _Request(lines[0], method, target, lines[1:], version == b"HTTP/1.1", 0, False, False)
+    lengths = 0
+    for line in request.headers:
+        name, sep, field = line.partition(b":")
+        if not sep:
+            return 400
+        name, field = name.strip().lower(), field.strip().lower()
+        if name == b"connection":
+            if b"close" in field:
+                request.keep_alive = False
+            elif b"keep-alive" in field:
+                request.keep_alive = True
+        elif name == b"content-length":
+            if (not field.isdigit() and field != b"") or lengths:
+                return 400  # two lengths: which one the upstream believes is not known
+            lengths += 1
+            request.length = int(field or b"0")
+        elif name == b"transfer-encoding":
+            request.chunked = True
+        elif name == b"expect" and field == b"100-continue":
+            request.expect_continue = True
+    return request
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, server: Responder) -> None:
         self.server = server
@@ -86,6 +145,8 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.deadline = 0.0  # time.monotonic() by which the next request must be whole
         self.peer: object = None
+        self.continued = False  # "100 Continue" sent for the request being read
+        self._writable: asyncio.Event | None = None  # set when the client reads again
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -103,6 +164,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.closing = True
+        if self._writable is not None:
+            self._writable.set()
         if exc is not None:
             log.debug("http-01 client %s hung up: %s", self.peer, exc)
 
@@ -121,6 +184,8 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self._writable is not None:
+            self._writable.set()
         if self.transport is not None and not self.busy:
             self.transport.resume_reading()
         self._process()
@@ -135,51 +200,54 @@ class _Connection(asyncio.Protocol):
                 if len(self.buffer) > MAX_REQUEST:
                     self._fail(431)
                 break
-            head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
             if end > MAX_REQUEST:
                 self._fail(431)
                 break
-            self._request(head)
+            request = _parse(self.buffer[:end])
+            if isinstance(request, int):
+                self._fail(request)
+                break
+            body_end = end + 4
+            if request.length and self.server.upstream is not None:  # a body to forward
+                if request.length > MAX_BODY:
+                    self._fail(413)
+                    break
+                body_end += request.length
+                if len(self.buffer) < body_end:
+                    if request.expect_continue and not self.continued and self.transport:
+                        self.continued = True
+                        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    break
+            body, self.buffer = self.buffer[end + 4 : body_end], self.buffer[body_end:]
+            self.continued = False
+            self._request(request, body)
             answered = True
         if answered:  # the clock starts again for the next request
             timeout = REQUEST_TIMEOUT if self.buffer else IDLE_TIMEOUT
             self.deadline = time.monotonic() + timeout
 
-    def _request(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
-            self._fail(400)
+    def _request(self, request: _Request, body: bytes) -> None:
+        method, upstream = request.method, self.server.upstream
+        keep_alive = request.keep_alive
+        if upstream is None and (request.length or request.chunked):
+            self._fail(400)  # a body: without an upstream nothing here reads one
             return
-        method, target, version = parts
-        if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-            self._fail(505)
+        if upstream is not None and request.chunked:
+            self._fail(411)
             return
-        keep_alive = version == b"HTTP/1.1"
-        for line in lines[1:]:
-            name, sep, field = line.partition(b":")
-            if not sep:
-                self._fail(400)
-                return
-            name = name.strip().lower()
-            if name == b"connection":
-                tokens = field.strip().lower()
-                if b"close" in tokens:
-                    keep_alive = False
-                elif b"keep-alive" in tokens:
-                    keep_alive = True
-            elif (name == b"content-length" and field.strip() not in (b"0", b"")) or (
-                name == b"transfer-encoding"
-            ):
-                self._fail(400)  # a GET with a body: nothing here reads one
-                return
         with_body = method == b"GET"
         if not with_body and method != b"HEAD":
-            self._send(405, _BODIES[405], True, False, b"Allow: GET, HEAD\r\n")
+            if upstream is not None:
+                self._forward(request, body)
+            else:
+                self._send(405, _BODIES[405], True, False, b"Allow: GET, HEAD\r\n")
             return
-        path = self._path(target)
+        path = self._path(request.target)
         token = path[len(PREFIX) :] if path.startswith(PREFIX) else ""
         if not token or "/" in token:
+            if upstream is not None:
+                self._forward(request, body)
+                return
             log.debug("http-01 %s %s -> 404", method.decode("latin-1"), path)
             self._send(404, _BODIES[404], with_body, keep_alive)
             return
@@ -189,19 +257,19 @@ class _Connection(asyncio.Protocol):
                 value = lookup(token)
             except Exception:  # the store may be briefly unavailable; the CA retries
                 log.exception("challenge lookup failed for token %s", token)
-                self._answer(token, None, True, with_body, keep_alive)
+                self._answer(token, None, True, request, body)
             else:
-                self._answer(token, value, False, with_body, keep_alive)
+                self._answer(token, value, False, request, body)
             return
         self.busy = True
         if self.transport is not None:
             self.transport.pause_reading()  # pipelined requests wait in the kernel meanwhile
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(None, lookup, token)
-        future.add_done_callback(lambda f: self._looked_up(f, token, with_body, keep_alive))
+        future.add_done_callback(lambda f: self._looked_up(f, token, request, body))
 
     def _looked_up(
-        self, future: asyncio.Future[str | None], token: str, with_body: bool, keep_alive: bool
+        self, future: asyncio.Future[str | None], token: str, request: _Request, body: bytes
     ) -> None:
         self.busy = False
         if self.closing:
@@ -210,22 +278,87 @@ class _Connection(asyncio.Protocol):
         if error is not None:
             log.error("challenge lookup failed for token %s: %s", token, error)
         value = None if error is not None else future.result()
-        self._answer(token, value, error is not None, with_body, keep_alive)
+        self._answer(token, value, error is not None, request, body)
+        if self.busy:  # forwarded: reading resumes once the upstream's answer is relayed
+            return
         if self.transport is not None and not self.paused:
             self.transport.resume_reading()
         self._process()
 
     def _answer(
-        self, token: str, value: str | None, failed: bool, with_body: bool, keep_alive: bool
+        self, token: str, value: str | None, failed: bool, request: _Request, body: bytes
     ) -> None:
+        if value is None and not failed and self.server.upstream is not None:
+            self._forward(request, body)
+            return
         if failed:
-            status, body = 503, _BODIES[503]
+            status, answer = 503, _BODIES[503]
         elif value is None:
-            status, body = 404, _BODIES[404]
+            status, answer = 404, _BODIES[404]
         else:
-            status, body = 200, value.encode("ascii")
+            status, answer = 200, value.encode("ascii")
         log.debug("http-01 %s -> %d", token, status)
-        self._send(status, body, with_body, keep_alive)
+        self._send(status, answer, request.method == b"GET", request.keep_alive)
+
+    # -- the fall-through (challenges/upstream.py) ------------------------------------
+
+    def _forward(self, request: _Request, body: bytes) -> None:
+        upstream = self.server.upstream
+        if upstream is None or self.transport is None or self.closing:
+            return
+        log.debug("http-01 %s: forwarding %s", self.peer, request.line.decode("latin-1"))
+        self.busy = True
+        self.transport.pause_reading()
+        peer = self.peer[0] if isinstance(self.peer, tuple) else "unknown"
+        relay = upstream.relay(
+            request.line,
+            request.headers,
+            body,
+            str(peer),
+            request.method == b"HEAD",
+            request.keep_alive,
+            self,
+        )
+        task = asyncio.get_running_loop().create_task(relay)
+        self.server.forwards.add(task)
+        task.add_done_callback(lambda t: self._forwarded(t, request))
+
+    def write(self, data: bytes) -> None:
+        """Part of the upstream's answer, for the client."""
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    async def drained(self) -> None:
+        """Return once the client reads what it was sent (or is gone)."""
+        if self.paused and not self.closing:
+            if self._writable is None:
+                self._writable = asyncio.Event()
+            self._writable.clear()
+            await self._writable.wait()
+
+    def _forwarded(self, task: asyncio.Task[bool], request: _Request) -> None:
+        self.server.forwards.discard(task)
+        self.busy = False
+        if self.closing or self.transport is None:
+            return
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, UpstreamFailed):
+            log.debug("http-01 upstream: %s -> %d", error, error.status)
+            self._send(error.status, _BODIES[error.status], request.method != b"HEAD", False)
+            return
+        if task.cancelled() or error is not None:
+            log.debug("http-01 upstream failed during its answer: %r", error)
+            self.closing = True
+            self.transport.abort()  # the client cannot tell a cut answer otherwise
+            return
+        if not task.result():
+            self.closing = True
+            self.transport.close()
+            return
+        self.deadline = time.monotonic() + (REQUEST_TIMEOUT if self.buffer else IDLE_TIMEOUT)
+        if not self.paused:
+            self.transport.resume_reading()
+        self._process()
 
     @staticmethod
     def _path(target: bytes) -> str:
@@ -272,10 +405,19 @@ class _Connection(asyncio.Protocol):
 class Responder:
     """Listens when made (so a taken port is reported at once); answers once started."""
 
-    def __init__(self, sock: socket.socket, lookup: Lookup, *, inline: bool = False) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        lookup: Lookup,
+        *,
+        inline: bool = False,
+        upstream: Upstream | None = None,
+    ) -> None:
         self.sock = sock
         self.lookup = lookup
         self.inline = inline
+        self.upstream = upstream
+        self.forwards: set[asyncio.Task[bool]] = set()
         self.clock = _Clock()
         self.connections: set[_Connection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -313,6 +455,9 @@ class Responder:
         finally:
             # Connections accepted but not yet made: asyncio makes them in tasks, which
             # fail (and leak the socket) once the server is closed; so first let them be.
+            # Requests being forwarded end now.
+            for task in list(self.forwards):
+                task.cancel()
             for _ in range(10):
                 pending = asyncio.all_tasks(loop)
                 if not pending:
@@ -339,10 +484,18 @@ class Responder:
         self.sock.close()
 
 
-def bind_responder(address: str, port: int, lookup: Lookup, *, inline: bool = False) -> Responder:
+def bind_responder(
+    address: str,
+    port: int,
+    lookup: Lookup,
+    *,
+    inline: bool = False,
+    upstream: Upstream | None = None,
+) -> Responder:
     """Listen on address:port, with a message that says what to do when that fails.
 
     `inline`: the look-up is local and fast (SQLite), so it runs on the event loop.
+    `upstream`: where what would get 404 or 405 goes instead (challenges/upstream.py).
     """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -362,7 +515,7 @@ def bind_responder(address: str, port: int, lookup: Lookup, *, inline: bool = Fa
         raise CertbrokerError(
             f"cannot listen for HTTP-01 on {address}:{port}: {exc.strerror or exc}"
         ) from None
-    return Responder(sock, lookup, inline=inline)
+    return Responder(sock, lookup, inline=inline, upstream=upstream)
 
 
 # Straight to this machine's port, whatever proxy the environment names.
