@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from certbroker.services.accounts import AccountService
     from certbroker.services.browsing import Browsing
     from certbroker.services.certificates import CertificateService
+    from certbroker.services.clients import ClientService
     from certbroker.services.dns import DnsService, DnsSettings
     from certbroker.services.issuance import IssuanceService
     from certbroker.services.planning import RenewalPlanner
@@ -150,6 +151,12 @@ class Broker:
         from certbroker.services.certificates import CertificateService
 
         return CertificateService(self.ctx, self.solvers)
+
+    @cached_property
+    def clients(self) -> ClientService:
+        from certbroker.services.clients import ClientService
+
+        return ClientService(self.ctx)
 
     @cached_property
     def dns(self) -> DnsService:

@@ -33,6 +33,7 @@ TOP_LEVEL = [
     "dns",
     "events",
     "alarms",
+    "client",
     "user",
     "token",
     "config",
@@ -41,6 +42,7 @@ TOP_LEVEL = [
 COMMAND_MODULES = [
     "certbroker.cli.access_cmd",
     "certbroker.cli.accounts",
+    "certbroker.cli.clients_cmd",
     "certbroker.cli.certs",
     "certbroker.cli.config_cmd",
     "certbroker.cli.dns_cmd",

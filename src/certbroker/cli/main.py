@@ -54,6 +54,11 @@ class Commands(LazyGroup):
             "certbroker.cli.events_cmd:alarms",
             "Active alarms: certificates whose issuance or renewal keeps failing.",
         ),
+        "client": Lazy(
+            "certbroker.cli.clients_cmd:app",
+            "Clients (devices, gateways, servers): add, list, show, allow, rotate-token, "
+            "disable, enable, delete.",
+        ),
         "user": Lazy(
             "certbroker.cli.access_cmd:users_app",
             "Users of the console and API: add, passwd, list, role, disable, enable, delete.",

@@ -36,6 +36,7 @@ from certbroker.domain.models import (
     OrderState,
 )
 from certbroker.store.access import AccessStore
+from certbroker.store.clients import ClientStore
 from certbroker.store.dns import DnsStore
 from certbroker.store.events import add_event
 from certbroker.store.events import failed_attempt as record_failure
@@ -88,7 +89,7 @@ def _certificate_of(conn: Connection, order_id: int) -> int:
     )
 
 
-class Repository(RenewalStore, DnsStore, AccessStore, ListingStore):
+class Repository(RenewalStore, DnsStore, AccessStore, ListingStore, ClientStore):
     """Typed storage; renewal, history and arrival of certificates in store/renewals.py."""
 
     # -- accounts ------------------------------------------------------------------------

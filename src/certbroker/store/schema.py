@@ -362,3 +362,23 @@ idempotency_keys = Table(
     Index("ux_idempotency_owner_key", "owner", "key", unique=True),
     Index("ix_idempotency_created_at", "created_at"),
 )
+
+# Clients (devices, gateways, load balancers, servers) that obtain certificates for
+# themselves; only a SHA-256 of each client's token is kept.
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("token_prefix", String(20), nullable=False),
+    Column("allow", Text, nullable=False, server_default="[]"),  # JSON name patterns
+    Column("wildcard", Boolean, nullable=False, server_default="0"),
+    Column("policy", String(20), nullable=False, server_default="deny"),
+    Column("enabled", Boolean, nullable=False, server_default="1"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("token_rotated_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=True),
+    Column("last_seen_from", String(100), nullable=True),
+)

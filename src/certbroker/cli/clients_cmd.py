@@ -1,0 +1,176 @@
+"""`certbroker client`: the devices, gateways and servers that obtain certificates for
+themselves, each limited to the names on its allow-list."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from certbroker.cli.state import State, console, escape, print_json, say
+
+app = typer.Typer(
+    help="Clients (devices, gateways, servers): add, list, show, allow, rotate-token, "
+    "disable, enable, delete.",
+    no_args_is_help=True,
+)
+
+Name = Annotated[str, typer.Argument(help="The client's name.")]
+Policy = Annotated[
+    str | None,
+    typer.Option(
+        help="For names off the allow-list: deny (refused at once) or approve (wait for an "
+        "admin's approval)."
+    ),
+]
+
+
+def _show(data: dict[str, object]) -> None:
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value) or "-"
+        console.print(f"[bold]{key:17}[/] {escape(value if value is not None else '-')}")
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    name: Name,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow",
+            metavar="PATTERN",
+            help="A name it may obtain, or '*.zone' for the names below the zone. "
+            "Give it several times.",
+        ),
+    ] = None,
+    wildcard: Annotated[
+        bool,
+        typer.Option("--wildcard", help="Also wildcard certificates for its '*.zone' patterns."),
+    ] = False,
+    policy: Policy = None,
+) -> None:
+    """Add a client. Its token is printed once, alone on the last line; only a hash of it
+    is kept."""
+    from certbroker.domain.clients import ClientPolicy
+
+    state: State = ctx.obj
+    client, secret = state.broker.clients.add(
+        name, allow or [], wildcard, ClientPolicy.parse(policy) if policy else ClientPolicy.DENY
+    )
+    allowed = ", ".join(client.allow) or "no names yet"
+    say(f"client {client.name} added (allows {allowed}; policy {client.policy.value}); token:")
+    say(secret)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List clients, what they may obtain and when they were last seen."""
+    state: State = ctx.obj
+    found = state.broker.clients.all()
+    if as_json:
+        print_json([c.to_json() for c in found])
+        return
+    for c in found:
+        flags = "" if c.enabled else " (disabled)"
+        wild = " +wildcard" if c.wildcard else ""
+        seen = f"seen {c.last_seen_at:%Y-%m-%d %H:%M}" if c.last_seen_at else "never seen"
+        console.print(
+            f"{escape(c.name):20} {c.token_prefix}…  {escape(', '.join(c.allow) or '-')}{wild}; "
+            f"{c.policy.value}; {seen}{flags}"
+        )
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    name: Name,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one client (never its token)."""
+    state: State = ctx.obj
+    data = state.broker.clients.get(name).to_json()
+    if as_json:
+        print_json(data)
+    else:
+        _show(data)
+
+
+@app.command("allow")
+def allow(
+    ctx: typer.Context,
+    name: Name,
+    patterns: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="PATTERN", help="Names or '*.zone' to allow besides.", show_default=False
+        ),
+    ] = None,
+    remove: Annotated[
+        list[str] | None,
+        typer.Option("--remove", metavar="PATTERN", help="A pattern to take off the list."),
+    ] = None,
+    wildcard: Annotated[
+        bool | None,
+        typer.Option(
+            "--wildcard/--no-wildcard",
+            help="Allow wildcard certificates for its '*.zone' patterns, or not.",
+            show_default=False,
+        ),
+    ] = None,
+    policy: Policy = None,
+) -> None:
+    """Change what a client may obtain: add patterns, --remove some, --wildcard, --policy."""
+    from certbroker.domain.clients import ClientPolicy
+    from certbroker.domain.errors import UsageError
+
+    if not patterns and not remove and wildcard is None and policy is None:
+        raise UsageError("say what to change: PATTERNs to allow, --remove, --wildcard or --policy")
+    state: State = ctx.obj
+    client = state.broker.clients.allow(
+        name,
+        patterns or [],
+        remove or [],
+        wildcard,
+        ClientPolicy.parse(policy) if policy else None,
+    )
+    wild = " (and wildcards)" if client.wildcard else ""
+    say(f"client {client.name} allows {', '.join(client.allow) or 'nothing'}{wild}")
+
+
+@app.command("rotate-token")
+def rotate_token(ctx: typer.Context, name: Name) -> None:
+    """Give a client a new token; the old one stops working at once. The new token is
+    printed once, alone on the last line."""
+    state: State = ctx.obj
+    client, secret = state.broker.clients.rotate_token(name)
+    say(f"client {client.name}: new token (the old one no longer works):")
+    say(secret)
+
+
+@app.command("disable")
+def disable(ctx: typer.Context, name: Name) -> None:
+    """Stop a client: its token is refused until it is enabled again."""
+    state: State = ctx.obj
+    client = state.broker.clients.set_enabled(name, False)
+    say(f"client {client.name} disabled")
+
+
+@app.command("enable")
+def enable(ctx: typer.Context, name: Name) -> None:
+    """Let a disabled client in again, with the token it had."""
+    state: State = ctx.obj
+    client = state.broker.clients.set_enabled(name, True)
+    say(f"client {client.name} enabled")
+
+
+@app.command("delete")
+def delete(ctx: typer.Context, name: Name) -> None:
+    """Delete a client and its token."""
+    state: State = ctx.obj
+    client = state.broker.clients.delete(name)
+    say(f"client {client.name} deleted")

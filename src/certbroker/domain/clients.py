@@ -1,0 +1,104 @@
+"""Clients: the devices, gateways, load balancers and servers that obtain certificates
+from the broker for themselves, each limited to the names on its allow-list.
+
+Pure: what a client may obtain is decided here, and nowhere else."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from certbroker.domain.access import name_matches, parse_name_patterns
+from certbroker.domain.errors import UsageError
+
+_CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class ClientPolicy(StrEnum):
+    """What happens to a request for a name off the allow-list."""
+
+    DENY = "deny"  # refused at once
+    APPROVE = "approve"  # waits for an admin to approve or deny it
+
+    @classmethod
+    def parse(cls, text: str) -> ClientPolicy:
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            raise UsageError(f"unknown policy {text!r}: choose deny or approve") from None
+
+
+def check_client_name(name: str) -> str:
+    if not _CLIENT_NAME.match(name):
+        raise UsageError(
+            f"client name {name!r} is not valid: 1 to 100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def parse_allow_list(patterns: Iterable[str], wildcard: bool) -> list[str]:
+    """`--allow` values: exact names and `*.zone`; a wildcard certificate needs
+    `--wildcard` besides `*.zone` (`*.zone` alone allows the names below the zone)."""
+    found = parse_name_patterns(patterns)
+    if wildcard and not any(p.startswith("*.") for p in found):
+        raise UsageError("--wildcard needs an --allow '*.zone' for the wildcard it allows")
+    return found
+
+
+def off_the_list(allow: Sequence[str], wildcard: bool, names: Iterable[str]) -> list[str]:
+    """The names a client with this allow-list may not obtain (empty: all allowed).
+
+    A wildcard name `*.a.zone` is allowed only when `wildcard` is set and `*.a.zone` is
+    on the list itself or below an allowed `*.zone`; an ordinary name when it is on the
+    list or below an allowed `*.zone`."""
+    refused = []
+    for raw in names:
+        name = raw.lower().rstrip(".")
+        if name.startswith("*."):
+            ok = wildcard and any(p == name or name_matches(p, name) for p in allow if "*" in p)
+        else:
+            ok = any(name_matches(p, name) for p in allow)
+        if not ok:
+            refused.append(name)
+    return refused
+
+
+@dataclass(frozen=True)
+class Client:
+    id: int
+    name: str
+    allow: tuple[str, ...]
+    wildcard: bool
+    policy: ClientPolicy
+    enabled: bool
+    token_prefix: str
+    created_at: datetime
+    token_rotated_at: datetime
+    last_seen_at: datetime | None = None
+    last_seen_from: str | None = None
+
+    def off_the_list(self, names: Iterable[str]) -> list[str]:
+        return off_the_list(self.allow, self.wildcard, names)
+
+    def to_json(self) -> dict[str, Any]:
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "id": self.id,
+            "name": self.name,
+            "allow": list(self.allow),
+            "wildcard": self.wildcard,
+            "policy": self.policy.value,
+            "enabled": self.enabled,
+            "token_prefix": self.token_prefix,
+            "created_at": self.created_at.isoformat(),
+            "token_rotated_at": self.token_rotated_at.isoformat(),
+            "last_seen_at": iso(self.last_seen_at),
+            "last_seen_from": self.last_seen_from,
+        }

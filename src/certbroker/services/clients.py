@@ -1,0 +1,119 @@
+"""Clients: devices, gateways, load balancers and servers that obtain certificates for
+themselves. Each has a name, a token (`cbc_…`, shown once, kept as SHA-256) and an
+allow-list of the names it may obtain; names off the list are refused, or wait for an
+admin where its policy says `approve`."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+
+from certbroker.domain.clients import (
+    Client,
+    ClientPolicy,
+    check_client_name,
+    parse_allow_list,
+)
+from certbroker.domain.errors import NotAuthenticated, UsageError
+from certbroker.services.common import ServiceContext
+
+CLIENT_TOKEN_PREFIX = "cbc_"  # noqa: S105 - recognisable in a leak; API tokens are cbt_
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _new_token() -> tuple[str, str, str]:
+    """(the token, its SHA-256, the prefix shown in lists)."""
+    secret = CLIENT_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return secret, _sha256(secret), secret[: len(CLIENT_TOKEN_PREFIX) + 6]
+
+
+class ClientService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.repo = ctx.repo
+
+    def add(
+        self,
+        name: str,
+        allow: Sequence[str],
+        wildcard: bool = False,
+        policy: ClientPolicy = ClientPolicy.DENY,
+    ) -> tuple[Client, str]:
+        """A new client and its token, which is shown once and kept only hashed."""
+        check_client_name(name)
+        patterns = parse_allow_list(allow, wildcard)
+        secret, digest, prefix = _new_token()
+        client = self.repo.add_client(
+            name=name,
+            token_hash=digest,
+            token_prefix=prefix,
+            allow=patterns,
+            wildcard=wildcard,
+            policy=policy,
+            now=self.ctx.clock(),
+        )
+        return client, secret
+
+    def all(self) -> list[Client]:
+        return self.repo.list_clients()
+
+    def get(self, ref: str | int) -> Client:
+        return self.repo.get_client(ref)
+
+    def allow(
+        self,
+        ref: str | int,
+        add: Sequence[str] = (),
+        remove: Sequence[str] = (),
+        wildcard: bool | None = None,
+        policy: ClientPolicy | None = None,
+    ) -> Client:
+        """Change the allow-list (add and remove patterns), the wildcard flag, the policy."""
+        client = self.repo.get_client(ref)
+        removed = set(parse_allow_list(remove, False))
+        missing = sorted(removed - set(client.allow))
+        if missing:
+            raise UsageError(
+                f"client {client.name!r} does not allow {', '.join(missing)} "
+                f"(it allows: {', '.join(client.allow) or 'nothing'})"
+            )
+        kept = [p for p in client.allow if p not in removed]
+        wild = client.wildcard if wildcard is None else wildcard
+        patterns = parse_allow_list([*kept, *add], wild)
+        changes: dict[str, object] = {"allow": patterns, "wildcard": wild}
+        if policy is not None:
+            changes["policy"] = policy
+        return self.repo.change_client(client.id, self.ctx.clock(), **changes)
+
+    def rotate_token(self, ref: str | int) -> tuple[Client, str]:
+        """A new token; the old one stops working at once."""
+        client = self.repo.get_client(ref)
+        secret, digest, prefix = _new_token()
+        changed = self.repo.change_client(
+            client.id, self.ctx.clock(), token_hash=digest, token_prefix=prefix
+        )
+        return changed, secret
+
+    def set_enabled(self, ref: str | int, enabled: bool) -> Client:
+        client = self.repo.get_client(ref)
+        return self.repo.change_client(client.id, self.ctx.clock(), enabled=enabled)
+
+    def delete(self, ref: str | int) -> Client:
+        client = self.repo.get_client(ref)
+        self.repo.delete_client(client.id)
+        return client
+
+    def authenticate(self, secret: str, address: str) -> Client:
+        """The client a token belongs to; NotAuthenticated for an unknown token or a
+        disabled client."""
+        client = self.repo.client_by_token_hash(_sha256(secret)) if secret else None
+        if client is None:
+            raise NotAuthenticated("unknown client token")
+        if not client.enabled:
+            raise NotAuthenticated(f"client {client.name!r} is disabled")
+        self.repo.client_seen(client, self.ctx.clock(), address)
+        return client
