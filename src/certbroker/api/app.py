@@ -11,7 +11,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from certbroker import __version__
-from certbroker.api import admin, certificates, problems
+from certbroker.api import admin, certificates, devices, problems
 from certbroker.api.limits import BodyLimit
 from certbroker.wiring import Broker
 
@@ -46,6 +46,7 @@ def create_app(broker: Broker) -> FastAPI:
     problems.install(app)
     app.include_router(certificates.router, prefix=API)
     app.include_router(admin.router, prefix=API)
+    app.include_router(devices.router, prefix=API)
     _bearer_in_openapi(app)
 
     # Swagger UI from the fastapi-swagger package: served here, no CDN.

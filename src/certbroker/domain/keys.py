@@ -37,6 +37,7 @@ class KeyPolicy(StrEnum):
     NEW = "new"
     REUSE = "reuse"
     IMPORTED = "imported"
+    CSR = "csr"  # a device keeps its key; the broker holds only its CSR
 
 
 class RevocationReason(StrEnum):

@@ -165,6 +165,8 @@ class Certificate:
     description: str | None = None
     keystore_type: str | None = None  # the download format it defaults to (an ExportFormat)
     has_keystore_password: bool = False  # a password for those downloads is kept, sealed
+    client_id: int | None = None  # the client it was obtained for
+    csr_pem: str | None = None  # a device's own CSR (key policy csr: no key held here)
 
     @property
     def account_ids(self) -> tuple[int, ...]:
@@ -210,6 +212,8 @@ class NewCertificate:
     description: str | None = None
     keystore_type: str | None = None
     keystore_password_sealed: bytes | None = None
+    client_id: int | None = None
+    csr_pem: str | None = None
 
 
 @dataclass(frozen=True)

@@ -326,7 +326,10 @@ class OrderRun:
         return self._private_key
 
     def _finalize(self, info: OrderInfo) -> OrderInfo:
-        csr = make_csr(self._key(), self.cert.names, Subject(**self.cert.subject))
+        if self.cert.csr_pem is not None:  # a device's own CSR, as it signed it
+            csr = self.cert.csr_pem.encode()
+        else:
+            csr = make_csr(self._key(), self.cert.names, Subject(**self.cert.subject))
         self._step(self.repo.mark_finalizing, OrderState.FINALIZING)
         self.progress("finalizing: CSR sent")
         return self.ca.finalize(info, csr)
@@ -337,7 +340,10 @@ class OrderRun:
         fault("downloaded")
         cert_pem, chain_pem = split_chain(fullchain)
         leaf = x509.load_pem_x509_certificate(cert_pem.encode())
-        if not key_matches_certificate(self._key(), leaf):
+        if self.cert.csr_pem is not None:
+            if not _same_public_key(leaf, self.cert.csr_pem):
+                raise PermanentError("the certificate the CA sent does not match the device's CSR")
+        elif not key_matches_certificate(self._key(), leaf):
             raise PermanentError("the certificate the CA sent does not match the stored key")
         issued = describe(cert_pem, chain_pem, info.url)
         now = self.run.clock()
@@ -388,3 +394,13 @@ class OrderRun:
             detail="several names failed validation",
             subproblems=tuple(problems),
         )
+
+
+def _same_public_key(leaf: x509.Certificate, csr_pem: str) -> bool:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    def spki(key: object) -> bytes:
+        return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)  # type: ignore[attr-defined, no-any-return]
+
+    csr = x509.load_pem_x509_csr(csr_pem.encode())
+    return spki(leaf.public_key()) == spki(csr.public_key())

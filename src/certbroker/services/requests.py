@@ -14,7 +14,8 @@ from certbroker.crypto.keys import (
     load_private_key,
     private_key_to_pem,
 )
-from certbroker.domain.errors import UsageError
+from certbroker.domain.clients import Client
+from certbroker.domain.errors import AccessDenied, UsageError
 from certbroker.domain.keys import ExportFormat, KeyPolicy, KeyType
 from certbroker.domain.models import (
     DEFAULT_CHALLENGE,
@@ -71,6 +72,11 @@ class RequestService:
         names = validate_names(req.names, req.challenge)
         account = self.pick_account(req.account)
         choice = solver.check_request(names, req.dns_account)
+        if req.key_policy is KeyPolicy.CSR:
+            raise UsageError(
+                "key policy csr is for a device that sends its own CSR (POST /api/v1/csr); "
+                "choose new, reuse or imported"
+            )
         if req.key_policy is KeyPolicy.IMPORTED:
             if req.key_pem is None:
                 raise UsageError("--key-policy imported needs --key-file PEM")
@@ -137,6 +143,45 @@ class RequestService:
                 raise UsageError("the keystore password is too long: at most 200 characters")
         sealed = self.ctx.sealer.seal(password.encode()) if password else None
         return label, description, sealed
+
+    def request_from_csr(
+        self, client: Client, csr: str | bytes, challenge: ChallengeType = DEFAULT_CHALLENGE
+    ) -> Certificate:
+        """A certificate for a device's CSR, queued for `serve`: only its names and public
+        key are taken, every name must be on the client's allow-list (AccessDenied
+        otherwise, and nothing is stored or ordered), and no key is held here."""
+        from certbroker.crypto.device_csr import read_device_csr
+
+        device = read_device_csr(csr)
+        solver = self.solvers.get(challenge)
+        if solver is None:
+            raise UsageError(f"challenge {challenge.value} is not set up in this process")
+        names = validate_names(device.names, challenge)
+        refused = client.off_the_list(names)
+        if refused:
+            raise AccessDenied(
+                f"client {client.name!r} may not obtain {', '.join(refused)}; "
+                f"its allow-list: {', '.join(client.allow) or 'empty'}"
+                + (" (wildcards not allowed)" if any(n.startswith("*.") for n in refused) else "")
+            )
+        account = self.pick_account(None)
+        choice = solver.check_request(names, None)
+        new = NewCertificate(
+            names=names,
+            account_id=account.id,
+            challenge=challenge,
+            key_type=device.key_type,
+            key_policy=KeyPolicy.CSR,
+            subject={},
+            key_sealed=None,
+            dns_account_id=choice.dns_account_id,
+            dns_manual=choice.dns_manual,
+            label=client.name,
+            client_id=client.id,
+            csr_pem=device.csr_pem.decode(),
+        )
+        cert, _ = self.store(new)
+        return cert
 
     def store(
         self, prepared: NewCertificate, lease_owner: str | None = None

@@ -273,6 +273,8 @@ class Repository(RenewalStore, DnsStore, AccessStore, ListingStore, ClientStore)
                         description=new.description,
                         keystore_type=new.keystore_type,
                         keystore_password_sealed=new.keystore_password_sealed,
+                        client_id=new.client_id,
+                        csr_pem=new.csr_pem,
                         created_at=now,
                         updated_at=now,
                     )

@@ -92,6 +92,8 @@ def certificate_row(row: Row[Any]) -> Certificate:
         description=row.description,
         keystore_type=row.keystore_type,
         has_keystore_password=bool(row.has_keystore_password),
+        client_id=row.client_id,
+        csr_pem=row.csr_pem,
     )
 
 

@@ -124,6 +124,10 @@ certificates = Table(
     # The keystore downloads default to, and its password, sealed (Key Manager Plus).
     Column("keystore_type", String(20), nullable=True),
     Column("keystore_password_sealed", LargeBinary, nullable=True),
+    # A client's certificate (issue 14): the client it belongs to, and for a device that
+    # keeps its key, the CSR it sent (sent to the CA as it is; no key is held here).
+    Column("client_id", Integer, nullable=True),
+    Column("csr_pem", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_certificates_status_renew_at", "status", "renew_at"),  # the scheduler
@@ -138,6 +142,7 @@ certificates = Table(
     # Pages sorted by name: the start of the names' JSON (the common name first), not all
     # of it: a B-tree entry must stay under PostgreSQL's ~2.7 kB, and 100 names do not.
     Index("ix_certificates_name_key", NAME_KEY),
+    Index("ix_certificates_client_id", "client_id"),
 )
 
 orders = Table(

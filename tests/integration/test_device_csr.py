@@ -1,0 +1,156 @@
+"""Devices that keep their keys: a CSR posted by a client to a real `serve`, ordered at
+Pebble (validating over HTTP-01 for real) and answered with a chain for the device's own
+key; names off the allow-list and bad CSRs refused before anything is ordered; one
+client never sees another's."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from tests.conftest import Cli, make_cli
+from tests.support.pebble import PebbleServer
+from tests.support.serve import api_url, start_api, stop_serve, wait_until
+
+
+def last_line(out: str) -> str:
+    return out.strip().splitlines()[-1]
+
+
+@dataclass
+class Site:
+    cli: Cli
+    serve: subprocess.Popen[str]
+    tokens: dict[str, str]
+
+    def as_(self, who: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=api_url(self.cli),
+            headers={"Authorization": f"Bearer {self.tokens[who]}"},
+            trust_env=False,
+            timeout=60,
+        )
+
+    def certificates(self) -> int:
+        return len(self.cli.json("cert", "list"))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleServer) -> Iterator[Site]:
+    cli = make_cli(tmp_path_factory.mktemp("devices") / "data", pebble)
+    cli.register()
+    tokens = {
+        "gw": last_line(cli("client", "add", "gw", "--allow", "*.dev.example.com").stdout),
+        "other": last_line(cli("client", "add", "other", "--allow", "*.dev.example.com").stdout),
+        "operator": last_line(cli("token", "create", "--name", "ops", "--role", "operator").stdout),
+    }
+    serve = start_api(cli, CERTBROKER_ADMIN_PASSWORD="device-tests-pw")
+    try:
+        yield Site(cli, serve, tokens)
+    finally:
+        stop_serve(serve)
+
+
+def make_csr(key: Any, names: list[str]) -> str:
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=True)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+
+
+def spki(key: Any) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_a_device_gets_a_chain_for_its_own_key(site: Site) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = ["gw1.dev.example.com", "www.gw1.dev.example.com"]
+    with site.as_("gw") as gw, site.as_("other") as other, site.as_("operator") as operator:
+        posted = gw.post("/api/v1/csr", json={"csr": make_csr(key, names)})
+        assert posted.status_code == 202, posted.text
+        req_id = posted.json()["id"]
+        assert posted.headers["location"] == f"/api/v1/csr/{req_id}"
+
+        def state() -> dict[str, Any]:
+            answer: dict[str, Any] = gw.get(f"/api/v1/csr/{req_id}").json()
+            return answer
+
+        wait_until("the device's certificate", lambda: state()["state"] == "valid",
+                   serve=site.serve)  # fmt: skip
+        chain = x509.load_pem_x509_certificates(state()["chain"].encode())
+        assert spki(chain[0].public_key()) == spki(key.public_key())
+        sans = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sorted(sans.get_values_for_type(x509.DNSName)) == sorted(names)
+        assert len(chain) >= 2  # and its intermediate
+
+        # Another client, an operator's token, no token: none of them sees it as a client.
+        assert other.get(f"/api/v1/csr/{req_id}").status_code == 404
+        assert operator.get(f"/api/v1/csr/{req_id}").status_code == 401
+        assert httpx.get(api_url(site.cli) + f"/api/v1/csr/{req_id}",
+                         trust_env=False).status_code == 401  # fmt: skip
+        # ... and a client's token opens nothing of the operators' API.
+        assert gw.get("/api/v1/certificates").status_code == 401
+        # No key is held here: nothing holding one can be exported.
+        shown = operator.get(f"/api/v1/certificates/{req_id}").json()
+        assert shown["key_policy"] == "csr" and shown["status"] == "valid"
+        refused = operator.post(f"/api/v1/certificates/{req_id}/export",
+                                json={"format": "pkcs12", "password": "x" * 10})  # fmt: skip
+        assert refused.status_code == 422 and "holds none" in refused.json()["detail"]
+
+
+def test_names_off_the_list_and_bad_csrs_are_refused_before_any_order(site: Site) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
+    broken = bytearray(
+        x509.load_pem_x509_csr(make_csr(key, ["b.dev.example.com"]).encode()).public_bytes(
+            serialization.Encoding.DER
+        )
+    )
+    broken[-3] ^= 0x01
+    cases = [
+        (make_csr(key, ["gw1.dev.example.com", "gw1.elsewhere.example.com"]), 403,
+         "gw1.elsewhere.example.com"),
+        ("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----", 422,
+         "not a PEM"),
+        (make_csr(weak, ["w.dev.example.com"]), 422, "too weak"),
+        (base64.b64encode(bytes(broken)).decode(), 422, "signature does not verify"),
+        (make_csr(key, [f"n{i}.dev.example.com" for i in range(101)]), 422, "101 names"),
+        (make_csr(key, ["*.dev.example.com"]), 422, "wildcard"),
+    ]  # fmt: skip
+    before = site.certificates()
+    with site.as_("gw") as gw:
+        for csr, status, words in cases:
+            answer = gw.post("/api/v1/csr", json={"csr": csr})
+            assert answer.status_code == status, (words, answer.text)
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert words in answer.json()["detail"], (words, answer.json())
+    assert site.certificates() == before  # nothing stored, so nothing ordered
+
+
+def test_a_disabled_client_is_refused(site: Site) -> None:
+    site.cli("client", "disable", "other")
+    try:
+        with site.as_("other") as other:
+            answer = other.post(
+                "/api/v1/csr",
+                json={"csr": make_csr(ec.generate_private_key(ec.SECP256R1()),
+                                      ["x.dev.example.com"])},
+            )  # fmt: skip
+        assert answer.status_code == 401 and "disabled" in answer.json()["detail"]
+    finally:
+        site.cli("client", "enable", "other")
