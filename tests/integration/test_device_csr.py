@@ -50,6 +50,12 @@ def site(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleServer) -> Iter
     cli.register()
     tokens = {
         "gw": last_line(cli("client", "add", "gw", "--allow", "*.dev.example.com").stdout),
+        "asks": last_line(
+            cli(
+                "client", "add", "asks", "--allow", "*.dev.example.com", "--policy", "approve"
+            ).stdout
+        ),
+        "admin": last_line(cli("token", "create", "--name", "boss", "--role", "admin").stdout),
         "other": last_line(cli("client", "add", "other", "--allow", "*.dev.example.com").stdout),
         "operator": last_line(cli("token", "create", "--name", "ops", "--role", "operator").stdout),
     }
@@ -106,9 +112,10 @@ def test_a_device_gets_a_chain_for_its_own_key(site: Site) -> None:
         # ... and a client's token opens nothing of the operators' API.
         assert gw.get("/api/v1/certificates").status_code == 401
         # No key is held here: nothing holding one can be exported.
-        shown = operator.get(f"/api/v1/certificates/{req_id}").json()
+        cert_id = state()["certificate_id"]
+        shown = operator.get(f"/api/v1/certificates/{cert_id}").json()
         assert shown["key_policy"] == "csr" and shown["status"] == "valid"
-        refused = operator.post(f"/api/v1/certificates/{req_id}/export",
+        refused = operator.post(f"/api/v1/certificates/{cert_id}/export",
                                 json={"format": "pkcs12", "password": "x" * 10})  # fmt: skip
         assert refused.status_code == 422 and "holds none" in refused.json()["detail"]
 
@@ -154,3 +161,50 @@ def test_a_disabled_client_is_refused(site: Site) -> None:
         assert answer.status_code == 401 and "disabled" in answer.json()["detail"]
     finally:
         site.cli("client", "enable", "other")
+
+
+def test_names_off_the_list_wait_for_an_admin_where_the_policy_says_approve(
+    site: Site,
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    before = site.certificates()
+    with site.as_("asks") as asks, site.as_("admin") as admin, site.as_("operator") as operator:
+        first = asks.post(
+            "/api/v1/csr", json={"csr": make_csr(key, ["kiosk.elsewhere.example.com"])}
+        )
+        second = asks.post(
+            "/api/v1/csr", json={"csr": make_csr(key, ["till.elsewhere.example.com"])}
+        )
+        for answer in (first, second):
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["state"] == "awaiting-approval"
+        assert site.certificates() == before  # nothing ordered while it waits
+
+        waiting = site.cli.json("approvals", "list")
+        assert [w["names"] for w in waiting] == [
+            ["kiosk.elsewhere.example.com"],
+            ["till.elsewhere.example.com"],
+        ]
+        assert operator.get("/api/v1/approvals").status_code == 403  # an admin decides
+        assert len(admin.get("/api/v1/approvals").json()) == 2
+
+        site.cli("approvals", "approve", str(first.json()["id"]))
+        denied = admin.post(
+            f"/api/v1/approvals/{second.json()['id']}/deny", json={"reason": "not ours"}
+        )
+        assert denied.status_code == 200 and denied.json()["state"] == "denied"
+
+        def approved_state() -> str:
+            return str(asks.get(f"/api/v1/csr/{first.json()['id']}").json()["state"])
+
+        wait_until("the approved certificate", lambda: approved_state() == "valid",
+                   serve=site.serve)  # fmt: skip
+        shown = asks.get(f"/api/v1/csr/{second.json()['id']}").json()
+        assert shown["state"] == "denied" and shown["reason"] == "not ours"
+        # A denial is final; so is an approval.
+        again = site.cli("approvals", "approve", str(second.json()["id"]), check=False)
+        assert again.returncode == 2 and "decided already (denied)" in again.stderr
+        twice = admin.post(f"/api/v1/approvals/{first.json()['id']}/approve")
+        assert twice.status_code == 422 and "decided already (accepted)" in twice.text
+        assert site.cli.json("approvals", "list") == []
+    assert site.certificates() == before + 1  # the approved one only

@@ -34,6 +34,7 @@ TOP_LEVEL = [
     "events",
     "alarms",
     "client",
+    "approvals",
     "user",
     "token",
     "config",

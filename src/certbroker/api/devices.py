@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from certbroker.api.auth import BrokerDep, address_of, broker_of
+from certbroker.api.auth import Admin, BrokerDep, address_of, broker_of
 from certbroker.api.problems import ERRORS
-from certbroker.domain.clients import Client
+from certbroker.domain.clients import Client, RequestState
 from certbroker.domain.errors import NotAuthenticated, NotFoundError
 from certbroker.domain.models import CertificateStatus, ChallengeType
 from certbroker.wiring import Broker
@@ -44,8 +44,12 @@ class CsrBody(BaseModel):
 
 class CsrState(BaseModel):
     id: int
-    state: Literal["pending", "valid", "failed", "revoked", "expired"]
+    state: Literal[
+        "awaiting-approval", "denied", "pending", "valid", "failed", "revoked", "expired"
+    ]
     names: list[str]
+    reason: str | None = Field(None, description="Why it was denied.")
+    certificate_id: int | None = None
     not_after: str | None = None
     serial: str | None = None
     chain: str | None = Field(None, description="PEM: the certificate and its intermediates.")
@@ -53,12 +57,23 @@ class CsrState(BaseModel):
     error: str | None = None
 
 
-def _state(broker: Broker, client: Client, cert_id: int) -> dict[str, Any]:
+class DenyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+def _state(broker: Broker, client: Client | None, request_id: int) -> dict[str, Any]:
+    """Where a request stands; `client`: only its own (another's answers 404)."""
+    request = broker.requests.device_request(request_id)
+    if client is not None and request.client_id != client.id:
+        raise NotFoundError(f"no CSR request with ID {request_id}")
+    found: dict[str, Any] = {"id": request.id, "names": list(request.names)}
+    if request.certificate_id is None:
+        return found | {"state": request.state.value, "reason": request.reason}
+    cert_id = request.certificate_id
     cert = broker.certificates.get(cert_id)
-    if cert.client_id != client.id:  # another's, or an operator's: not there for this client
-        raise NotFoundError(f"no CSR request with ID {cert_id}")
     status = cert.effective_status(broker.ctx.clock())
-    found: dict[str, Any] = {"id": cert.id, "state": status.value, "names": list(cert.names)}
+    found |= {"state": status.value, "certificate_id": cert_id}
     if cert.cert_pem is not None:
         found |= {
             "not_after": cert.not_after.isoformat() if cert.not_after else None,
@@ -75,18 +90,43 @@ def _state(broker: Broker, client: Client, cert_id: int) -> dict[str, Any]:
 @router.post("/csr", status_code=202, response_model=CsrState)
 def submit_csr(body: CsrBody, client: ClientDep, broker: BrokerDep) -> JSONResponse:
     """Order a certificate for a CSR: 202 and its ID; follow `GET /csr/{id}`. Names off
-    the client's allow-list: 403, a bad CSR: 422, and nothing is ordered."""
-    cert = broker.requests.request_from_csr(client, body.csr, ChallengeType(body.challenge))
+    the client's allow-list: 403 (or, where its policy is `approve`, the request waits
+    for an admin: `awaiting-approval`); a bad CSR: 422; nothing is ordered then."""
+    request = broker.requests.request_from_csr(client, body.csr, ChallengeType(body.challenge))
     return JSONResponse(
-        _state(broker, client, cert.id),
+        _state(broker, client, request.id),
         status_code=202,
-        headers={"Location": f"/api/v1/csr/{cert.id}"},
+        headers={"Location": f"/api/v1/csr/{request.id}"},
     )
 
 
-@router.get("/csr/{cert_id}", response_model=CsrState)
-def csr_state(
-    cert_id: Annotated[int, Path(ge=1, le=2**31 - 1)], client: ClientDep, broker: BrokerDep
+RequestId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+@router.get("/csr/{request_id}", response_model=CsrState)
+def csr_state(request_id: RequestId, client: ClientDep, broker: BrokerDep) -> dict[str, Any]:
+    """Where it stands: awaiting-approval, denied (with the reason), pending, valid (with
+    the chain), failed (with the CA's problem)."""
+    return _state(broker, client, request_id)
+
+
+@router.get("/approvals", tags=["approvals"], response_model=list[dict[str, Any]])
+def list_approvals(_p: Admin, broker: BrokerDep) -> list[dict[str, Any]]:
+    """CSR requests waiting for an admin: names off their client's allow-list."""
+    return [r.to_json() for r in broker.requests.device_requests(RequestState.AWAITING_APPROVAL)]
+
+
+@router.post("/approvals/{request_id}/approve", tags=["approvals"], response_model=CsrState)
+def approve(request_id: RequestId, principal: Admin, broker: BrokerDep) -> dict[str, Any]:
+    """Let it through: its certificate is obtained as if its names were on the list."""
+    broker.requests.approve(request_id, principal.name)
+    return _state(broker, None, request_id)
+
+
+@router.post("/approvals/{request_id}/deny", tags=["approvals"], response_model=CsrState)
+def deny(
+    request_id: RequestId, body: DenyBody, principal: Admin, broker: BrokerDep
 ) -> dict[str, Any]:
-    """Where it stands: pending, valid (with the chain), failed (with the CA's problem)."""
-    return _state(broker, client, cert_id)
+    """Refuse it, for good (the client may send a new CSR); the reason is shown to it."""
+    broker.requests.deny(request_id, principal.name, body.reason)
+    return _state(broker, None, request_id)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from certbroker.cli.params import number
 from certbroker.cli.state import State, console, escape, print_json, say
 
 app = typer.Typer(
@@ -174,3 +175,61 @@ def delete(ctx: typer.Context, name: Name) -> None:
     state: State = ctx.obj
     client = state.broker.clients.delete(name)
     say(f"client {client.name} deleted")
+
+
+approvals_app = typer.Typer(
+    help="Clients' CSR requests for names off their allow-list: list, approve, deny.",
+    no_args_is_help=True,
+)
+RequestId = Annotated[
+    int,
+    typer.Argument(
+        metavar="ID",
+        help="Request ID, as `approvals list` shows it.",
+        parser=number("a request ID (a number, as `certbroker approvals list` shows)"),
+    ),
+]
+
+
+@approvals_app.command("list")
+def approvals_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Requests waiting for an admin: which client, which names, since when."""
+    from certbroker.domain.clients import RequestState
+
+    state: State = ctx.obj
+    broker = state.broker
+    waiting = broker.requests.device_requests(RequestState.AWAITING_APPROVAL)
+    if as_json:
+        print_json([r.to_json() for r in waiting])
+        return
+    if not waiting:
+        say("no request waits for approval")
+    names = {c.id: c.name for c in broker.clients.all()}
+    for r in waiting:
+        console.print(
+            f"{r.id:>5}  {escape(names.get(r.client_id, str(r.client_id))):20} "
+            f"{escape(', '.join(r.names))}  (since {r.created_at:%Y-%m-%d %H:%M} UTC)"
+        )
+
+
+@approvals_app.command("approve")
+def approvals_approve(ctx: typer.Context, request_id: RequestId) -> None:
+    """Let a request through: its certificate is obtained (by `serve`)."""
+    state: State = ctx.obj
+    request = state.broker.requests.approve(request_id, "cli")
+    say(f"request {request.id} approved: certificate {request.certificate_id} is queued")
+
+
+@approvals_app.command("deny")
+def approvals_deny(
+    ctx: typer.Context,
+    request_id: RequestId,
+    reason: Annotated[str, typer.Option(help="Why, for the client (it sees it).")],
+) -> None:
+    """Refuse a request, for good (the client may send a new CSR)."""
+    state: State = ctx.obj
+    request = state.broker.requests.deny(request_id, "cli", reason)
+    say(f"request {request.id} denied")

@@ -59,6 +59,10 @@ class Commands(LazyGroup):
             "Clients (devices, gateways, servers): add, list, show, allow, rotate-token, "
             "disable, enable, delete.",
         ),
+        "approvals": Lazy(
+            "certbroker.cli.clients_cmd:approvals_app",
+            "Clients' CSR requests for names off their allow-list: list, approve, deny.",
+        ),
         "user": Lazy(
             "certbroker.cli.access_cmd:users_app",
             "Users of the console and API: add, passwd, list, role, disable, enable, delete.",

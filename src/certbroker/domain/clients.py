@@ -102,3 +102,39 @@ class Client:
             "last_seen_at": iso(self.last_seen_at),
             "last_seen_from": self.last_seen_from,
         }
+
+
+class RequestState(StrEnum):
+    """A device's CSR request, before it is a certificate (or instead of one)."""
+
+    AWAITING_APPROVAL = "awaiting-approval"  # names off the list, policy approve
+    ACCEPTED = "accepted"  # a certificate is being obtained for it (certificate_id)
+    DENIED = "denied"  # final for this request, as in cert-manager
+
+
+@dataclass(frozen=True)
+class DeviceRequest:
+    id: int
+    client_id: int
+    names: tuple[str, ...]
+    challenge: str
+    state: RequestState
+    created_at: datetime
+    certificate_id: int | None = None
+    reason: str | None = None  # why it was denied
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "client_id": self.client_id,
+            "names": list(self.names),
+            "challenge": self.challenge,
+            "state": self.state.value,
+            "certificate_id": self.certificate_id,
+            "reason": self.reason,
+            "decided_by": self.decided_by,
+            "created_at": self.created_at.isoformat(),
+            "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+        }

@@ -14,7 +14,7 @@ from certbroker.crypto.keys import (
     load_private_key,
     private_key_to_pem,
 )
-from certbroker.domain.clients import Client
+from certbroker.domain.clients import Client, ClientPolicy, DeviceRequest, RequestState
 from certbroker.domain.errors import AccessDenied, UsageError
 from certbroker.domain.keys import ExportFormat, KeyPolicy, KeyType
 from certbroker.domain.models import (
@@ -146,27 +146,48 @@ class RequestService:
 
     def request_from_csr(
         self, client: Client, csr: str | bytes, challenge: ChallengeType = DEFAULT_CHALLENGE
-    ) -> Certificate:
-        """A certificate for a device's CSR, queued for `serve`: only its names and public
-        key are taken, every name must be on the client's allow-list (AccessDenied
-        otherwise, and nothing is stored or ordered), and no key is held here."""
+    ) -> DeviceRequest:
+        """A device's CSR: only its names and public key are taken. With every name on the
+        client's allow-list the certificate is queued for `serve` at once; otherwise the
+        request is refused (AccessDenied; nothing is stored or ordered), or, where the
+        client's policy is `approve`, kept for an admin to decide. No key is held here."""
         from certbroker.crypto.device_csr import read_device_csr
 
         device = read_device_csr(csr)
-        solver = self.solvers.get(challenge)
-        if solver is None:
-            raise UsageError(f"challenge {challenge.value} is not set up in this process")
         names = validate_names(device.names, challenge)
         refused = client.off_the_list(names)
-        if refused:
+        if refused and client.policy is not ClientPolicy.APPROVE:
             raise AccessDenied(
                 f"client {client.name!r} may not obtain {', '.join(refused)}; "
                 f"its allow-list: {', '.join(client.allow) or 'empty'}"
                 + (" (wildcards not allowed)" if any(n.startswith("*.") for n in refused) else "")
             )
+        csr_pem = device.csr_pem.decode()
+        certificate = None if refused else self._device_certificate(client, csr_pem, challenge)
+        now = self.ctx.clock()
+        return self.repo.add_device_request(
+            client_id=client.id,
+            names=names,
+            challenge=challenge.value,
+            csr_pem=csr_pem,
+            now=now,
+            certificate=certificate,
+            lease_until=now + LEASE,
+        )
+
+    def _device_certificate(
+        self, client: Client, csr_pem: str, challenge: ChallengeType
+    ) -> NewCertificate:
+        from certbroker.crypto.device_csr import read_device_csr
+
+        device = read_device_csr(csr_pem)
+        solver = self.solvers.get(challenge)
+        if solver is None:
+            raise UsageError(f"challenge {challenge.value} is not set up in this process")
+        names = validate_names(device.names, challenge)
         account = self.pick_account(None)
         choice = solver.check_request(names, None)
-        new = NewCertificate(
+        return NewCertificate(
             names=names,
             account_id=account.id,
             challenge=challenge,
@@ -178,10 +199,49 @@ class RequestService:
             dns_manual=choice.dns_manual,
             label=client.name,
             client_id=client.id,
-            csr_pem=device.csr_pem.decode(),
+            csr_pem=csr_pem,
         )
-        cert, _ = self.store(new)
-        return cert
+
+    def device_requests(self, state: RequestState | None = None) -> list[DeviceRequest]:
+        return self.repo.list_device_requests(state)
+
+    def device_request(self, request_id: int) -> DeviceRequest:
+        return self.repo.get_device_request(request_id)
+
+    def approve(self, request_id: int, by: str) -> DeviceRequest:
+        """An admin lets a request for names off a client's allow-list through: its
+        certificate is queued for `serve`."""
+        request = self.repo.get_device_request(request_id)
+        if request.state is not RequestState.AWAITING_APPROVAL:  # the store checks again
+            raise UsageError(
+                f"CSR request {request_id} was decided already ({request.state.value}); a "
+                "client sends a new CSR to ask again"
+            )
+        client = self.repo.get_client(request.client_id)
+        certificate = self._device_certificate(
+            client,
+            self.repo.device_request_csr(request_id),
+            ChallengeType(request.challenge),
+        )
+        now = self.ctx.clock()
+        return self.repo.decide_device_request(
+            request_id,
+            by=by,
+            now=now,
+            certificate=certificate,
+            reason=None,
+            lease_until=now + LEASE,
+        )
+
+    def deny(self, request_id: int, by: str, reason: str) -> DeviceRequest:
+        """A denial is final for this request; the client may send another CSR."""
+        reason = reason.strip()
+        if not reason or len(reason) > 1000:
+            raise UsageError("a denial needs a --reason of 1 to 1000 characters, for the client")
+        now = self.ctx.clock()
+        return self.repo.decide_device_request(
+            request_id, by=by, now=now, certificate=None, reason=reason, lease_until=now
+        )
 
     def store(
         self, prepared: NewCertificate, lease_owner: str | None = None

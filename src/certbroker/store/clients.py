@@ -7,14 +7,15 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from certbroker.domain.clients import Client, ClientPolicy
+from certbroker.domain.clients import Client, ClientPolicy, DeviceRequest, RequestState
 from certbroker.domain.errors import NotFoundError, UsageError
+from certbroker.domain.models import NewCertificate
 from certbroker.store.base import StoreBase
-from certbroker.store.rows import new_id
-from certbroker.store.schema import clients
+from certbroker.store.rows import insert_certificate, new_id
+from certbroker.store.schema import clients, device_requests
 
 SEEN_TOUCH = timedelta(seconds=60)  # last seen written at most this often
 
@@ -32,6 +33,21 @@ def _client(row: Row[Any]) -> Client:
         token_rotated_at=row.token_rotated_at,
         last_seen_at=row.last_seen_at,
         last_seen_from=row.last_seen_from,
+    )
+
+
+def _request(row: Row[Any]) -> DeviceRequest:
+    return DeviceRequest(
+        id=row.id,
+        client_id=row.client_id,
+        names=tuple(json.loads(row.names)),
+        challenge=row.challenge,
+        state=RequestState(row.state),
+        created_at=row.created_at,
+        certificate_id=row.certificate_id,
+        reason=row.reason,
+        decided_by=row.decided_by,
+        decided_at=row.decided_at,
     )
 
 
@@ -120,3 +136,102 @@ class ClientStore(StoreBase):
     def delete_client(self, client_id: int) -> None:
         with self._write() as conn:
             conn.execute(delete(clients).where(clients.c.id == client_id))
+
+    # -- device requests -----------------------------------------------------------------
+
+    def add_device_request(
+        self,
+        *,
+        client_id: int,
+        names: Sequence[str],
+        challenge: str,
+        csr_pem: str,
+        now: datetime,
+        certificate: NewCertificate | None,
+        lease_until: datetime,
+    ) -> DeviceRequest:
+        """The request, and with `certificate` (accepted at once) the certificate and its
+        first order, in one transaction; without, it waits for an admin's approval."""
+        with self._write() as conn:
+            cert_id = None
+            if certificate is not None:
+                cert_id, _ = insert_certificate(conn, certificate, now, None, lease_until)
+            request_id = new_id(
+                conn.execute(
+                    insert(device_requests).values(
+                        client_id=client_id,
+                        names=json.dumps(list(names)),
+                        challenge=challenge,
+                        csr_pem=csr_pem,
+                        state=(
+                            RequestState.ACCEPTED if cert_id else RequestState.AWAITING_APPROVAL
+                        ).value,
+                        certificate_id=cert_id,
+                        created_at=now,
+                    )
+                )
+            )
+        return self.get_device_request(request_id)
+
+    def get_device_request(self, request_id: int) -> DeviceRequest:
+        with self._read() as conn:
+            row = conn.execute(
+                select(device_requests).where(device_requests.c.id == request_id)
+            ).first()
+        if row is None:
+            raise NotFoundError(f"no CSR request with ID {request_id}")
+        return _request(row)
+
+    def device_request_csr(self, request_id: int) -> str:
+        with self._read() as conn:
+            value = conn.execute(
+                select(device_requests.c.csr_pem).where(device_requests.c.id == request_id)
+            ).scalar_one()
+        return str(value)
+
+    def list_device_requests(self, state: RequestState | None = None) -> list[DeviceRequest]:
+        query = select(device_requests).order_by(device_requests.c.id)
+        if state is not None:
+            query = query.where(device_requests.c.state == state.value)
+        with self._read() as conn:
+            return [_request(r) for r in conn.execute(query)]
+
+    def decide_device_request(
+        self,
+        request_id: int,
+        *,
+        by: str,
+        now: datetime,
+        certificate: NewCertificate | None,
+        reason: str | None,
+        lease_until: datetime,
+    ) -> DeviceRequest:
+        """Approve (with the certificate to obtain) or deny (with a reason) a request that
+        waits; refused once it was decided, so a denial is final and an approval is
+        carried out once."""
+        r = device_requests.c
+        with self._write() as conn:
+            state = conn.execute(select(r.state).where(r.id == request_id)).scalar_one_or_none()
+            if state is None:
+                raise NotFoundError(f"no CSR request with ID {request_id}")
+            if state != RequestState.AWAITING_APPROVAL.value:
+                raise UsageError(
+                    f"CSR request {request_id} was decided already ({state}); a client sends "
+                    "a new CSR to ask again"
+                )
+            cert_id = None
+            if certificate is not None:
+                cert_id, _ = insert_certificate(conn, certificate, now, None, lease_until)
+            conn.execute(
+                update(device_requests)
+                .where(and_(r.id == request_id, r.state == RequestState.AWAITING_APPROVAL.value))
+                .values(
+                    state=(RequestState.ACCEPTED if cert_id else RequestState.DENIED).value,
+                    certificate_id=cert_id,
+                    reason=reason,
+                    decided_by=by,
+                    decided_at=now,
+                    csr_pem="" if cert_id is None else r.csr_pem,
+                )
+            )
+        return self.get_device_request(request_id)

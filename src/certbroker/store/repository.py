@@ -46,6 +46,7 @@ from certbroker.store.rows import (
     CERT_COLUMNS,
     account_row,
     certificate_row,
+    insert_certificate,
     new_id,
     order_row,
     put_challenges,
@@ -249,41 +250,7 @@ class Repository(RenewalStore, DnsStore, AccessStore, ListingStore, ClientStore)
     ) -> tuple[Certificate, Order]:
         """The certificate, its key and its first order, in one transaction."""
         with self._write() as conn:
-            cert_id = new_id(
-                conn.execute(
-                    insert(certificates).values(
-                        names=json.dumps(list(new.names)),
-                        status=CertificateStatus.PENDING.value,
-                        account_id=new.account_id,
-                        challenge=new.challenge.value,
-                        key_type=new.key_type,
-                        key_policy=new.key_policy.value,
-                        subject=json.dumps(new.subject),
-                        key_sealed=new.key_sealed,
-                        renew_before_days=new.renew_before_days,
-                        profile=new.profile,
-                        fallback_account_ids=(
-                            json.dumps(list(new.fallback_account_ids))
-                            if new.fallback_account_ids
-                            else None
-                        ),
-                        dns_account_id=new.dns_account_id,
-                        dns_manual=new.dns_manual,
-                        label=new.label,
-                        description=new.description,
-                        keystore_type=new.keystore_type,
-                        keystore_password_sealed=new.keystore_password_sealed,
-                        client_id=new.client_id,
-                        csr_pem=new.csr_pem,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-            )
-            order = queued_order(
-                cert_id, OrderPurpose.ISSUE, now, lease_owner=lease_owner, lease_until=lease_until
-            )
-            order_id = new_id(conn.execute(insert(orders).values(order)))
+            cert_id, order_id = insert_certificate(conn, new, now, lease_owner, lease_until)
         return self.get_certificate(cert_id), self.get_order(order_id)
 
     def get_certificate(self, cert_id: int) -> Certificate:

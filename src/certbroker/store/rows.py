@@ -17,12 +17,13 @@ from certbroker.domain.models import (
     Certificate,
     CertificateStatus,
     ChallengeType,
+    NewCertificate,
     Order,
     OrderPurpose,
     OrderState,
 )
 from certbroker.domain.renewal import RenewalReason
-from certbroker.store.schema import certificates, challenges
+from certbroker.store.schema import certificates, challenges, orders
 
 
 def new_id(result: Any) -> int:
@@ -167,3 +168,46 @@ def put_challenges(
         tokens = [r["token"] for r in rows]
         conn.execute(delete(challenges).where(challenges.c.token.in_(tokens)))
         conn.execute(insert(challenges), rows)
+
+
+def insert_certificate(
+    conn: Connection,
+    new: NewCertificate,
+    now: datetime,
+    lease_owner: str | None,
+    lease_until: datetime,
+) -> tuple[int, int]:
+    """The certificate and its first order, on `conn` (the caller's transaction): their IDs."""
+    cert_id = new_id(
+        conn.execute(
+            insert(certificates).values(
+                names=json.dumps(list(new.names)),
+                status=CertificateStatus.PENDING.value,
+                account_id=new.account_id,
+                challenge=new.challenge.value,
+                key_type=new.key_type,
+                key_policy=new.key_policy.value,
+                subject=json.dumps(new.subject),
+                key_sealed=new.key_sealed,
+                renew_before_days=new.renew_before_days,
+                profile=new.profile,
+                fallback_account_ids=(
+                    json.dumps(list(new.fallback_account_ids)) if new.fallback_account_ids else None
+                ),
+                dns_account_id=new.dns_account_id,
+                dns_manual=new.dns_manual,
+                label=new.label,
+                description=new.description,
+                keystore_type=new.keystore_type,
+                keystore_password_sealed=new.keystore_password_sealed,
+                client_id=new.client_id,
+                csr_pem=new.csr_pem,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    )
+    order = queued_order(
+        cert_id, OrderPurpose.ISSUE, now, lease_owner=lease_owner, lease_until=lease_until
+    )
+    return cert_id, new_id(conn.execute(insert(orders).values(order)))

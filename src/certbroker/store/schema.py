@@ -387,3 +387,23 @@ clients = Table(
     Column("last_seen_at", UTCDateTime, nullable=True),
     Column("last_seen_from", String(100), nullable=True),
 )
+
+# Every CSR a client sent: accepted at once (certificate_id), or waiting for an admin's
+# approval, or denied. The CSR is kept until it is decided.
+device_requests = Table(
+    "device_requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("client_id", Integer, nullable=False),
+    Column("names", Text, nullable=False),  # JSON
+    Column("challenge", String(20), nullable=False),
+    Column("csr_pem", Text, nullable=False),
+    Column("state", String(30), nullable=False),
+    Column("certificate_id", Integer, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("decided_by", String(100), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("decided_at", UTCDateTime, nullable=True),
+    Index("ix_device_requests_client_id", "client_id"),
+    Index("ix_device_requests_state", "state"),
+)
