@@ -6,6 +6,7 @@ client never sees another's."""
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -208,3 +209,33 @@ def test_names_off_the_list_wait_for_an_admin_where_the_policy_says_approve(
         assert twice.status_code == 422 and "decided already (accepted)" in twice.text
         assert site.cli.json("approvals", "list") == []
     assert site.certificates() == before + 1  # the approved one only
+
+
+def test_a_device_holds_one_websocket_and_is_pushed_its_chain(site: Site) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url = api_url(site.cli).replace("http://", "ws://") + "/api/v1/csr/ws"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, additional_headers={"Authorization": "Bearer cbc_not-a-token"})
+    assert refused.value.response.status_code == 403
+    key = ec.generate_private_key(ec.SECP384R1())
+    before = site.certificates()
+    with connect(
+        url, additional_headers={"Authorization": f"Bearer {site.tokens['gw']}"},
+        open_timeout=10,
+    ) as socket:  # fmt: skip
+        socket.send(json.dumps({"csr": make_csr(key, ["ws.elsewhere.example.com"])}))
+        error = json.loads(socket.recv(timeout=30))["error"]
+        assert error["status"] == 403 and "ws.elsewhere.example.com" in error["detail"]
+        socket.send("not json")
+        assert json.loads(socket.recv(timeout=30))["error"]["status"] == 400
+        assert site.certificates() == before
+
+        socket.send(json.dumps({"csr": make_csr(key, ["ws.dev.example.com"])}))
+        states = []
+        while not states or states[-1]["state"] not in ("valid", "failed"):
+            states.append(json.loads(socket.recv(timeout=120)))
+    assert states[0]["state"] == "pending" and states[-1]["state"] == "valid"
+    leaf = x509.load_pem_x509_certificates(states[-1]["chain"].encode())[0]
+    assert spki(leaf.public_key()) == spki(key.public_key())

@@ -4,16 +4,19 @@ with its own token (`certbroker client add`) and sees only its own requests."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from certbroker.api.auth import Admin, BrokerDep, address_of, broker_of
-from certbroker.api.problems import ERRORS
+from certbroker.api.problems import ERRORS, status_of
 from certbroker.domain.clients import Client, RequestState
-from certbroker.domain.errors import NotAuthenticated, NotFoundError
+from certbroker.domain.errors import CertbrokerError, NotAuthenticated, NotFoundError
 from certbroker.domain.models import CertificateStatus, ChallengeType
 from certbroker.wiring import Broker
 
@@ -130,3 +133,76 @@ def deny(
     """Refuse it, for good (the client may send a new CSR); the reason is shown to it."""
     broker.requests.deny(request_id, principal.name, body.reason)
     return _state(broker, None, request_id)
+
+
+WS_POLL = 0.5  # seconds between looks at the store for the requests of a connection
+FINAL = {"valid", "failed", "denied", "revoked", "expired"}
+
+
+@router.websocket("/csr/ws")
+async def csr_socket(websocket: WebSocket) -> None:
+    """One connection per device (as innovaphone's hold one): it sends
+    `{"csr": …, "challenge": …}` as often as it likes, and gets each request's state as
+    it changes, the last one with the chain (or the reason it failed or was denied).
+    A refused CSR gets `{"error": {"status", "detail"}}`; a connection without a valid
+    client token is refused before it opens."""
+    broker: Broker = websocket.app.state.broker
+    scheme, _, secret = websocket.headers.get("authorization", "").partition(" ")
+    address = websocket.client.host if websocket.client else "unknown"
+    try:
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise NotAuthenticated("a client sends its token as 'Authorization: Bearer cbc_…'")
+        client = await run_in_threadpool(broker.clients.authenticate, secret.strip(), address)
+    except NotAuthenticated:
+        await websocket.close(code=1008)  # before accepting: the handshake is refused (403)
+        return
+    await websocket.accept()
+    watched: dict[int, str] = {}  # request ID -> the state last sent
+    try:
+        while True:
+            try:
+                message = await asyncio.wait_for(websocket.receive_json(), timeout=WS_POLL)
+            except TimeoutError:
+                message = None
+            except ValueError:  # not JSON
+                await websocket.send_json(
+                    {"error": {"status": 400, "detail": 'send {"csr": "<PEM>"} as JSON'}}
+                )
+                continue
+            if message is not None:
+                await _submit(websocket, broker, client, message, watched)
+            for request_id, last in list(watched.items()):
+                state = await run_in_threadpool(_state, broker, client, request_id)
+                text = json.dumps(state, sort_keys=True)
+                if text != last:
+                    await websocket.send_json(state)
+                    watched[request_id] = text
+                if state["state"] in FINAL:
+                    del watched[request_id]
+    except WebSocketDisconnect:
+        return
+
+
+async def _submit(
+    websocket: WebSocket,
+    broker: Broker,
+    client: Client,
+    message: Any,
+    watched: dict[int, str],
+) -> None:
+    try:
+        body = CsrBody.model_validate(message)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ()))
+        await websocket.send_json({"error": {"status": 422, "detail": f"{field}: {first['msg']}"}})
+        return
+    try:
+        request = await run_in_threadpool(
+            broker.requests.request_from_csr, client, body.csr, ChallengeType(body.challenge)
+        )
+    except CertbrokerError as exc:
+        status, _ = status_of(exc)
+        await websocket.send_json({"error": {"status": status, "detail": str(exc)}})
+        return
+    watched[request.id] = ""
