@@ -239,3 +239,34 @@ def test_a_device_holds_one_websocket_and_is_pushed_its_chain(site: Site) -> Non
     assert states[0]["state"] == "pending" and states[-1]["state"] == "valid"
     leaf = x509.load_pem_x509_certificates(states[-1]["chain"].encode())[0]
     assert spki(leaf.public_key()) == spki(key.public_key())
+
+
+def test_admins_manage_clients_through_the_api(site: Site) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    with site.as_("admin") as admin, site.as_("operator") as operator:
+        assert operator.get("/api/v1/clients").status_code == 403
+        assert operator.post("/api/v1/clients", json={"name": "x"}).status_code == 403
+        made = admin.post("/api/v1/clients", json={"name": "lb1", "allow": ["lb1.example.org"]})
+        assert made.status_code == 201, made.text
+        token = made.json()["token"]
+        assert token.startswith("cbc_")
+        assert all("token" not in c for c in admin.get("/api/v1/clients").json())
+
+        def post_csr(secret: str, name: str) -> httpx.Response:
+            return httpx.post(
+                api_url(site.cli) + "/api/v1/csr",
+                json={"csr": make_csr(key, [name])},
+                headers={"Authorization": f"Bearer {secret}"},
+                trust_env=False,
+            )
+
+        assert post_csr(token, "lb2.example.org").status_code == 403
+        changed = admin.patch("/api/v1/clients/lb1", json={"add": ["lb2.example.org"]})
+        assert changed.json()["allow"] == ["lb1.example.org", "lb2.example.org"]
+        assert post_csr(token, "lb2.example.org").status_code == 202
+        newer = admin.post("/api/v1/clients/lb1/rotate-token").json()["token"]
+        assert post_csr(token, "lb1.example.org").status_code == 401
+        assert admin.patch("/api/v1/clients/lb1", json={"enabled": False}).status_code == 200
+        assert post_csr(newer, "lb1.example.org").status_code == 401
+        assert admin.delete("/api/v1/clients/lb1").status_code == 200
+        assert admin.get("/api/v1/clients/lb1").status_code == 404

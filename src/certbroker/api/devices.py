@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from certbroker.api.auth import Admin, BrokerDep, address_of, broker_of
 from certbroker.api.problems import ERRORS, status_of
-from certbroker.domain.clients import Client, RequestState
+from certbroker.domain.clients import Client, ClientPolicy, RequestState
 from certbroker.domain.errors import CertbrokerError, NotAuthenticated, NotFoundError
 from certbroker.domain.models import CertificateStatus, ChallengeType
 from certbroker.wiring import Broker
@@ -206,3 +206,73 @@ async def _submit(
         await websocket.send_json({"error": {"status": status, "detail": str(exc)}})
         return
     watched[request.id] = ""
+
+
+# -- clients, for admins ----------------------------------------------------------------
+
+ClientName = Annotated[str, Path(min_length=1, max_length=100)]
+Pattern = Annotated[str, Field(min_length=1, max_length=253)]
+
+
+class ClientBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    allow: Annotated[list[Pattern], Field(max_length=1000)] = []
+    wildcard: bool = False
+    policy: Literal["deny", "approve"] = "deny"
+
+
+class ClientChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    add: Annotated[list[Pattern], Field(max_length=1000)] = []
+    remove: Annotated[list[Pattern], Field(max_length=1000)] = []
+    wildcard: bool | None = None
+    policy: Literal["deny", "approve"] | None = None
+    enabled: bool | None = None
+
+
+@router.get("/clients", tags=["clients"], response_model=list[dict[str, Any]])
+def list_clients(_p: Admin, broker: BrokerDep) -> list[dict[str, Any]]:
+    """Clients, their allow-lists and when they were last seen (never their tokens)."""
+    return [c.to_json() for c in broker.clients.all()]
+
+
+@router.post("/clients", tags=["clients"], status_code=201, response_model=dict[str, Any])
+def add_client(body: ClientBody, _p: Admin, broker: BrokerDep) -> JSONResponse:
+    """A new client; `token` in the answer is shown this once and kept only hashed."""
+    client, secret = broker.clients.add(
+        body.name, body.allow, body.wildcard, ClientPolicy(body.policy)
+    )
+    return JSONResponse({**client.to_json(), "token": secret}, status_code=201)
+
+
+@router.get("/clients/{name}", tags=["clients"], response_model=dict[str, Any])
+def show_client(name: ClientName, _p: Admin, broker: BrokerDep) -> dict[str, Any]:
+    return broker.clients.get(name).to_json()
+
+
+@router.patch("/clients/{name}", tags=["clients"], response_model=dict[str, Any])
+def change_client(
+    name: ClientName, body: ClientChange, _p: Admin, broker: BrokerDep
+) -> dict[str, Any]:
+    """Add or remove allowed patterns, wildcards, the policy, enabled."""
+    clients = broker.clients
+    client = clients.get(name)
+    if body.add or body.remove or body.wildcard is not None or body.policy is not None:
+        policy = ClientPolicy(body.policy) if body.policy else None
+        client = clients.allow(client.id, body.add, body.remove, body.wildcard, policy)
+    if body.enabled is not None:
+        client = clients.set_enabled(client.id, body.enabled)
+    return client.to_json()
+
+
+@router.post("/clients/{name}/rotate-token", tags=["clients"], response_model=dict[str, Any])
+def rotate_client_token(name: ClientName, _p: Admin, broker: BrokerDep) -> dict[str, Any]:
+    """A new token (in `token`, shown once); the old one stops working at once."""
+    client, secret = broker.clients.rotate_token(name)
+    return {**client.to_json(), "token": secret}
+
+
+@router.delete("/clients/{name}", tags=["clients"], response_model=dict[str, Any])
+def delete_client(name: ClientName, _p: Admin, broker: BrokerDep) -> dict[str, Any]:
+    return broker.clients.delete(name).to_json()
