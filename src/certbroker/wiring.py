@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from certbroker.services.renewal import RenewalService
     from certbroker.services.requests import RequestService
     from certbroker.services.runtime import RuntimeSettings
+    from certbroker.services.trust import TrustService
 
 
 class CAClients:
@@ -207,6 +208,12 @@ class Broker:
         from certbroker.services.renewal import RenewalService
 
         return RenewalService(self.ctx, self.issuance, self.planner)
+
+    @cached_property
+    def trust(self) -> TrustService:
+        from certbroker.services.trust import TrustService
+
+        return TrustService(self.ctx)
 
     @cached_property
     def runtime(self) -> RuntimeSettings:

@@ -17,6 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.verification import PolicyBuilder, Store
 
 from tests.conftest import Cli, make_cli
 from tests.support.pebble import PebbleServer
@@ -270,3 +271,33 @@ def test_admins_manage_clients_through_the_api(site: Site) -> None:
         assert post_csr(newer, "lb1.example.org").status_code == 401
         assert admin.delete("/api/v1/clients/lb1").status_code == 200
         assert admin.get("/api/v1/clients/lb1").status_code == 404
+
+
+def test_the_trust_list_verifies_the_chains_the_devices_get(site: Site) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = "trust.dev.example.com"
+    with site.as_("gw") as gw, site.as_("admin") as admin, site.as_("operator") as operator:
+        req_id = gw.post("/api/v1/csr", json={"csr": make_csr(key, [name])}).json()["id"]
+
+        def chain() -> str | None:
+            shown: dict[str, Any] = gw.get(f"/api/v1/csr/{req_id}").json()
+            return shown.get("chain")
+
+        wait_until("the device's certificate", lambda: chain() is not None, serve=site.serve)
+        leaf, *intermediates = x509.load_pem_x509_certificates((chain() or "").encode())
+        assert site.cli.pebble is not None
+        root_pem = site.cli.pebble.roots_pem()
+
+        not_a_root = admin.put("/api/v1/trust/roots", json={"pem": chain()})
+        assert not_a_root.status_code == 422 and "not a root" in not_a_root.json()["detail"]
+        assert operator.put("/api/v1/trust/roots", json={"pem": ""}).status_code == 403
+        assert admin.put("/api/v1/trust/roots", json={"pem": root_pem.decode()}).status_code == 200
+
+    served = httpx.get(api_url(site.cli) + "/trust/roots.pem", trust_env=False)  # no token
+    assert served.status_code == 200
+    trusted = x509.load_pem_x509_certificates(served.content)
+    assert all(c in trusted for c in intermediates)
+    roots = [c for c in trusted if c.issuer == c.subject]
+    assert roots and b"PRIVATE" not in served.content
+    verifier = PolicyBuilder().store(Store(roots)).build_server_verifier(x509.DNSName(name))
+    verifier.verify(leaf, [c for c in trusted if c not in roots])  # raises if it does not

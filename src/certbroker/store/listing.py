@@ -161,3 +161,12 @@ class ListingStore(StoreBase):
         return [
             {"name": r.identifier, "type": r.type, "since": r.created_at.isoformat()} for r in rows
         ]
+
+    def distinct_chains(self) -> list[str]:
+        """Every intermediate chain the broker's certificates carry, once each."""
+        c = certificates.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(c.chain_pem).where(c.chain_pem.is_not(None)).distinct()
+            ).scalars()
+            return [str(r) for r in rows if r]
