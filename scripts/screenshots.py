@@ -39,6 +39,8 @@ PAGES = {
     "settings": "/settings",
     "users": "/users",
     "tokens": "/tokens",
+    "clients": "/clients",
+    "approvals": "/approvals",
 }
 
 
@@ -112,6 +114,7 @@ def main() -> int:
             "--names",
             "*.example.com",
         )
+        cli("client", "add", "gw-berlin-1", "--allow", "*.dev.example.com", "--policy", "approve")
         wait_until(
             "the manual DNS records",
             lambda: cli.json("cert", "show", "6")["dns_records"],

@@ -120,6 +120,10 @@ def test_a_device_gets_a_chain_for_its_own_key(site: Site) -> None:
         refused = operator.post(f"/api/v1/certificates/{cert_id}/export",
                                 json={"format": "pkcs12", "password": "x" * 10})  # fmt: skip
         assert refused.status_code == 422 and "holds none" in refused.json()["detail"]
+        with site.as_("admin") as admin:
+            settings = {"console_certificate_id": cert_id, "notify_to": []}
+            serve_it = admin.put("/api/v1/settings", json=settings)
+        assert serve_it.status_code == 422 and "holds no key" in serve_it.json()["detail"]
 
 
 def test_names_off_the_list_and_bad_csrs_are_refused_before_any_order(site: Site) -> None:

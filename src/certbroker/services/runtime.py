@@ -85,6 +85,11 @@ class RuntimeSettings:
                     raise UsageError(
                         f"console_certificate_id: certificate {cert.id} has not been issued yet"
                     )
+                if self.repo.certificate_key_sealed(cert.id) is None:
+                    raise UsageError(
+                        f"console_certificate_id: certbroker holds no key for certificate "
+                        f"{cert.id} (a device keeps it), so it cannot serve it"
+                    )
             current["console_certificate_id"] = console_certificate_id
         self.repo.set_setting(BROKER_SETTINGS, json.dumps(current), self.ctx.clock())
         return current

@@ -26,6 +26,7 @@ from certbroker import __version__
 from certbroker.api.auth import SESSION_COOKIE, broker_of
 from certbroker.api.problems import status_of
 from certbroker.domain.access import Action, Principal
+from certbroker.domain.clients import RequestState
 from certbroker.domain.errors import (
     AccessDenied,
     CertbrokerError,
@@ -201,6 +202,9 @@ def render(
     **context: Any,
 ) -> HTMLResponse:
     flash = take_flash(request)
+    if person is not None and person.may(Action.MANAGE):  # the count by the nav's link
+        waiting = person.broker.requests.device_requests(RequestState.AWAITING_APPROVAL)
+        context.setdefault("waiting_approvals", len(waiting))
     page = TEMPLATES.get_template(template).render(
         request=request, who=person, path=request.url.path, flash=flash, **context
     )
