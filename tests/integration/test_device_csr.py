@@ -235,6 +235,8 @@ def test_a_device_holds_one_websocket_and_is_pushed_its_chain(site: Site) -> Non
         assert error["status"] == 403 and "ws.elsewhere.example.com" in error["detail"]
         socket.send("not json")
         assert json.loads(socket.recv(timeout=30))["error"]["status"] == 400
+        socket.send(b"\x00binary")
+        assert json.loads(socket.recv(timeout=30))["error"]["status"] == 400
         assert site.certificates() == before
 
         socket.send(json.dumps({"csr": make_csr(key, ["ws.dev.example.com"])}))

@@ -164,7 +164,7 @@ async def csr_socket(websocket: WebSocket) -> None:
                 message = await asyncio.wait_for(websocket.receive_json(), timeout=WS_POLL)
             except TimeoutError:
                 message = None
-            except ValueError:  # not JSON
+            except (ValueError, KeyError):  # not JSON, or a binary frame
                 await websocket.send_json(
                     {"error": {"status": 400, "detail": 'send {"csr": "<PEM>"} as JSON'}}
                 )
@@ -179,8 +179,8 @@ async def csr_socket(websocket: WebSocket) -> None:
                     watched[request_id] = text
                 if state["state"] in FINAL:
                     del watched[request_id]
-    except WebSocketDisconnect:
-        return
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        return  # the device went away (also while it was being sent something)
 
 
 async def _submit(
