@@ -6,7 +6,6 @@ secrets as SHA-256 (each is 256 random bits, so a slow hash adds nothing)."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from certbroker.domain.errors import (
     Throttled,
     UsageError,
 )
-from certbroker.services.common import ServiceContext
+from certbroker.services.common import ServiceContext, secret_digest
 
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
@@ -45,10 +44,6 @@ FAILURES_PER_USER = 5  # then that user name waits until the window has passed
 FAILURES_PER_ADDRESS = 20  # then that address does
 IDEMPOTENCY_KEEP = timedelta(hours=24)
 FIRST_ADMIN = "admin"
-
-
-def _sha256(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -164,23 +159,25 @@ class AccessService:
             self.repo.rehash_password(user.id, self._hasher.hash(password))
         secret = secrets.token_urlsafe(32)
         csrf = secrets.token_urlsafe(32)
-        self.repo.add_session(_sha256(secret), user.id, csrf, address, now, now + SESSION_IDLE)
+        self.repo.add_session(
+            secret_digest(secret), user.id, csrf, address, now, now + SESSION_IDLE
+        )
         return NewSession(secret=secret, csrf_token=csrf, user=user)
 
     def session(self, secret: str) -> Session:
         """The session a cookie names; NotAuthenticated when it ended."""
         now = self.ctx.clock()
-        found = self.repo.get_session(_sha256(secret))
+        found = self.repo.get_session(secret_digest(secret))
         if found is None or found.expires_at <= now or not found.user.enabled:
             raise NotAuthenticated("not logged in, or the session ended; log in again")
         if now - found.last_seen_at >= SESSION_TOUCH:
-            self.repo.extend_session(_sha256(secret), now, now + SESSION_IDLE)
+            self.repo.extend_session(secret_digest(secret), now, now + SESSION_IDLE)
         user = found.user
         principal = Principal(name=user.name, role=user.role, user_id=user.id)
         return Session(principal=principal, csrf_token=found.csrf_token)
 
     def logout(self, secret: str) -> None:
-        self.repo.delete_session(_sha256(secret))
+        self.repo.delete_session(secret_digest(secret))
 
     # -- API tokens ----------------------------------------------------------------------
 
@@ -204,7 +201,7 @@ class AccessService:
         token = self.repo.add_token(
             name=name,
             role=role,
-            token_hash=_sha256(secret),
+            token_hash=secret_digest(secret),
             prefix=secret[: len(TOKEN_PREFIX) + 6],
             names=patterns,
             created_by=created_by,
@@ -221,7 +218,7 @@ class AccessService:
 
     def authenticate_token(self, secret: str, address: str) -> Principal:
         now = self.ctx.clock()
-        token = self.repo.token_by_hash(_sha256(secret)) if secret else None
+        token = self.repo.token_by_hash(secret_digest(secret)) if secret else None
         if token is None:
             raise NotAuthenticated("unknown API token; create one with `certbroker token create`")
         if token.revoked_at is not None:

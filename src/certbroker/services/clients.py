@@ -5,7 +5,6 @@ admin where its policy says `approve`."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Sequence
 
@@ -16,19 +15,15 @@ from certbroker.domain.clients import (
     parse_allow_list,
 )
 from certbroker.domain.errors import NotAuthenticated, UsageError
-from certbroker.services.common import ServiceContext
+from certbroker.services.common import ServiceContext, secret_digest
 
 CLIENT_TOKEN_PREFIX = "cbc_"  # noqa: S105 - recognisable in a leak; API tokens are cbt_
-
-
-def _sha256(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def _new_token() -> tuple[str, str, str]:
     """(the token, its SHA-256, the prefix shown in lists)."""
     secret = CLIENT_TOKEN_PREFIX + secrets.token_urlsafe(32)
-    return secret, _sha256(secret), secret[: len(CLIENT_TOKEN_PREFIX) + 6]
+    return secret, secret_digest(secret), secret[: len(CLIENT_TOKEN_PREFIX) + 6]
 
 
 class ClientService:
@@ -110,7 +105,7 @@ class ClientService:
     def authenticate(self, secret: str, address: str) -> Client:
         """The client a token belongs to; NotAuthenticated for an unknown token or a
         disabled client."""
-        client = self.repo.client_by_token_hash(_sha256(secret)) if secret else None
+        client = self.repo.client_by_token_hash(secret_digest(secret)) if secret else None
         if client is None:
             raise NotAuthenticated("unknown client token")
         if not client.enabled:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -25,6 +26,12 @@ CAFactory = Callable[[str, "PrivateKey", str | None, str | None], CertificateAut
 
 FAULT_ENV = "CERTBROKER_FAULT_KILL_AFTER"  # test hook: SIGKILL this process after a step
 _EMAIL = re.compile(r"^[^@\s:]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$")
+
+
+def secret_digest(secret: str) -> str:
+    """SHA-256 of a token or session secret: what the store keeps of it (each is 256
+    random bits, so a slow hash would add nothing but time to every request)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def utcnow() -> datetime:
