@@ -4,14 +4,19 @@ broker's certificates chain to (innovaphone's "URL for Let's Encrypt root certif
 Intermediates come from the chains the CAs sent. A root is not in a chain: it comes from
 the roots an admin gave (`PUT /api/v1/trust/roots`: a private CA's root, or Pebble's),
 and from the caIssuers address in an intermediate's Authority Information Access, where
-the CA publishes it (Let's Encrypt's do), fetched once and kept in the store."""
+the CA publishes it (Let's Encrypt's do), fetched once and kept in the store. That
+address is plain HTTP: a certificate found there is a root of the list only when it is
+self-signed and its signature on the intermediate verifies. A fetch that failed is
+tried again after RETRY_FAILED."""
 
 from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID
@@ -22,7 +27,10 @@ from certbroker.services.common import ServiceContext, read_ca_bundle
 log = logging.getLogger("certbroker.api")
 ROOTS_KEY = "trust-roots"  # the roots an admin gave, PEM
 FETCHED_KEY = "trust-fetched"  # caIssuers URL -> PEM ("" when it could not be had)
+FAILED_KEY = "trust-fetch-failed"  # caIssuers URL -> when fetching it last failed
 FETCH_TIMEOUT = 5.0
+FETCH_LIMIT = 100_000  # bytes: a certificate or a PKCS#7 bundle is a few KiB
+RETRY_FAILED = timedelta(hours=6)
 
 
 def _certs(pem: str) -> list[x509.Certificate]:
@@ -85,19 +93,40 @@ class TrustService:
         ]
 
     def _fetched(self, intermediates: list[x509.Certificate]) -> list[x509.Certificate]:
-        """The issuers the intermediates name in caIssuers, fetched once each."""
+        """The roots that signed the intermediates, from their caIssuers addresses,
+        fetched once each (again after RETRY_FAILED when the fetch failed)."""
         known: dict[str, str] = json.loads(self.repo.get_setting(FETCHED_KEY) or "{}")
+        failed: dict[str, str] = json.loads(self.repo.get_setting(FAILED_KEY) or "{}")
+        now = self.ctx.clock()
         changed = False
         found: list[x509.Certificate] = []
         for cert in intermediates:
             for url in _ca_issuers(cert):
-                if url not in known:
+                if url not in known or _retry(failed.get(url), now):
                     known[url] = _fetch(url)
                     changed = True
-                found += [c for c in _certs(known[url]) if _is_self_signed(c)]
+                    if known[url]:
+                        failed.pop(url, None)
+                    else:
+                        failed[url] = now.isoformat()
+                found += [c for c in _certs(known[url]) if _signed(c, c) and _signed(cert, c)]
         if changed:
-            self.repo.set_setting(FETCHED_KEY, json.dumps(known), self.ctx.clock())
+            self.repo.set_setting(FETCHED_KEY, json.dumps(known), now)
+            self.repo.set_setting(FAILED_KEY, json.dumps(failed), now)
         return found
+
+
+def _retry(failed_at: str | None, now: datetime) -> bool:
+    return failed_at is not None and now - datetime.fromisoformat(failed_at) >= RETRY_FAILED
+
+
+def _signed(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether `issuer` signed `cert` (its name and its signature)."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def _ca_issuers(cert: x509.Certificate) -> list[str]:
@@ -121,9 +150,16 @@ def _fetch(url: str) -> str:
     from cryptography.hazmat.primitives.serialization import pkcs7
 
     try:
-        answer = requests.get(url, timeout=FETCH_TIMEOUT, allow_redirects=False)
-        answer.raise_for_status()
-        data = answer.content[:100_000]
+        with requests.get(url, timeout=FETCH_TIMEOUT, allow_redirects=False, stream=True) as answer:
+            if answer.status_code != 200:  # a redirect is not followed, nor read
+                log.warning("trust list: cannot fetch %s: HTTP %d", url, answer.status_code)
+                return ""
+            data = b""
+            for chunk in answer.iter_content(16_384):
+                data += chunk
+                if len(data) > FETCH_LIMIT:
+                    log.warning("trust list: %s holds more than %d bytes", url, FETCH_LIMIT)
+                    return ""
     except requests.RequestException as exc:
         log.warning("trust list: cannot fetch %s: %s", url, exc)
         return ""
