@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from certbroker.services.browsing import Browsing
     from certbroker.services.certificates import CertificateService
     from certbroker.services.clients import ClientService
+    from certbroker.services.devices import DeviceService
     from certbroker.services.dns import DnsService, DnsSettings
     from certbroker.services.issuance import IssuanceService
     from certbroker.services.planning import RenewalPlanner
@@ -189,6 +190,12 @@ class Broker:
         from certbroker.services.requests import RequestService
 
         return RequestService(self.ctx, self.solvers)
+
+    @cached_property
+    def devices(self) -> DeviceService:
+        from certbroker.services.devices import DeviceService
+
+        return DeviceService(self.ctx, self.requests)
 
     @cached_property
     def issuance(self) -> IssuanceService:

@@ -15,9 +15,9 @@ from starlette.concurrency import run_in_threadpool
 
 from certbroker.api.auth import Admin, BrokerDep, address_of, broker_of
 from certbroker.api.problems import ERRORS, status_of
-from certbroker.domain.clients import Client, ClientPolicy, RequestState
-from certbroker.domain.errors import CertbrokerError, NotAuthenticated, NotFoundError
-from certbroker.domain.models import CertificateStatus, ChallengeType
+from certbroker.domain.clients import Client, ClientPolicy, Renewal, RequestState
+from certbroker.domain.errors import CertbrokerError, NotAuthenticated
+from certbroker.domain.models import ChallengeType
 from certbroker.wiring import Broker
 
 router = APIRouter(tags=["device CSRs"], responses=ERRORS)
@@ -43,20 +43,54 @@ class CsrBody(BaseModel):
         description="The CSR, PEM or DER in base64. Only its names and public key are used."
     )
     challenge: Literal["http-01", "dns-01"] = "http-01"
+    renewal: Literal["device", "broker"] | None = Field(
+        None,
+        description="Who renews the certificate: `device` (it sends a fresh CSR for the same "
+        "names when `renew_at` comes) or `broker` (with this CSR); default: the client's.",
+    )
+
+
+STATES = Literal[
+    "awaiting-approval",
+    "denied",
+    "superseded",
+    "deleted",
+    "pending",
+    "valid",
+    "failed",
+    "revoked",
+    "expired",
+]
 
 
 class CsrState(BaseModel):
     id: int
-    state: Literal[
-        "awaiting-approval", "denied", "pending", "valid", "failed", "revoked", "expired"
-    ]
+    state: STATES
     names: list[str]
     reason: str | None = Field(None, description="Why it was denied.")
     certificate_id: int | None = None
+    not_before: str | None = None
     not_after: str | None = None
     serial: str | None = None
+    renew_at: str | None = Field(
+        None, description="When it is renewed: by the device (a fresh CSR) or the broker."
+    )
+    renewed_by: Literal["device", "broker"] | None = None
     chain: str | None = Field(None, description="PEM: the certificate and its intermediates.")
     problem: dict[str, Any] | None = Field(None, description="The CA's problem, when failed.")
+    error: str | None = None
+
+
+class ClientCertificate(BaseModel):
+    certificate_id: int
+    names: list[str]
+    state: str
+    renewed_by: Literal["device", "broker"]
+    renew_at: str | None = None
+    not_before: str | None = None
+    not_after: str | None = None
+    serial: str | None = None
+    chain: str | None = None
     error: str | None = None
 
 
@@ -65,39 +99,22 @@ class DenyBody(BaseModel):
     reason: Annotated[str, Field(min_length=1, max_length=1000)]
 
 
-def _state(broker: Broker, client: Client | None, request_id: int) -> dict[str, Any]:
-    """Where a request stands; `client`: only its own (another's answers 404)."""
-    request = broker.requests.device_request(request_id)
-    if client is not None and request.client_id != client.id:
-        raise NotFoundError(f"no CSR request with ID {request_id}")
-    found: dict[str, Any] = {"id": request.id, "names": list(request.names)}
-    if request.certificate_id is None:
-        return found | {"state": request.state.value, "reason": request.reason}
-    cert_id = request.certificate_id
-    cert = broker.certificates.get(cert_id)
-    status = cert.effective_status(broker.ctx.clock())
-    found |= {"state": status.value, "certificate_id": cert_id}
-    if cert.cert_pem is not None:
-        found |= {
-            "not_after": cert.not_after.isoformat() if cert.not_after else None,
-            "serial": cert.serial,
-            "chain": cert.cert_pem + (cert.chain_pem or ""),
-        }
-    if status is CertificateStatus.FAILED:
-        last = broker.browsing.orders(cert_id)[-1:]
-        if last:
-            found |= {"problem": last[0]["problem"], "error": last[0]["error"]}
-    return found
+def _renewal(value: str | None) -> Renewal | None:
+    return Renewal(value) if value else None
 
 
 @router.post("/csr", status_code=202, response_model=CsrState)
 def submit_csr(body: CsrBody, client: ClientDep, broker: BrokerDep) -> JSONResponse:
     """Order a certificate for a CSR: 202 and its ID; follow `GET /csr/{id}`. Names off
     the client's allow-list: 403 (or, where its policy is `approve`, the request waits
-    for an admin: `awaiting-approval`); a bad CSR: 422; nothing is ordered then."""
-    request = broker.requests.request_from_csr(client, body.csr, ChallengeType(body.challenge))
+    for an admin: `awaiting-approval`); a bad CSR: 422; nothing is ordered then. A CSR
+    for the names of a certificate the client has renews that certificate (409 while
+    it is being renewed already)."""
+    request = broker.devices.request_from_csr(
+        client, body.csr, ChallengeType(body.challenge), _renewal(body.renewal)
+    )
     return JSONResponse(
-        _state(broker, client, request.id),
+        broker.devices.state(request.id, client),
         status_code=202,
         headers={"Location": f"/api/v1/csr/{request.id}"},
     )
@@ -106,24 +123,45 @@ def submit_csr(body: CsrBody, client: ClientDep, broker: BrokerDep) -> JSONRespo
 RequestId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
+@router.get("/csr", response_model=list[dict[str, Any]])
+def my_requests(client: ClientDep, broker: BrokerDep) -> list[dict[str, Any]]:
+    """The client's latest 100 CSR requests, newest first."""
+    return [r.to_json() for r in broker.devices.client_requests(client)]
+
+
 @router.get("/csr/{request_id}", response_model=CsrState)
 def csr_state(request_id: RequestId, client: ClientDep, broker: BrokerDep) -> dict[str, Any]:
     """Where it stands: awaiting-approval, denied (with the reason), pending, valid (with
-    the chain), failed (with the CA's problem)."""
-    return _state(broker, client, request_id)
+    the chain and `renew_at`), failed (with the CA's problem), superseded (a later CSR
+    renews its certificate)."""
+    return broker.devices.state(request_id, client)
+
+
+@router.get("/client/certificates", tags=["device CSRs"], response_model=list[ClientCertificate])
+def my_certificates(client: ClientDep, broker: BrokerDep) -> list[dict[str, Any]]:
+    """The client's certificates, newest first: state, expiry, when renewal is due."""
+    return broker.devices.client_certificates(client)
+
+
+@router.get(
+    "/client/certificates/{cert_id}", tags=["device CSRs"], response_model=ClientCertificate
+)
+def my_certificate(cert_id: RequestId, client: ClientDep, broker: BrokerDep) -> dict[str, Any]:
+    """One of the client's certificates with its chain (another's: 404)."""
+    return broker.devices.client_certificate(client, cert_id)
 
 
 @router.get("/approvals", tags=["approvals"], response_model=list[dict[str, Any]])
 def list_approvals(_p: Admin, broker: BrokerDep) -> list[dict[str, Any]]:
     """CSR requests waiting for an admin: names off their client's allow-list."""
-    return [r.to_json() for r in broker.requests.device_requests(RequestState.AWAITING_APPROVAL)]
+    return [r.to_json() for r in broker.devices.requests_in(RequestState.AWAITING_APPROVAL)]
 
 
 @router.post("/approvals/{request_id}/approve", tags=["approvals"], response_model=CsrState)
 def approve(request_id: RequestId, principal: Admin, broker: BrokerDep) -> dict[str, Any]:
     """Let it through: its certificate is obtained as if its names were on the list."""
-    broker.requests.approve(request_id, principal.name)
-    return _state(broker, None, request_id)
+    broker.devices.approve(request_id, principal.name)
+    return broker.devices.state(request_id)
 
 
 @router.post("/approvals/{request_id}/deny", tags=["approvals"], response_model=CsrState)
@@ -131,21 +169,24 @@ def deny(
     request_id: RequestId, body: DenyBody, principal: Admin, broker: BrokerDep
 ) -> dict[str, Any]:
     """Refuse it, for good (the client may send a new CSR); the reason is shown to it."""
-    broker.requests.deny(request_id, principal.name, body.reason)
-    return _state(broker, None, request_id)
+    broker.devices.deny(request_id, principal.name, body.reason)
+    return broker.devices.state(request_id)
 
 
 WS_POLL = 0.5  # seconds between looks at the store for the requests of a connection
-FINAL = {"valid", "failed", "denied", "revoked", "expired"}
+RENEW_LOOK = 60.0  # seconds between looks for the client's certificates due for renewal
+FINAL = {"valid", "failed", "denied", "revoked", "expired", "superseded", "deleted"}
 
 
 @router.websocket("/csr/ws")
 async def csr_socket(websocket: WebSocket) -> None:
     """One connection per device (as innovaphone's hold one): it sends
-    `{"csr": …, "challenge": …}` as often as it likes, and gets each request's state as
-    it changes, the last one with the chain (or the reason it failed or was denied).
-    A refused CSR gets `{"error": {"status", "detail"}}`; a connection without a valid
-    client token is refused before it opens."""
+    `{"csr": …, "challenge": …, "renewal": …}` as often as it likes, and gets each
+    request's state as it changes, the last one with the chain (or the reason it failed
+    or was denied). When a certificate its device renews is due, it is told once per
+    connection: `{"renew": {"certificate_id", "names", "renew_at", …}}`; it answers with
+    a fresh CSR for those names. A refused CSR gets `{"error": {"status", "detail"}}`;
+    a connection without a valid client token is refused before it opens."""
     broker: Broker = websocket.app.state.broker
     scheme, _, secret = websocket.headers.get("authorization", "").partition(" ")
     address = websocket.client.host if websocket.client else "unknown"
@@ -158,8 +199,17 @@ async def csr_socket(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     watched: dict[int, str] = {}  # request ID -> the state last sent
+    told: set[tuple[int, str | None]] = set()  # (certificate, renew_at) the device was told
+    next_look = 0.0
+    loop = asyncio.get_running_loop()
     try:
         while True:
+            if loop.time() >= next_look:
+                next_look = loop.time() + RENEW_LOOK
+                for due in await run_in_threadpool(broker.devices.due_renewals, client):
+                    if (due["certificate_id"], due["renew_at"]) not in told:
+                        told.add((due["certificate_id"], due["renew_at"]))
+                        await websocket.send_json({"renew": due})
             try:
                 message = await asyncio.wait_for(websocket.receive_json(), timeout=WS_POLL)
             except TimeoutError:
@@ -172,7 +222,7 @@ async def csr_socket(websocket: WebSocket) -> None:
             if message is not None:
                 await _submit(websocket, broker, client, message, watched)
             for request_id, last in list(watched.items()):
-                state = await run_in_threadpool(_state, broker, client, request_id)
+                state = await run_in_threadpool(broker.devices.state, request_id, client)
                 text = json.dumps(state, sort_keys=True)
                 if text != last:
                     await websocket.send_json(state)
@@ -199,7 +249,11 @@ async def _submit(
         return
     try:
         request = await run_in_threadpool(
-            broker.requests.request_from_csr, client, body.csr, ChallengeType(body.challenge)
+            broker.devices.request_from_csr,
+            client,
+            body.csr,
+            ChallengeType(body.challenge),
+            _renewal(body.renewal),
         )
     except CertbrokerError as exc:
         status, _ = status_of(exc)
@@ -220,6 +274,10 @@ class ClientBody(BaseModel):
     allow: Annotated[list[Pattern], Field(max_length=1000)] = []
     wildcard: bool = False
     policy: Literal["deny", "approve"] = "deny"
+    account: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        None, description="The ACME account its certificates are ordered with."
+    )
+    renewal: Literal["device", "broker"] = "device"
 
 
 class ClientChange(BaseModel):
@@ -229,6 +287,9 @@ class ClientChange(BaseModel):
     wildcard: bool | None = None
     policy: Literal["deny", "approve"] | None = None
     enabled: bool | None = None
+    account: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    clear_account: bool = False
+    renewal: Literal["device", "broker"] | None = None
 
 
 @router.get("/clients", tags=["clients"], response_model=list[dict[str, Any]])
@@ -241,7 +302,12 @@ def list_clients(_p: Admin, broker: BrokerDep) -> list[dict[str, Any]]:
 def add_client(body: ClientBody, _p: Admin, broker: BrokerDep) -> JSONResponse:
     """A new client; `token` in the answer is shown this once and kept only hashed."""
     client, secret = broker.clients.add(
-        body.name, body.allow, body.wildcard, ClientPolicy(body.policy)
+        body.name,
+        body.allow,
+        body.wildcard,
+        ClientPolicy(body.policy),
+        account=body.account,
+        renewal=Renewal(body.renewal),
     )
     return JSONResponse({**client.to_json(), "token": secret}, status_code=201)
 
@@ -255,12 +321,22 @@ def show_client(name: ClientName, _p: Admin, broker: BrokerDep) -> dict[str, Any
 def change_client(
     name: ClientName, body: ClientChange, _p: Admin, broker: BrokerDep
 ) -> dict[str, Any]:
-    """Add or remove allowed patterns, wildcards, the policy, enabled."""
+    """Add or remove allowed patterns, wildcards, the policy, the ACME account, who
+    renews, enabled."""
     clients = broker.clients
     client = clients.get(name)
-    if body.add or body.remove or body.wildcard is not None or body.policy is not None:
-        policy = ClientPolicy(body.policy) if body.policy else None
+    policy = ClientPolicy(body.policy) if body.policy else None
+    if body.add or body.remove or body.wildcard is not None:
         client = clients.allow(client.id, body.add, body.remove, body.wildcard, policy)
+        policy = None
+    if body.account or body.clear_account or body.renewal or policy:
+        client = clients.set(
+            client.id,
+            account=body.account,
+            clear_account=body.clear_account,
+            renewal=_renewal(body.renewal),
+            policy=policy,
+        )
     if body.enabled is not None:
         client = clients.set_enabled(client.id, body.enabled)
     return client.to_json()

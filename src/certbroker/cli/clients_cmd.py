@@ -11,7 +11,7 @@ from certbroker.cli.params import number
 from certbroker.cli.state import State, console, escape, print_json, say
 
 app = typer.Typer(
-    help="Clients (devices, gateways, servers): add, list, show, allow, rotate-token, "
+    help="Clients (devices, gateways, servers): add, list, show, allow, set, rotate-token, "
     "disable, enable, delete.",
     no_args_is_help=True,
 )
@@ -22,6 +22,23 @@ Policy = Annotated[
     typer.Option(
         help="For names off the allow-list: deny (refused at once) or approve (wait for an "
         "admin's approval)."
+    ),
+]
+
+Account = Annotated[
+    str | None,
+    typer.Option(
+        metavar="ACCOUNT",
+        help="The ACME account its certificates are ordered with (name or ID); needed when "
+        "there are several.",
+    ),
+]
+RenewalOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="WHO",
+        help="Who renews its certificates: device (it sends a fresh CSR when due; the "
+        "default) or broker (with the CSR on file).",
     ),
 ]
 
@@ -51,14 +68,21 @@ def add(
         typer.Option("--wildcard", help="Also wildcard certificates for its '*.zone' patterns."),
     ] = False,
     policy: Policy = None,
+    account: Account = None,
+    renewal: RenewalOption = None,
 ) -> None:
     """Add a client. Its token is printed once, alone on the last line; only a hash of it
     is kept."""
-    from certbroker.domain.clients import ClientPolicy
+    from certbroker.domain.clients import ClientPolicy, Renewal
 
     state: State = ctx.obj
     client, secret = state.broker.clients.add(
-        name, allow or [], wildcard, ClientPolicy.parse(policy) if policy else ClientPolicy.DENY
+        name,
+        allow or [],
+        wildcard,
+        ClientPolicy.parse(policy) if policy else ClientPolicy.DENY,
+        account=account,
+        renewal=Renewal.parse(renewal) if renewal else Renewal.DEVICE,
     )
     allowed = ", ".join(client.allow) or "no names yet"
     say(f"client {client.name} added (allows {allowed}; policy {client.policy.value}); token:")
@@ -94,7 +118,9 @@ def show(
 ) -> None:
     """Show one client (never its token)."""
     state: State = ctx.obj
-    data = state.broker.clients.get(name).to_json()
+    clients = state.broker.clients
+    client = clients.get(name)
+    data = client.to_json() | {"account": clients.account_name(client)}
     if as_json:
         print_json(data)
     else:
@@ -141,6 +167,36 @@ def allow(
     )
     wild = " (and wildcards)" if client.wildcard else ""
     say(f"client {client.name} allows {', '.join(client.allow) or 'nothing'}{wild}")
+
+
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    name: Name,
+    account: Account = None,
+    clear_account: Annotated[
+        bool,
+        typer.Option("--clear-account", help="Order with the only account there is."),
+    ] = False,
+    renewal: RenewalOption = None,
+    policy: Policy = None,
+) -> None:
+    """Change a client's ACME account, who renews its certificates, or its policy."""
+    from certbroker.domain.clients import ClientPolicy, Renewal
+
+    state: State = ctx.obj
+    clients = state.broker.clients
+    client = clients.set(
+        name,
+        account=account,
+        clear_account=clear_account,
+        renewal=Renewal.parse(renewal) if renewal else None,
+        policy=ClientPolicy.parse(policy) if policy else None,
+    )
+    say(
+        f"client {client.name}: account {clients.account_name(client) or '(the only one)'}, "
+        f"renewal by the {client.renewal.value}, policy {client.policy.value}"
+    )
 
 
 @app.command("rotate-token")
@@ -201,7 +257,7 @@ def approvals_list(
 
     state: State = ctx.obj
     broker = state.broker
-    waiting = broker.requests.device_requests(RequestState.AWAITING_APPROVAL)
+    waiting = broker.devices.requests_in(RequestState.AWAITING_APPROVAL)
     if as_json:
         print_json([r.to_json() for r in waiting])
         return
@@ -219,7 +275,7 @@ def approvals_list(
 def approvals_approve(ctx: typer.Context, request_id: RequestId) -> None:
     """Let a request through: its certificate is obtained (by `serve`)."""
     state: State = ctx.obj
-    request = state.broker.requests.approve(request_id, "cli")
+    request = state.broker.devices.approve(request_id, "cli")
     say(f"request {request.id} approved: certificate {request.certificate_id} is queued")
 
 
@@ -231,5 +287,5 @@ def approvals_deny(
 ) -> None:
     """Refuse a request, for good (the client may send a new CSR)."""
     state: State = ctx.obj
-    request = state.broker.requests.deny(request_id, "cli", reason)
+    request = state.broker.devices.deny(request_id, "cli", reason)
     say(f"request {request.id} denied")

@@ -56,7 +56,7 @@ class Commands(LazyGroup):
         ),
         "client": Lazy(
             "certbroker.cli.clients_cmd:app",
-            "Clients (devices, gateways, servers): add, list, show, allow, rotate-token, "
+            "Clients (devices, gateways, servers): add, list, show, allow, set, rotate-token, "
             "disable, enable, delete.",
         ),
         "approvals": Lazy(

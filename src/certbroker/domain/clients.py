@@ -32,6 +32,20 @@ class ClientPolicy(StrEnum):
             raise UsageError(f"unknown policy {text!r}: choose deny or approve") from None
 
 
+class Renewal(StrEnum):
+    """Who renews a client's certificates."""
+
+    DEVICE = "device"  # it sends a fresh CSR when due (innovaphone's devices, 30 days ahead)
+    BROKER = "broker"  # the broker renews with the CSR on file, as for its own certificates
+
+    @classmethod
+    def parse(cls, text: str) -> Renewal:
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            raise UsageError(f"unknown renewal {text!r}: choose device or broker") from None
+
+
 def check_client_name(name: str) -> str:
     if not _CLIENT_NAME.match(name):
         raise UsageError(
@@ -81,6 +95,8 @@ class Client:
     token_rotated_at: datetime
     last_seen_at: datetime | None = None
     last_seen_from: str | None = None
+    account_id: int | None = None  # the ACME account it orders with; None: the only one
+    renewal: Renewal = Renewal.DEVICE
 
     def off_the_list(self, names: Iterable[str]) -> list[str]:
         return off_the_list(self.allow, self.wildcard, names)
@@ -101,7 +117,19 @@ class Client:
             "token_rotated_at": self.token_rotated_at.isoformat(),
             "last_seen_at": iso(self.last_seen_at),
             "last_seen_from": self.last_seen_from,
+            "account_id": self.account_id,
+            "renewal": self.renewal.value,
         }
+
+
+@dataclass(frozen=True)
+class Renewing:
+    """A CSR for names the client has a certificate for: that certificate is renewed.
+    `csr_pem` None: the same key, not yet due, so no order (the current one is answered)."""
+
+    certificate_id: int
+    csr_pem: str | None
+    device_renews: bool
 
 
 class RequestState(StrEnum):
@@ -110,6 +138,7 @@ class RequestState(StrEnum):
     AWAITING_APPROVAL = "awaiting-approval"  # names off the list, policy approve
     ACCEPTED = "accepted"  # a certificate is being obtained for it (certificate_id)
     DENIED = "denied"  # final for this request, as in cert-manager
+    SUPERSEDED = "superseded"  # a later CSR of the client renews the same certificate
 
 
 @dataclass(frozen=True)
@@ -124,6 +153,7 @@ class DeviceRequest:
     reason: str | None = None  # why it was denied
     decided_by: str | None = None
     decided_at: datetime | None = None
+    renewal: Renewal | None = None  # who it asked to renew it; None: the client's setting
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -137,4 +167,5 @@ class DeviceRequest:
             "decided_by": self.decided_by,
             "created_at": self.created_at.isoformat(),
             "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+            "renewal": self.renewal.value if self.renewal else None,
         }

@@ -167,6 +167,8 @@ class Certificate:
     has_keystore_password: bool = False  # a password for those downloads is kept, sealed
     client_id: int | None = None  # the client it was obtained for
     csr_pem: str | None = None  # a device's own CSR (key policy csr: no key held here)
+    device_renews: bool = False  # the device sends a fresh CSR; the scheduler leaves it
+    next_csr_pem: str | None = None  # a device's fresh CSR, until its certificate arrives
 
     @property
     def account_ids(self) -> tuple[int, ...]:
@@ -214,6 +216,7 @@ class NewCertificate:
     keystore_password_sealed: bytes | None = None
     client_id: int | None = None
     csr_pem: str | None = None
+    device_renews: bool = False
 
 
 @dataclass(frozen=True)

@@ -218,6 +218,13 @@ class AccountService:
                 f"account {account.name!r} still has {count} certificate(s) here; "
                 "delete them first (`certbroker cert delete ID`)"
             )
+        users = [c.name for c in self.repo.list_clients() if c.account_id == account.id]
+        if users:
+            raise UsageError(
+                f"account {account.name!r} is the ACME account of client(s) "
+                f"{', '.join(users)}; give them another first "
+                "(`certbroker client set NAME --account OTHER` or --clear-account)"
+            )
         self.repo.delete_account(account.id)
         return account
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from certbroker.domain.clients import (
     Client,
     ClientPolicy,
+    Renewal,
     check_client_name,
     parse_allow_list,
 )
@@ -37,10 +38,15 @@ class ClientService:
         allow: Sequence[str],
         wildcard: bool = False,
         policy: ClientPolicy = ClientPolicy.DENY,
+        account: str | None = None,
+        renewal: Renewal = Renewal.DEVICE,
     ) -> tuple[Client, str]:
-        """A new client and its token, which is shown once and kept only hashed."""
+        """A new client and its token, which is shown once and kept only hashed.
+        `account`: the ACME account its certificates are ordered with (None: the only
+        one); `renewal`: who renews them unless a request says otherwise."""
         check_client_name(name)
         patterns = parse_allow_list(allow, wildcard)
+        account_id = self.repo.get_account(account).id if account else None
         secret, digest, prefix = _new_token()
         client = self.repo.add_client(
             name=name,
@@ -50,6 +56,8 @@ class ClientService:
             wildcard=wildcard,
             policy=policy,
             now=self.ctx.clock(),
+            account_id=account_id,
+            renewal=renewal,
         )
         return client, secret
 
@@ -83,6 +91,42 @@ class ClientService:
         if policy is not None:
             changes["policy"] = policy
         return self.repo.change_client(client.id, self.ctx.clock(), **changes)
+
+    def set(
+        self,
+        ref: str | int,
+        *,
+        account: str | None = None,
+        clear_account: bool = False,
+        renewal: Renewal | None = None,
+        policy: ClientPolicy | None = None,
+    ) -> Client:
+        """Change the client's ACME account (or `clear_account`: the only one), who renews
+        its certificates from now on (certificates it has keep theirs until renewed by
+        a new CSR), or its policy."""
+        client = self.repo.get_client(ref)
+        if account and clear_account:
+            raise UsageError("give --account NAME or --clear-account, not both")
+        changes: dict[str, object] = {}
+        if account:
+            changes["account_id"] = self.repo.get_account(account).id
+        if clear_account:
+            changes["account_id"] = None
+        if renewal is not None:
+            changes["renewal"] = renewal
+        if policy is not None:
+            changes["policy"] = policy
+        if not changes:
+            raise UsageError(
+                "say what to change: --account, --clear-account, --renewal or --policy"
+            )
+        return self.repo.change_client(client.id, self.ctx.clock(), **changes)
+
+    def account_name(self, client: Client) -> str | None:
+        """The name of its ACME account (None: the only one there is)."""
+        if client.account_id is None:
+            return None
+        return self.repo.get_account(client.account_id).name
 
     def rotate_token(self, ref: str | int) -> tuple[Client, str]:
         """A new token; the old one stops working at once."""

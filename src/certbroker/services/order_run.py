@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from certbroker.crypto.csr import make_csr
+from certbroker.crypto.device_csr import read_device_csr
 from certbroker.crypto.keys import (
     PrivateKey,
     generate_private_key,
@@ -325,9 +326,14 @@ class OrderRun:
         self._private_key = load_private_key(self.run.sealer.unseal(sealed))
         return self._private_key
 
+    @property
+    def _device_csr(self) -> str | None:
+        """A device's own CSR, as it signed it: its fresh one while it renews."""
+        return self.cert.next_csr_pem or self.cert.csr_pem
+
     def _finalize(self, info: OrderInfo) -> OrderInfo:
-        if self.cert.csr_pem is not None:  # a device's own CSR, as it signed it
-            csr = self.cert.csr_pem.encode()
+        if self._device_csr is not None:
+            csr = self._device_csr.encode()
         else:
             csr = make_csr(self._key(), self.cert.names, Subject(**self.cert.subject))
         self._step(self.repo.mark_finalizing, OrderState.FINALIZING)
@@ -340,9 +346,11 @@ class OrderRun:
         fault("downloaded")
         cert_pem, chain_pem = split_chain(fullchain)
         leaf = x509.load_pem_x509_certificate(cert_pem.encode())
-        if self.cert.csr_pem is not None:
-            if not _same_public_key(leaf, self.cert.csr_pem):
+        key_type = None
+        if self._device_csr is not None:
+            if not _same_public_key(leaf, self._device_csr):
                 raise PermanentError("the certificate the CA sent does not match the device's CSR")
+            key_type = read_device_csr(self._device_csr).key_type
         elif not key_matches_certificate(self._key(), leaf):
             raise PermanentError("the certificate the CA sent does not match the stored key")
         issued = describe(cert_pem, chain_pem, info.url)
@@ -351,7 +359,7 @@ class OrderRun:
         window, next_check = planner.ask_window(self.ca, leaf, now)
         plan = planner.plan(self.cert, self.order, issued.not_before, issued.not_after, window, now)
         self.repo.store_issued(
-            self.cert.id, self.order.id, self.owner, issued, now, plan, next_check
+            self.cert.id, self.order.id, self.owner, issued, now, plan, next_check, key_type
         )
         self.progress(
             f"certificate issued: serial {issued.serial}, valid until "

@@ -7,15 +7,36 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, delete, insert, select, update
+from sqlalchemy import Connection, Row, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from certbroker.domain.clients import Client, ClientPolicy, DeviceRequest, RequestState
-from certbroker.domain.errors import NotFoundError, UsageError
-from certbroker.domain.models import NewCertificate
+from certbroker.domain.clients import (
+    Client,
+    ClientPolicy,
+    DeviceRequest,
+    Renewal,
+    Renewing,
+    RequestState,
+)
+from certbroker.domain.errors import Conflict, NotFoundError, UsageError
+from certbroker.domain.models import (
+    ACTIVE_ORDER_STATES,
+    Certificate,
+    CertificateStatus,
+    ChallengeType,
+    EventKind,
+    NewCertificate,
+    OrderPurpose,
+)
 from certbroker.store.base import StoreBase
-from certbroker.store.rows import insert_certificate, new_id
-from certbroker.store.schema import clients, device_requests
+from certbroker.store.rows import (
+    CERT_COLUMNS,
+    certificate_row,
+    insert_certificate,
+    new_id,
+    queued_order,
+)
+from certbroker.store.schema import certificates, clients, device_requests, events, orders
 
 SEEN_TOUCH = timedelta(seconds=60)  # last seen written at most this often
 
@@ -33,6 +54,8 @@ def _client(row: Row[Any]) -> Client:
         token_rotated_at=row.token_rotated_at,
         last_seen_at=row.last_seen_at,
         last_seen_from=row.last_seen_from,
+        account_id=row.account_id,
+        renewal=Renewal(row.renewal),
     )
 
 
@@ -48,6 +71,7 @@ def _request(row: Row[Any]) -> DeviceRequest:
         reason=row.reason,
         decided_by=row.decided_by,
         decided_at=row.decided_at,
+        renewal=Renewal(row.renewal) if row.renewal else None,
     )
 
 
@@ -62,6 +86,8 @@ class ClientStore(StoreBase):
         wildcard: bool,
         policy: ClientPolicy,
         now: datetime,
+        account_id: int | None = None,
+        renewal: Renewal = Renewal.DEVICE,
     ) -> Client:
         try:
             with self._write() as conn:
@@ -78,6 +104,8 @@ class ClientStore(StoreBase):
                             created_at=now,
                             updated_at=now,
                             token_rotated_at=now,
+                            account_id=account_id,
+                            renewal=renewal.value,
                         )
                     )
                 )
@@ -103,12 +131,14 @@ class ClientStore(StoreBase):
             return [_client(r) for r in conn.execute(select(clients).order_by(clients.c.name))]
 
     def change_client(self, client_id: int, now: datetime, **values: Any) -> Client:
-        """Set `allow` (a list), `wildcard`, `policy`, `enabled`, or a new `token_hash`
-        with its `token_prefix`."""
+        """Set `allow` (a list), `wildcard`, `policy`, `enabled`, `account_id`, `renewal`,
+        or a new `token_hash` with its `token_prefix`."""
         if "allow" in values:
             values["allow"] = json.dumps(list(values["allow"]))
         if "policy" in values:
             values["policy"] = ClientPolicy(values["policy"]).value
+        if "renewal" in values:
+            values["renewal"] = Renewal(values["renewal"]).value
         if "token_hash" in values:
             values["token_rotated_at"] = now
         with self._write() as conn:
@@ -149,13 +179,14 @@ class ClientStore(StoreBase):
         now: datetime,
         certificate: NewCertificate | None,
         lease_until: datetime,
+        renewing: Renewing | None = None,
+        renewal: Renewal | None = None,
     ) -> DeviceRequest:
         """The request, and with `certificate` (accepted at once) the certificate and its
-        first order, in one transaction; without, it waits for an admin's approval."""
+        first order, or with `renewing` the renewal of the client's certificate for
+        these names, in one transaction; with neither it waits for an admin's approval."""
         with self._write() as conn:
-            cert_id = None
-            if certificate is not None:
-                cert_id, _ = insert_certificate(conn, certificate, now, None, lease_until)
+            cert_id = self._accept(conn, certificate, renewing, now, lease_until)
             request_id = new_id(
                 conn.execute(
                     insert(device_requests).values(
@@ -168,10 +199,60 @@ class ClientStore(StoreBase):
                         ).value,
                         certificate_id=cert_id,
                         created_at=now,
+                        renewal=renewal.value if renewal else None,
                     )
                 )
             )
+            if cert_id is not None:
+                _supersede(conn, cert_id, request_id)
         return self.get_device_request(request_id)
+
+    @staticmethod
+    def _accept(
+        conn: Connection,
+        certificate: NewCertificate | None,
+        renewing: Renewing | None,
+        now: datetime,
+        lease_until: datetime,
+    ) -> int | None:
+        """The certificate a request is accepted for: a new one, or the one it renews."""
+        if certificate is not None:
+            cert_id, _ = insert_certificate(conn, certificate, now, None, lease_until)
+            return cert_id
+        if renewing is None:
+            return None
+        c = certificates.c
+        values: dict[str, object] = {"device_renews": renewing.device_renews, "updated_at": now}
+        if renewing.csr_pem is not None:  # a new key, or due: the CA is asked
+            active = conn.execute(
+                select(orders.c.id).where(
+                    and_(
+                        orders.c.certificate_id == renewing.certificate_id,
+                        orders.c.state.in_(ACTIVE_ORDER_STATES),
+                    )
+                )
+            ).first()
+            if active is not None:
+                raise Conflict(
+                    f"certificate {renewing.certificate_id} for these names is being renewed "
+                    f"already (order {active.id}); send the CSR again once that has ended"
+                )
+            values["next_csr_pem"] = renewing.csr_pem
+            conn.execute(
+                insert(orders).values(
+                    queued_order(renewing.certificate_id, OrderPurpose.RENEW, now)
+                )
+            )
+            conn.execute(
+                insert(events).values(
+                    at=now,
+                    kind=EventKind.RENEWAL_QUEUED.value,
+                    message="renewal asked for by the device: a fresh CSR",
+                    certificate_id=renewing.certificate_id,
+                )
+            )
+        conn.execute(update(certificates).where(c.id == renewing.certificate_id).values(values))
+        return renewing.certificate_id
 
     def get_device_request(self, request_id: int) -> DeviceRequest:
         with self._read() as conn:
@@ -189,6 +270,12 @@ class ClientStore(StoreBase):
             ).scalar_one()
         return str(value)
 
+    def client_device_requests(self, client_id: int, limit: int) -> list[DeviceRequest]:
+        r = device_requests.c
+        query = select(device_requests).where(r.client_id == client_id)
+        with self._read() as conn:
+            return [_request(row) for row in conn.execute(query.order_by(r.id.desc()).limit(limit))]
+
     def list_device_requests(self, state: RequestState | None = None) -> list[DeviceRequest]:
         query = select(device_requests).order_by(device_requests.c.id)
         if state is not None:
@@ -205,10 +292,11 @@ class ClientStore(StoreBase):
         certificate: NewCertificate | None,
         reason: str | None,
         lease_until: datetime,
+        renewing: Renewing | None = None,
     ) -> DeviceRequest:
-        """Approve (with the certificate to obtain) or deny (with a reason) a request that
-        waits; refused once it was decided, so a denial is final and an approval is
-        carried out once."""
+        """Approve (with the certificate to obtain, or the one to renew) or deny (with a
+        reason) a request that waits; refused once it was decided, so a denial is final
+        and an approval is carried out once."""
         r = device_requests.c
         with self._write() as conn:
             state = conn.execute(select(r.state).where(r.id == request_id)).scalar_one_or_none()
@@ -219,9 +307,7 @@ class ClientStore(StoreBase):
                     f"CSR request {request_id} was decided already ({state}); a client sends "
                     "a new CSR to ask again"
                 )
-            cert_id = None
-            if certificate is not None:
-                cert_id, _ = insert_certificate(conn, certificate, now, None, lease_until)
+            cert_id = self._accept(conn, certificate, renewing, now, lease_until)
             conn.execute(
                 update(device_requests)
                 .where(and_(r.id == request_id, r.state == RequestState.AWAITING_APPROVAL.value))
@@ -234,4 +320,58 @@ class ClientStore(StoreBase):
                     csr_pem="" if cert_id is None else r.csr_pem,
                 )
             )
+            if cert_id is not None:
+                _supersede(conn, cert_id, request_id)
         return self.get_device_request(request_id)
+
+    # -- a client's certificates ----------------------------------------------------------
+
+    def client_certificates(self, client_id: int) -> list[Certificate]:
+        """Its certificates, newest first (deleted ones are gone)."""
+        c = certificates.c
+        with self._read() as conn:
+            return [
+                certificate_row(r)
+                for r in conn.execute(
+                    select(*CERT_COLUMNS).where(c.client_id == client_id).order_by(c.id.desc())
+                )
+            ]
+
+    def certificate_to_renew(
+        self, client_id: int, names: Sequence[str], challenge: ChallengeType
+    ) -> Certificate | None:
+        """The client's issued, unrevoked certificate for exactly these names (in any
+        order) and challenge, the latest to expire: what a fresh CSR for them renews."""
+        c = certificates.c
+        wanted = sorted(names)
+        with self._read() as conn:
+            rows = conn.execute(
+                select(*CERT_COLUMNS).where(
+                    and_(
+                        c.client_id == client_id,
+                        c.challenge == challenge.value,
+                        c.status == CertificateStatus.VALID.value,
+                        c.cert_pem.is_not(None),
+                    )
+                )
+            ).all()
+        found = [certificate_row(r) for r in rows if sorted(json.loads(r.names)) == wanted]
+        return max(
+            found, key=lambda cert: (cert.not_after or cert.created_at, cert.id), default=None
+        )
+
+
+def _supersede(conn: Connection, cert_id: int, request_id: int) -> None:
+    """Earlier accepted requests for the certificate a new one renews are done with."""
+    r = device_requests.c
+    conn.execute(
+        update(device_requests)
+        .where(
+            and_(
+                r.certificate_id == cert_id,
+                r.id != request_id,
+                r.state == RequestState.ACCEPTED.value,
+            )
+        )
+        .values(state=RequestState.SUPERSEDED.value)
+    )

@@ -55,7 +55,12 @@ class RenewalStore(EventStore):
         """
         c = certificates.c
         if cert_ids is None:  # a failing one is due at its next_try_at (enqueue_retries)
-            which = and_(c.renew_at <= now, c.next_try_at.is_(None), c.disabled.is_(False))
+            which = and_(
+                c.renew_at <= now,
+                c.next_try_at.is_(None),
+                c.disabled.is_(False),
+                c.device_renews.is_(False),  # its device sends a fresh CSR when due
+            )
         else:
             which = c.id.in_(cert_ids)
         due = and_(c.status == CertificateStatus.VALID.value, _no_active_order, which)
@@ -213,12 +218,14 @@ class RenewalStore(EventStore):
         now: datetime,
         plan: RenewalPlan,
         ari_next_check: datetime | None = None,
+        key_type: str | None = None,
     ) -> None:
         """Certificate, renewal plan, order state and token clean-up in one transaction.
 
         The certificate it replaces (a renewal) goes into the history first, with its key,
         so it can still be shown, exported or revoked; a renewal's new key replaces the
-        old one only here, together with the certificate it belongs to.
+        old one only here, together with the certificate it belongs to. So does a
+        device's fresh CSR (`next_csr_pem`, its key of `key_type`) the one on file.
         """
         with self._write() as conn:
             self._check_lease(conn, order_id, owner)
@@ -264,6 +271,10 @@ class RenewalStore(EventStore):
             }
             if order.key_sealed is not None:
                 values["key_sealed"] = order.key_sealed
+            if old.next_csr_pem is not None:
+                values |= {"csr_pem": old.next_csr_pem, "next_csr_pem": None}
+            if key_type is not None:
+                values["key_type"] = key_type
             conn.execute(update(certificates).where(certificates.c.id == cert_id).values(values))
             conn.execute(
                 update(orders)

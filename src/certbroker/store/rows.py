@@ -95,6 +95,8 @@ def certificate_row(row: Row[Any]) -> Certificate:
         has_keystore_password=bool(row.has_keystore_password),
         client_id=row.client_id,
         csr_pem=row.csr_pem,
+        device_renews=bool(row.device_renews),
+        next_csr_pem=row.next_csr_pem,
     )
 
 
@@ -202,6 +204,7 @@ def insert_certificate(
                 keystore_password_sealed=new.keystore_password_sealed,
                 client_id=new.client_id,
                 csr_pem=new.csr_pem,
+                device_renews=new.device_renews,
                 created_at=now,
                 updated_at=now,
             )

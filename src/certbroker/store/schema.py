@@ -128,6 +128,10 @@ certificates = Table(
     # keeps its key, the CSR it sent (sent to the CA as it is; no key is held here).
     Column("client_id", Integer, nullable=True),
     Column("csr_pem", Text, nullable=True),
+    # The device renews it with a fresh CSR; the scheduler leaves it alone (0018).
+    Column("device_renews", Boolean, nullable=False, server_default="0"),
+    # A device's fresh CSR: what renewal orders send until its certificate arrives.
+    Column("next_csr_pem", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_certificates_status_renew_at", "status", "renew_at"),  # the scheduler
@@ -386,6 +390,8 @@ clients = Table(
     Column("token_rotated_at", UTCDateTime, nullable=False),
     Column("last_seen_at", UTCDateTime, nullable=True),
     Column("last_seen_from", String(100), nullable=True),
+    Column("account_id", Integer, nullable=True),  # None: the only ACME account (0018)
+    Column("renewal", String(10), nullable=False, server_default="device"),  # or broker
 )
 
 # Every CSR a client sent: accepted at once (certificate_id), or waiting for an admin's
@@ -404,6 +410,7 @@ device_requests = Table(
     Column("decided_by", String(100), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("decided_at", UTCDateTime, nullable=True),
+    Column("renewal", String(10), nullable=True),  # device | broker; None: the client's
     Index("ix_device_requests_client_id", "client_id"),
     Index("ix_device_requests_state", "state"),
 )

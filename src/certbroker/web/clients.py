@@ -174,7 +174,7 @@ def _approvals_page(
     status_code: int = 200,
 ) -> Response:
     names = {c.id: c.name for c in person.broker.clients.all()}
-    waiting = person.broker.requests.device_requests(RequestState.AWAITING_APPROVAL)
+    waiting = person.broker.devices.requests_in(RequestState.AWAITING_APPROVAL)
     return render(
         request,
         person,
@@ -196,7 +196,7 @@ def approvals(request: Request) -> Response:
 def approve(request: Request, request_id: RequestId, form: Form) -> Response:
     person = acting(request, form, Action.MANAGE)
     try:
-        decided = person.broker.requests.approve(request_id, person.principal.name)
+        decided = person.broker.devices.approve(request_id, person.principal.name)
     except (UsageError, CAError) as exc:
         if isinstance(exc, AccessDenied):
             raise
@@ -217,7 +217,7 @@ def deny(request: Request, request_id: RequestId, form: Form) -> Response:
         denying = {"id": request_id, "reason": "", "error": "say why, for the client"}
         return _approvals_page(request, person, denying, status_code=422)
     try:
-        person.broker.requests.deny(request_id, person.principal.name, reason)
+        person.broker.devices.deny(request_id, person.principal.name, reason)
     except UsageError as exc:
         if isinstance(exc, AccessDenied):
             raise

@@ -203,7 +203,7 @@ def render(
 ) -> HTMLResponse:
     flash = take_flash(request)
     if person is not None and person.may(Action.MANAGE):  # the count by the nav's link
-        waiting = person.broker.requests.device_requests(RequestState.AWAITING_APPROVAL)
+        waiting = person.broker.devices.requests_in(RequestState.AWAITING_APPROVAL)
         context.setdefault("waiting_approvals", len(waiting))
     page = TEMPLATES.get_template(template).render(
         request=request, who=person, path=request.url.path, flash=flash, **context
