@@ -143,6 +143,17 @@ def test_an_admin_adds_changes_rotates_and_deletes_a_client(site: Site, page: Pa
     expect(page.locator("#client-lb1 .allows")).to_have_text("lb1.example.org, lb2.example.org")
     assert site.post_csr(token, "lb2.example.org").status_code == 202
 
+    # Who renews its certificates, and the ACME account it orders with.
+    expect(page.locator("#client-lb1")).to_contain_text("by the device")
+    box = manage(page, "lb1")
+    box.locator("select[name=renewal]").select_option("broker")
+    box.locator("select[name=account]").select_option("main")
+    box.locator(".save-allow").click()
+    expect(page.locator(".flash")).to_contain_text("saved")
+    expect(page.locator("#client-lb1")).to_contain_text("by the broker")
+    shown = site.cli.json("client", "show", "lb1")
+    assert shown["renewal"] == "broker" and shown["account"] == "main"
+
     # A new token: shown once, the old one refused at once.
     manage(page, "lb1").locator("button.rotate").click()
     expect(page.locator("#created-h")).to_contain_text("New token")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 
 from certbroker.domain.access import Action
-from certbroker.domain.clients import ClientPolicy, RequestState
+from certbroker.domain.clients import ClientPolicy, Renewal, RequestState
 from certbroker.domain.errors import AccessDenied, CAError, UsageError
 from certbroker.web.common import (
     ConsoleRoute,
@@ -32,13 +32,19 @@ POLICIES = [
     ("deny", "deny: names off the list are refused"),
     ("approve", "approve: names off the list wait for an admin"),
 ]
+RENEWALS = [
+    ("device", "by the device: it sends a fresh CSR when due"),
+    ("broker", "by the broker, with the CSR on file"),
+]
 CLIENT_FIELDS: dict[str, tuple[str, ...]] = {
+    "account": ("account",),
     "wildcard": ("--wildcard",),
     "name": ("client name", "a client named"),
     "policy": ("policy",),
     "allow": ("pattern", "allow"),
 }
 CHANGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "account": ("account",),
     "wildcard": ("--wildcard",),
     "remove": ("does not allow",),
     "policy": ("policy",),
@@ -55,6 +61,7 @@ def _clients_page(
     edit: dict[str, Any] | None = None,
     status_code: int = 200,
 ) -> Response:
+    accounts = person.broker.accounts.all()
     return render(
         request,
         person,
@@ -62,7 +69,10 @@ def _clients_page(
         status_code=status_code,
         clients=person.broker.clients.all(),
         policies=POLICIES,
-        values=values or {"policy": "deny"},
+        renewals=RENEWALS,
+        accounts=[("", "the only account there is"), *((a.name, a.name) for a in accounts)],
+        account_names={a.id: a.name for a in accounts},
+        values=values or {"policy": "deny", "renewal": "device", "account": ""},
         errors=errors or {},
         created=created,
         edit=edit or {"name": None, "values": {}, "errors": {}},
@@ -84,6 +94,8 @@ def add_client(request: Request, form: Form) -> Response:
         "allow": str(form.get("allow") or "").strip(),
         "wildcard": form.get("wildcard") == "1",
         "policy": text(form, "policy") or "deny",
+        "account": text(form, "account"),
+        "renewal": text(form, "renewal") or "device",
     }
     try:
         client, secret = person.broker.clients.add(
@@ -91,6 +103,8 @@ def add_client(request: Request, form: Form) -> Response:
             lines(values["allow"]),
             bool(values["wildcard"]),
             ClientPolicy.parse(values["policy"]),
+            account=values["account"] or None,
+            renewal=Renewal.parse(values["renewal"]),
         )
     except UsageError as exc:
         if isinstance(exc, AccessDenied):
@@ -110,21 +124,30 @@ def change_client(request: Request, name: ClientName, form: Form) -> Response:
         "remove": texts(form, "remove"),
         "wildcard": form.get("wildcard") == "1",
         "policy": text(form, "policy"),
+        "account": text(form, "account"),
+        "renewal": text(form, "renewal"),
     }
+    service = person.broker.clients
     try:
-        person.broker.clients.allow(
+        service.allow(
             name,
             add=lines(values["add"]),
             remove=values["remove"],
             wildcard=bool(values["wildcard"]),
             policy=ClientPolicy.parse(values["policy"]) if values["policy"] else None,
         )
+        service.set(
+            name,
+            account=values["account"] or None,
+            clear_account=not values["account"],
+            renewal=Renewal.parse(values["renewal"]) if values["renewal"] else None,
+        )
     except UsageError as exc:
         if isinstance(exc, AccessDenied):
             raise
         edit = {"name": name, "values": values, "errors": field_errors(str(exc), CHANGE_FIELDS)}
         return _clients_page(request, person, edit=edit, status_code=422)
-    return redirect(request, "/clients", f"Client {name!r}: allow-list and policy saved.")
+    return redirect(request, "/clients", f"Client {name!r}: allow-list and settings saved.")
 
 
 @router.post("/clients/{name}/rotate")
