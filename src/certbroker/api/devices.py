@@ -114,7 +114,7 @@ def submit_csr(body: CsrBody, client: ClientDep, broker: BrokerDep) -> JSONRespo
         client, body.csr, ChallengeType(body.challenge), _renewal(body.renewal)
     )
     return JSONResponse(
-        broker.devices.state(request.id, client),
+        broker.devices.first_state(request),
         status_code=202,
         headers={"Location": f"/api/v1/csr/{request.id}"},
     )
@@ -173,7 +173,8 @@ def deny(
     return broker.devices.state(request_id)
 
 
-WS_POLL = 0.5  # seconds between looks at the store for the requests of a connection
+WS_POLL = 0.5  # seconds between looks at the store for a connection's pending requests
+APPROVAL_POLL = 5.0  # ... when all it waits for is an admin's decision
 RENEW_LOOK = 60.0  # seconds between looks for the client's certificates due for renewal
 FINAL = {"valid", "failed", "denied", "revoked", "expired", "superseded", "deleted"}
 
@@ -199,9 +200,10 @@ async def csr_socket(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     watched: dict[int, str] = {}  # request ID -> the state last sent
+    waiting: set[int] = set()  # ... of those, the ones awaiting an admin's approval
     told: set[tuple[int, str | None]] = set()  # (certificate, renew_at) the device was told
-    next_look = 0.0
     loop = asyncio.get_running_loop()
+    next_look = loop.time()
     try:
         while True:
             if loop.time() >= next_look:
@@ -210,8 +212,18 @@ async def csr_socket(websocket: WebSocket) -> None:
                     if (due["certificate_id"], due["renew_at"]) not in told:
                         told.add((due["certificate_id"], due["renew_at"]))
                         await websocket.send_json({"renew": due})
+            # An idle connection costs nothing until a message or the next look for due
+            # renewals; a request waiting for a person is looked at less often.
+            if not watched:
+                timeout = next_look - loop.time()
+            elif waiting.issuperset(watched):
+                timeout = APPROVAL_POLL
+            else:
+                timeout = WS_POLL
             try:
-                message = await asyncio.wait_for(websocket.receive_json(), timeout=WS_POLL)
+                message = await asyncio.wait_for(
+                    websocket.receive_json(), timeout=max(timeout, 0.05)
+                )
             except TimeoutError:
                 message = None
             except (ValueError, KeyError):  # not JSON, or a binary frame
@@ -227,6 +239,10 @@ async def csr_socket(websocket: WebSocket) -> None:
                 if text != last:
                     await websocket.send_json(state)
                     watched[request_id] = text
+                if state["state"] == "awaiting-approval":
+                    waiting.add(request_id)
+                else:
+                    waiting.discard(request_id)
                 if state["state"] in FINAL:
                     del watched[request_id]
     except (WebSocketDisconnect, RuntimeError, OSError):

@@ -184,6 +184,20 @@ class DeviceService:
 
     # -- what a client sees --------------------------------------------------------------------
 
+    def first_state(self, request: DeviceRequest) -> dict[str, Any]:
+        """The state of a request just made, without reading it back: a new certificate
+        or a renewal is `pending`; a CSR sent again answers its current certificate."""
+        if request.state is RequestState.ACCEPTED and request.certificate_id is not None:
+            cert = self.repo.get_certificate(request.certificate_id)
+            if cert.cert_pem is None or cert.next_csr_pem is not None:
+                return {
+                    "id": request.id,
+                    "names": list(request.names),
+                    "certificate_id": cert.id,
+                    "state": "pending",
+                }
+        return self.state(request.id)
+
     def state(self, request_id: int, client: Client | None = None) -> dict[str, Any]:
         """Where a request stands; with `client`, only its own (another's: not found).
 

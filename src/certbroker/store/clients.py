@@ -352,6 +352,8 @@ class ClientStore(StoreBase):
                         c.challenge == challenge.value,
                         c.status == CertificateStatus.VALID.value,
                         c.cert_pem.is_not(None),
+                        # Only rows naming the first of them are read (and compared below).
+                        c.names.contains(json.dumps(wanted[0]), autoescape=True),
                     )
                 )
             ).all()
