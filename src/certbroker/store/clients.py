@@ -189,7 +189,8 @@ class ClientStore(StoreBase):
             cert_id = self._accept(conn, certificate, renewing, now, lease_until)
             request_id = new_id(
                 conn.execute(
-                    insert(device_requests).values(
+                    insert(device_requests),
+                    dict(
                         client_id=client_id,
                         names=json.dumps(list(names)),
                         challenge=challenge,
@@ -200,7 +201,7 @@ class ClientStore(StoreBase):
                         certificate_id=cert_id,
                         created_at=now,
                         renewal=renewal.value if renewal else None,
-                    )
+                    ),
                 )
             )
             if cert_id is not None:

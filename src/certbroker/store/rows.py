@@ -182,7 +182,8 @@ def insert_certificate(
     """The certificate and its first order, on `conn` (the caller's transaction): their IDs."""
     cert_id = new_id(
         conn.execute(
-            insert(certificates).values(
+            insert(certificates),
+            dict(
                 names=json.dumps(list(new.names)),
                 status=CertificateStatus.PENDING.value,
                 account_id=new.account_id,
@@ -207,10 +208,12 @@ def insert_certificate(
                 device_renews=new.device_renews,
                 created_at=now,
                 updated_at=now,
-            )
+            ),
         )
     )
     order = queued_order(
         cert_id, OrderPurpose.ISSUE, now, lease_owner=lease_owner, lease_until=lease_until
     )
-    return cert_id, new_id(conn.execute(insert(orders).values(order)))
+    # Parameters apart from the statement: it is compiled once and cached (a `.values()`
+    # of many columns costs more than the insert itself).
+    return cert_id, new_id(conn.execute(insert(orders), order))
