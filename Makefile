@@ -58,6 +58,8 @@ bench: install
 	$(BIN)/python bench/responder.py $(if $(QUICK),--quick)
 	$(BIN)/python bench/heal.py $(if $(QUICK),--quick,--write)
 	$(BIN)/python bench/api.py $(if $(QUICK),--quick,--write)
+	$(BIN)/python bench/devices.py $(if $(QUICK),--quick,--write)
+	$(BIN)/python bench/agents.py $(if $(QUICK),--quick,--write)
 	$(BIN)/python bench/summary.py $(if $(QUICK),--no-write)
 
 clean:
