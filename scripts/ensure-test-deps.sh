@@ -16,6 +16,7 @@ REQUIRED=(
     "pdns_server:pdns-server"
     "chromium:chromium"
     "nginx:nginx"
+    "sshd:openssh-server"
 )
 # PowerDNS loads its SQLite backend from this module (package pdns-backend-sqlite3).
 GSQLITE3_GLOB="/usr/lib/*/pdns/libgsqlite3backend.so"

@@ -47,6 +47,7 @@ class Settings:
     retry_attempts: int = 4  # tries of one order through transient CA failures, in all
     renew_before_days: float = 0.0  # 0: when one third of the lifetime is left
     scheduler_interval: float = 60.0  # seconds between looks for due renewals in serve
+    deploy_retry_first: float = 30.0  # seconds before a failed deployment's first retry
     validation_failures_per_hour: int = 3  # per account and name; Let's Encrypt allows 5
     dns_resolvers: str = ""  # "IP[:PORT],…" for every DNS lookup; empty: the system's
     dns_check_servers: str = ""  # "IP[:PORT],…" checked for propagation; "off"; empty: auto
@@ -120,6 +121,7 @@ _FIELD_TYPES: dict[str, type] = {
     "retry_attempts": int,
     "renew_before_days": float,
     "scheduler_interval": float,
+    "deploy_retry_first": float,
     "validation_failures_per_hour": int,
     "dns_resolvers": str,
     "dns_check_servers": str,
@@ -241,6 +243,12 @@ def _validate(settings: Settings) -> None:
             "scheduler_interval",
             "scheduler_interval must be a positive number of seconds, "
             f"not {settings.scheduler_interval:g}",
+        )
+    if not 0 < settings.deploy_retry_first <= 3600:
+        raise refuse(
+            "deploy_retry_first",
+            "deploy_retry_first must be a number of seconds from 0 to 3600 (it doubles up "
+            f"to an hour), not {settings.deploy_retry_first:g}",
         )
     if settings.validation_failures_per_hour < 1:
         raise refuse(

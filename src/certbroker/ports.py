@@ -6,10 +6,14 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from certbroker.domain.errors import AcmeProblem
 from certbroker.domain.models import Certificate, ChallengeType, Order
+
+if TYPE_CHECKING:
+    from certbroker.deploy.files import FileSpec, InstallResult
+    from certbroker.domain.targets import Target
 
 Progress = Callable[[str], None]  # one line for the person waiting (cert request --wait)
 
@@ -33,7 +37,7 @@ class AuthorizationInfo:
     retry_after: float | None = None
 
     def challenge(self, kind: ChallengeType) -> ChallengeInfo | None:
-        return next((c for c in self.challenges if c.type == kind), None)
+        return next((c for c in self.challenges if c.type == kind.acme_type), None)
 
     @property
     def problem(self) -> AcmeProblem | None:
@@ -239,3 +243,28 @@ class ChallengeSolver(Protocol):
     def sweep(self) -> int:
         """Clean up after every order that ended; how many things were removed."""
         ...
+
+
+@dataclass(frozen=True)
+class DeploySecrets:
+    """What a push target needs that is kept sealed (or, known_hosts, in clear)."""
+
+    identity_pem: bytes | None = None  # the SSH identity's private key
+    known_hosts: str | None = None  # known_hosts lines; every host must be in them
+
+
+class Deployer(Protocol):
+    """Puts a certificate's files onto one kind of push target (deploy/local.py,
+    deploy/ssh.py) and runs its reload command; on a failed reload the old files are put
+    back and reloaded. Raises InstallFailed (deploy/files.py) when the files or the
+    reload failed, and DeployFailed (domain/targets.py) when a host cannot be reached or
+    is not the one its known_hosts names."""
+
+    def check(self, target: Target, secrets: DeploySecrets) -> None:
+        """Refuse (UsageError) a target that can never work, before it is stored: an
+        identity that cannot be read, a host missing from known_hosts."""
+        ...
+
+    def deploy(
+        self, target: Target, files: Sequence[FileSpec], secrets: DeploySecrets
+    ) -> InstallResult: ...

@@ -11,6 +11,7 @@ import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,9 +30,11 @@ if TYPE_CHECKING:
     from certbroker.crypto.keys import PrivateKey
     from certbroker.services.access import AccessService
     from certbroker.services.accounts import AccountService
+    from certbroker.services.agents import AgentService
     from certbroker.services.browsing import Browsing
     from certbroker.services.certificates import CertificateService
     from certbroker.services.clients import ClientService
+    from certbroker.services.deploy import DeployService
     from certbroker.services.devices import DeviceService
     from certbroker.services.dns import DnsService, DnsSettings
     from certbroker.services.issuance import IssuanceService
@@ -161,6 +164,22 @@ class Broker:
         return ClientService(self.ctx)
 
     @cached_property
+    def deploy(self) -> DeployService:
+        """Push targets: local directories and SSH hosts certificates are installed on."""
+        from certbroker.deploy.local import LocalDeployer
+        from certbroker.deploy.ssh import SshDeployer
+        from certbroker.deploy.verify import served_fingerprint
+        from certbroker.domain.targets import LOCAL, SSH
+        from certbroker.services.deploy import DeployService
+
+        return DeployService(
+            self.ctx,
+            {LOCAL: LocalDeployer(), SSH: SshDeployer()},
+            served_fingerprint,
+            retry_first=timedelta(seconds=self.settings.deploy_retry_first),
+        )
+
+    @cached_property
     def dns(self) -> DnsService:
         from certbroker.services.dns import DnsService
 
@@ -171,11 +190,16 @@ class Broker:
     def solvers(self) -> dict[ChallengeType, ChallengeSolver]:
         """One solver per challenge type: how the services prove control of a name."""
         from certbroker.challenges.http01 import answers
+        from certbroker.services.agent_http01 import AgentHttp01Solver
         from certbroker.services.dns01 import Dns01Solver
         from certbroker.services.http01 import Http01Solver
 
         http01 = Http01Solver(self.ctx, self.start_responder, answers, self.settings.http01_port)
-        return {ChallengeType.HTTP_01: http01, ChallengeType.DNS_01: Dns01Solver(self.dns)}
+        return {
+            ChallengeType.HTTP_01: http01,
+            ChallengeType.DNS_01: Dns01Solver(self.dns),
+            ChallengeType.AGENT_HTTP_01: AgentHttp01Solver(self.ctx),
+        }
 
     @cached_property
     def planner(self) -> RenewalPlanner:
@@ -190,6 +214,13 @@ class Broker:
         from certbroker.services.requests import RequestService
 
         return RequestService(self.ctx, self.solvers)
+
+    @cached_property
+    def agents(self) -> AgentService:
+        """Gateway agents: the tokens they answer, what they install, what they report."""
+        from certbroker.services.agents import AgentService
+
+        return AgentService(self.ctx, self.requests, self.devices)
 
     @cached_property
     def devices(self) -> DeviceService:

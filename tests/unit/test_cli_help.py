@@ -35,6 +35,9 @@ TOP_LEVEL = [
     "alarms",
     "client",
     "approvals",
+    "target",
+    "deploy",
+    "agent",
     "user",
     "token",
     "config",
@@ -42,6 +45,7 @@ TOP_LEVEL = [
 ]
 COMMAND_MODULES = [
     "certbroker.cli.access_cmd",
+    "certbroker.cli.agent_cmd",
     "certbroker.cli.accounts",
     "certbroker.cli.clients_cmd",
     "certbroker.cli.certs",
@@ -49,6 +53,7 @@ COMMAND_MODULES = [
     "certbroker.cli.dns_cmd",
     "certbroker.cli.events_cmd",
     "certbroker.cli.log_level",
+    "certbroker.cli.targets_cmd",
     "certbroker.cli.serve",
 ]
 

@@ -15,12 +15,15 @@ ROOT = Path(certbroker.__file__).parent
 # the package itself, for its version).
 ENTRY_POINT_MAY_IMPORT = (
     *("", "cli", "worker_processes", "api", "web", "services", "domain", "ports", "config"),
-    *("logs", "wiring"),
+    *("logs", "wiring", "agent"),
 )
+# The gateway agent runs where there is no store: it speaks to the broker over its
+# websocket only, and shares the domain, crypto/ and the file installer.
+AGENT_MAY_IMPORT = ("agent", "domain", "crypto", "logs", "certbroker.deploy.files")
 ENTRY_POINTS = ("cli", "worker_processes", "api", "web")
 # Adapters talk to the world. crypto/ (keys, CSRs, sealing, files) is a library that
 # services and adapters share; it imports only domain/.
-ADAPTERS = ("store", "ca", "dns", "challenges")
+ADAPTERS = ("store", "ca", "dns", "challenges", "deploy")
 
 
 def _modules() -> dict[str, Path]:
@@ -140,6 +143,18 @@ def test_the_domain_is_pure_and_adapters_stay_apart() -> None:
             if layer in (*ADAPTERS, "domain", "ports") and other in ("services", "cli", "wiring"):
                 wrong.append(f"{name}:{node.lineno} imports {target} (points upwards)")
     assert wrong == []
+
+
+def test_the_agent_needs_no_store() -> None:
+    wrong = [
+        f"{name}:{node.lineno} imports {target}"
+        for name in MODULES
+        if _layer(name) == "agent"
+        for target, node in _imports(name)
+        if _layer(target) not in AGENT_MAY_IMPORT and target not in AGENT_MAY_IMPORT
+    ]
+    assert wrong == []
+    assert any(_layer(t) == "crypto" for t, _ in _imports("certbroker.agent.runner"))
 
 
 def test_no_service_branches_on_the_challenge_type() -> None:

@@ -330,7 +330,9 @@ def add_client(body: ClientBody, _p: Admin, broker: BrokerDep) -> JSONResponse:
 
 @router.get("/clients/{name}", tags=["clients"], response_model=dict[str, Any])
 def show_client(name: ClientName, _p: Admin, broker: BrokerDep) -> dict[str, Any]:
-    return broker.clients.get(name).to_json()
+    """The client, and what its gateway agent installed (serial, when, alarm)."""
+    client = broker.clients.get(name)
+    return client.to_json() | {"installations": broker.agents.installations(client)}
 
 
 @router.patch("/clients/{name}", tags=["clients"], response_model=dict[str, Any])

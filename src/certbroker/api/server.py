@@ -105,6 +105,9 @@ class WebServer:
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=5,
+            # Compression costs ~49 KiB of zlib state per websocket (1,000 agents: 105 vs
+            # 56 KiB each, docs/benchmarks.md); their messages are small and rare.
+            ws_per_message_deflate=False,
             # X-Forwarded-For and -Proto, from the trusted proxies only.
             proxy_headers=True,
             forwarded_allow_ips=self.broker.settings.trusted_proxies or "",

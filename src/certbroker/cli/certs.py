@@ -305,7 +305,7 @@ def _status(row: dict[str, Any]) -> str:
 
 
 def _print_details(data: dict[str, Any]) -> None:
-    skip = {"attempts", "history", "alarm", "events", "dns_records"}
+    skip = {"attempts", "history", "alarm", "events", "dns_records", "targets"}
     for key, value in data.items():
         if key in skip:
             continue
@@ -345,6 +345,21 @@ def _print_details(data: dict[str, Any]) -> None:
             f"[bold red]alarm[/] failing since {_when(alarm['since'])}: "
             f"{escape(alarm['last_error'])}"
         )
+    if data.get("targets"):
+        console.print("[bold]push targets[/] (the latest deployment to each)")
+        for item in data["targets"]:
+            d = item["deployment"]
+            line = f"  {item['target']} ({item['where']}): "
+            if d is None:
+                line += "nothing deployed yet"
+            else:
+                when = _when(d["finished_at"] or d["created_at"])
+                line += f"serial {d['serial']} {d['state']}, {when}"
+                if d["state"] == "failed" and d["next_try_at"]:
+                    line += f", next try {_when(d['next_try_at'])}"
+            console.print(escape(line))
+            if d is not None and d["last_error"] and d["state"] != "done":
+                console.print(f"    [red]error:[/] {escape(d['last_error'])}")
     if data["events"]:
         console.print("[bold]events[/] (latest 20; `certbroker events --cert ID` for all)")
         for event in data["events"]:
@@ -374,6 +389,7 @@ def show(
     """Show one certificate, with every attempt and the CA's error when one failed."""
     state: State = ctx.obj
     data = state.broker.certificates.details(cert_id)
+    data["targets"] = state.broker.deploy.of_certificate(cert_id)
     if as_json:
         print_json(data)
     else:

@@ -45,9 +45,21 @@ RenewalOption = Annotated[
 
 def _show(data: dict[str, object]) -> None:
     for key, value in data.items():
+        if key == "installations":
+            continue
         if isinstance(value, list):
             value = ", ".join(str(v) for v in value) or "-"
         console.print(f"[bold]{key:17}[/] {escape(value if value is not None else '-')}")
+    installed = data.get("installations")
+    if isinstance(installed, list) and installed:
+        console.print("[bold]installed by its agent[/]")
+        for i in installed:
+            what = (
+                f"serial {i['serial']} since {i['installed_at']}" if i["serial"] else "nothing yet"
+            )
+            alarm = f"; ALARM: {i['error']}" if i["alarm_since"] else ""
+            head = f"  certificate {i['certificate_id']} (key {i['key']}): "
+            console.print(head + escape(what + alarm))
 
 
 @app.command("add")
@@ -120,7 +132,10 @@ def show(
     state: State = ctx.obj
     clients = state.broker.clients
     client = clients.get(name)
-    data = client.to_json() | {"account": clients.account_name(client)}
+    data = client.to_json() | {
+        "account": clients.account_name(client),
+        "installations": state.broker.agents.installations(client),
+    }
     if as_json:
         print_json(data)
     else:

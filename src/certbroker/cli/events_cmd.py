@@ -39,16 +39,31 @@ def alarms(
 ) -> None:
     """Active alarms: certificates whose issuance or renewal keeps failing.
 
-    An alarm clears itself when the next attempt succeeds (`cert renew ID` tries now).
+    An alarm clears itself when the next attempt succeeds (`cert renew ID` tries now);
+    a push target that keeps failing is listed too (`deploy ID` tries it now).
     """
     state: State = ctx.obj
     found = state.broker.certificates.alarms()
+    deployments = state.broker.deploy.alarms()
     if as_json:
-        print_json(found)
+        print_json(found + [{"kind": "deployment", **d} for d in deployments])
         return
-    if not found:
+    if not found and not deployments:
         console.print("no active alarms")
         return
+    for d in deployments:
+        console.print(
+            escape(
+                f"certificate {d['certificate_id']} to target {d['target']}: deploying "
+                f"serial {d['serial']} failing since {d['alarm_since'][:19].replace('T', ' ')}: "
+                f"{d['last_error']}"
+                + (
+                    f" (next try {d['next_try_at'][:19].replace('T', ' ')})"
+                    if d["next_try_at"]
+                    else ""
+                )
+            )
+        )
     for alarm in found:
         console.print(
             escape(

@@ -63,6 +63,18 @@ class Commands(LazyGroup):
             "certbroker.cli.clients_cmd:approvals_app",
             "Clients' CSR requests for names off their allow-list: list, approve, deny.",
         ),
+        "target": Lazy(
+            "certbroker.cli.targets_cmd:app",
+            "Push targets (a directory here, SSH hosts): add, list, show, attach, detach, delete.",
+        ),
+        "deploy": Lazy(
+            "certbroker.cli.targets_cmd:deploy",
+            "Deploy a certificate to its push targets now (a failing one starts over).",
+        ),
+        "agent": Lazy(
+            "certbroker.cli.agent_cmd:agent",
+            "Run the gateway agent: HTTP-01 at the edge, installs what the broker sends.",
+        ),
         "user": Lazy(
             "certbroker.cli.access_cmd:users_app",
             "Users of the console and API: add, passwd, list, role, disable, enable, delete.",

@@ -48,8 +48,14 @@ def run_serve(state: State) -> None:
         pool = WorkerPool(broker.issuance, workers=settings.workers, label="p0")
         pool.start()
         scheduler = Scheduler(
-            broker.renewal, broker.solvers.values(), settings.scheduler_interval
+            broker.renewal,
+            broker.solvers.values(),
+            settings.scheduler_interval,
+            chores=[broker.agents.check_drift],
         ).start()
+        from certbroker.services.deploy import DeployWorker
+
+        deployer = DeployWorker(broker.deploy).start()  # push targets, retried with backoff
         log.info(
             "certbroker serving: API and console on %s, HTTP-01 on %s:%d, "
             "%d worker process%s × %d workers, renewals checked every %g s, store %s",
@@ -65,6 +71,7 @@ def run_serve(state: State) -> None:
         while not stop.wait(1.0):
             others.check()
         scheduler.stop()
+        deployer.stop()
         others.terminate()  # they stop while this process's workers do
         pool.stop()
         others.stop()

@@ -97,6 +97,7 @@ class Client:
     last_seen_from: str | None = None
     account_id: int | None = None  # the ACME account it orders with; None: the only one
     renewal: Renewal = Renewal.DEVICE
+    agent_at: datetime | None = None  # an agent of it last connected (to any node)
 
     def off_the_list(self, names: Iterable[str]) -> list[str]:
         return off_the_list(self.allow, self.wildcard, names)
@@ -119,6 +120,7 @@ class Client:
             "last_seen_from": self.last_seen_from,
             "account_id": self.account_id,
             "renewal": self.renewal.value,
+            "agent_at": iso(self.agent_at),
         }
 
 

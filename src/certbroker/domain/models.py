@@ -29,6 +29,14 @@ class ChallengeType(StrEnum):
 
     HTTP_01 = "http-01"
     DNS_01 = "dns-01"
+    # HTTP-01 answered at the edge by the gateway agents allowed the names (issue 15):
+    # the broker need not be reachable from the CA.
+    AGENT_HTTP_01 = "agent-http-01"
+
+    @property
+    def acme_type(self) -> str:
+        """The challenge type the CA knows it by."""
+        return "http-01" if self is ChallengeType.AGENT_HTTP_01 else self.value
 
     @classmethod
     def parse(cls, text: str) -> ChallengeType:
@@ -314,6 +322,11 @@ class EventKind(StrEnum):
     AWAITING_DNS = "awaiting-dns"  # manual DNS-01: the records a person must write
     REVOKED = "revoked"  # at the CA, with a reason
     DELETED = "deleted"  # forgotten here (still valid at the CA until it expires)
+    DEPLOYED = "deployed"  # its files reached a push target (and it reloaded)
+    DEPLOY_FAILED = "deploy-failed"  # a push target failed; tried again until it works
+    DEPLOY_CANCELLED = "deploy-cancelled"  # a person stopped a deployment's retries
+    INSTALLED = "installed"  # a gateway agent installed it and its reload succeeded
+    INSTALL_FAILED = "install-failed"  # ... or not: the agent put the previous files back
 
 
 @dataclass(frozen=True)

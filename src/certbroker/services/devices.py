@@ -23,7 +23,7 @@ from certbroker.domain.clients import (
     Renewing,
     RequestState,
 )
-from certbroker.domain.errors import AccessDenied, NotFoundError, UsageError
+from certbroker.domain.errors import AccessDenied, Conflict, NotFoundError, UsageError
 from certbroker.domain.keys import KeyPolicy
 from certbroker.domain.models import (
     DEFAULT_CHALLENGE,
@@ -97,6 +97,16 @@ class DeviceService:
         device_renews = renewal is Renewal.DEVICE
         current = self.repo.certificate_to_renew(client.id, names, challenge)
         if current is None:
+            first = self.repo.certificate_to_renew(client.id, names, challenge, issued=False)
+            if first is not None and first.csr_pem and _same_csr_key(first.csr_pem, device):
+                # The same CSR again while its first certificate is being obtained (a
+                # device or agent that restarted): that one, and no second order.
+                return None, Renewing(first.id, None, device_renews)
+            if first is not None and self.repo.active_order_of(first.id) is not None:
+                raise Conflict(
+                    f"certificate {first.id} for these names is being obtained for another "
+                    "key; send this CSR again once that has ended"
+                )
             return self._new_certificate(client, device, names, challenge, device_renews), None
         now = self.ctx.clock()
         due = current.renew_at is None or current.renew_at <= now
@@ -286,6 +296,16 @@ class DeviceService:
     def client_requests(self, client: Client, limit: int = 100) -> list[DeviceRequest]:
         """The client's latest CSR requests, newest first."""
         return self.repo.client_device_requests(client.id, limit)
+
+
+def _same_csr_key(csr_pem: str, device: DeviceCsr) -> bool:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = x509.load_pem_x509_csr(csr_pem.encode()).public_key()
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == (
+        device.public_key_der
+    )
 
 
 def _same_key(cert: Certificate, device: DeviceCsr) -> bool:

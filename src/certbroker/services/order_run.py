@@ -245,7 +245,8 @@ class OrderRun:
             if chall is None:
                 offered = ", ".join(c.type for c in authz.challenges) or "none"
                 raise PermanentError(
-                    f"the CA offers no {kind} challenge for {authz.identifier} (offered: {offered})"
+                    f"the CA offers no {kind.acme_type} challenge for {authz.identifier} "
+                    f"(offered: {offered})"
                 )
             key_auth = self.ca.key_authorization(chall.token)
             challenges.append(PendingChallenge(authz.identifier, chall.token, key_auth))

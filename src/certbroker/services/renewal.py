@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from cryptography import x509
@@ -124,11 +124,16 @@ class Scheduler:
     """Queues due renewals every `interval` seconds until stopped (a thread in `serve`)."""
 
     def __init__(
-        self, renewal: RenewalService, solvers: Iterable[ChallengeSolver], interval: float
+        self,
+        renewal: RenewalService,
+        solvers: Iterable[ChallengeSolver],
+        interval: float,
+        chores: Iterable[Callable[[], object]] = (),
     ) -> None:
         self.renewal = renewal
         self.solvers = tuple(solvers)
         self.interval = interval
+        self.chores = tuple(chores)  # more looks at the store each tick (agents' drift)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -137,6 +142,8 @@ class Scheduler:
         for solver in self.solvers:
             # What orders that ended while no process could clean up (a crash) left.
             solver.sweep()
+        for chore in self.chores:
+            chore()
         queued = self.renewal.queue_due()
         if queued:
             log.info("renewal due for %d certificate(s): %s", len(queued), _ids(queued))

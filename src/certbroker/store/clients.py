@@ -41,7 +41,7 @@ from certbroker.store.schema import certificates, clients, device_requests, even
 SEEN_TOUCH = timedelta(seconds=60)  # last seen written at most this often
 
 
-def _client(row: Row[Any]) -> Client:
+def client_row(row: Row[Any]) -> Client:
     return Client(
         id=row.id,
         name=row.name,
@@ -56,6 +56,7 @@ def _client(row: Row[Any]) -> Client:
         last_seen_from=row.last_seen_from,
         account_id=row.account_id,
         renewal=Renewal(row.renewal),
+        agent_at=row.agent_at,
     )
 
 
@@ -119,16 +120,16 @@ class ClientStore(StoreBase):
             row = conn.execute(select(clients).where(column == ref)).first()
         if row is None:
             raise NotFoundError(f"no client {ref!r}; see `certbroker client list`")
-        return _client(row)
+        return client_row(row)
 
     def client_by_token_hash(self, token_hash: str) -> Client | None:
         with self._read() as conn:
             row = conn.execute(select(clients).where(clients.c.token_hash == token_hash)).first()
-        return None if row is None else _client(row)
+        return None if row is None else client_row(row)
 
     def list_clients(self) -> list[Client]:
         with self._read() as conn:
-            return [_client(r) for r in conn.execute(select(clients).order_by(clients.c.name))]
+            return [client_row(r) for r in conn.execute(select(clients).order_by(clients.c.name))]
 
     def change_client(self, client_id: int, now: datetime, **values: Any) -> Client:
         """Set `allow` (a list), `wildcard`, `policy`, `enabled`, `account_id`, `renewal`,
@@ -339,20 +340,34 @@ class ClientStore(StoreBase):
             ]
 
     def certificate_to_renew(
-        self, client_id: int, names: Sequence[str], challenge: ChallengeType
+        self,
+        client_id: int,
+        names: Sequence[str],
+        challenge: ChallengeType,
+        *,
+        issued: bool = True,
     ) -> Certificate | None:
         """The client's issued, unrevoked certificate for exactly these names (in any
-        order) and challenge, the latest to expire: what a fresh CSR for them renews."""
+        order) and challenge, the latest to expire: what a fresh CSR for them renews.
+        `issued=False`: its certificate for them that was never issued yet (being
+        obtained, or failing and tried again), not disabled."""
         c = certificates.c
         wanted = sorted(names)
+        if issued:
+            which = and_(c.status == CertificateStatus.VALID.value, c.cert_pem.is_not(None))
+        else:
+            which = and_(
+                c.status.in_([CertificateStatus.PENDING.value, CertificateStatus.FAILED.value]),
+                c.cert_pem.is_(None),
+                c.disabled.is_(False),
+            )
         with self._read() as conn:
             rows = conn.execute(
                 select(*CERT_COLUMNS).where(
                     and_(
                         c.client_id == client_id,
                         c.challenge == challenge.value,
-                        c.status == CertificateStatus.VALID.value,
-                        c.cert_pem.is_not(None),
+                        which,
                         # Only rows naming the first of them are read (and compared below).
                         c.names.contains(json.dumps(wanted[0]), autoescape=True),
                     )

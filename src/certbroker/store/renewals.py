@@ -31,6 +31,7 @@ from certbroker.store.schema import (
     events,
     orders,
 )
+from certbroker.store.targets import queue_deployments
 
 _no_active_order = ~exists().where(
     and_(
@@ -298,6 +299,8 @@ class RenewalStore(EventStore):
             else:
                 kind, message = EventKind.ISSUED, f"issued: serial {issued.serial}, {until}"
             succeeded(conn, now, cert_id, order_id, kind, message)
+            # Push targets: queued with the certificate, so a crash cannot lose a deployment.
+            queue_deployments(conn, cert_id, issued.serial, now)
 
     def history_of(self, cert_id: int) -> list[PastCertificate]:
         h = certificate_history.c

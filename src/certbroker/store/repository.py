@@ -36,6 +36,7 @@ from certbroker.domain.models import (
     OrderState,
 )
 from certbroker.store.access import AccessStore
+from certbroker.store.agents import AgentStore
 from certbroker.store.clients import ClientStore
 from certbroker.store.dns import DnsStore
 from certbroker.store.events import add_event
@@ -62,6 +63,7 @@ from certbroker.store.schema import (
     orders,
     runtime_settings,
 )
+from certbroker.store.targets import TargetStore
 
 # Built once (see store/base.py): the look-ups every issuance makes.
 _ACCOUNT_BY_NAME = select(accounts).where(accounts.c.name == bindparam("b_name"))
@@ -90,7 +92,9 @@ def _certificate_of(conn: Connection, order_id: int) -> int:
     )
 
 
-class Repository(RenewalStore, DnsStore, AccessStore, ListingStore, ClientStore):
+class Repository(
+    RenewalStore, DnsStore, AccessStore, ListingStore, ClientStore, TargetStore, AgentStore
+):
     """Typed storage; renewal, history and arrival of certificates in store/renewals.py."""
 
     # -- accounts ------------------------------------------------------------------------

@@ -392,6 +392,7 @@ clients = Table(
     Column("last_seen_from", String(100), nullable=True),
     Column("account_id", Integer, nullable=True),  # None: the only ACME account (0018)
     Column("renewal", String(10), nullable=False, server_default="device"),  # or broker
+    Column("agent_at", UTCDateTime, nullable=True),  # an agent of it last connected (0020)
 )
 
 # Every CSR a client sent: accepted at once (certificate_id), or waiting for an admin's
@@ -413,4 +414,103 @@ device_requests = Table(
     Column("renewal", String(10), nullable=True),  # device | broker; None: the client's
     Index("ix_device_requests_client_id", "client_id"),
     Index("ix_device_requests_state", "state"),
+)
+
+# Push targets (0019): where a certificate's files go after every issuance and renewal.
+# Contents, not paths, are kept (the SSH identity and a PKCS#12 password sealed, the
+# known_hosts lines in clear), so any node on the store can deploy.
+targets = Table(
+    "targets",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("kind", String(10), nullable=False),  # ssh | local
+    Column("hosts", Text, nullable=False, server_default="[]"),  # JSON [user, host, port]
+    Column("path", Text, nullable=False),
+    Column("files", Text, nullable=False),  # JSON: file names, owner, modes
+    Column("reload", Text, nullable=True),
+    Column("verify", String(300), nullable=True),  # host:port
+    Column("enabled", Boolean, nullable=False, server_default="1"),
+    Column("known_hosts", Text, nullable=True),
+    Column("identity_sealed", LargeBinary, nullable=True),
+    Column("pkcs12_password_sealed", LargeBinary, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+certificate_targets = Table(
+    "certificate_targets",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "certificate_id",
+        Integer,
+        ForeignKey("certificates.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("target_id", Integer, ForeignKey("targets.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ux_certificate_targets_pair", "certificate_id", "target_id", unique=True),
+    Index("ix_certificate_targets_target_id", "target_id"),
+)
+
+# One certificate (one serial) to one target; a failed one waits for next_try_at.
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "certificate_id",
+        Integer,
+        ForeignKey("certificates.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("target_id", Integer, ForeignKey("targets.id", ondelete="CASCADE"), nullable=False),
+    Column("serial", String(100), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_try_at", UTCDateTime, nullable=True),
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("output_tail", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("alarm_since", UTCDateTime, nullable=True),
+    Index("ix_deployments_due", "state", "next_try_at"),
+    Index("ix_deployments_certificate_target", "certificate_id", "target_id"),
+)
+
+
+# Gateway agents (issue 15, migration 0020). Which client's agent answers which
+# agent-http-01 token now: the order answers the CA once every live agent allowed the
+# name has it.
+challenge_acks = Table(
+    "challenge_acks",
+    metadata,
+    Column("token", String(200), primary_key=True),
+    Column("client_id", Integer, primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+)
+
+# Per client and certificate: what its agent installed, and the alarm of a failed
+# install or of drift (an old serial still installed near the old one's expiry).
+installations = Table(
+    "installations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("client_id", Integer, nullable=False),
+    Column("certificate_id", Integer, nullable=False),
+    Column("key_mode", String(10), nullable=False),  # local (a CSR) | broker (key held here)
+    Column("serial", String(80), nullable=True),  # installed
+    Column("not_after", UTCDateTime, nullable=True),  # ... valid until
+    Column("installed_at", UTCDateTime, nullable=True),
+    Column("reload_status", Integer, nullable=True),
+    Column("output_tail", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("alarm_since", UTCDateTime, nullable=True),
+    Column("reported_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ux_installations_client_cert", "client_id", "certificate_id", unique=True),
+    Index("ix_installations_certificate_id", "certificate_id"),
 )

@@ -334,6 +334,17 @@ def certificate_page(request: Request, cert_id: CertId) -> Response:
         formats=formats,
         reasons=REVOCATION_REASONS,
         subject_fields=dict(SUBJECT_FIELDS),
+        targets=broker.deploy.of_certificate(cert_id),
+    )
+
+
+@router.post("/certificates/{cert_id}/deploy")
+def deploy_now(request: Request, cert_id: CertId, form: Form) -> Response:
+    person = acting(request, form, Action.REQUEST)
+    queued = person.broker.deploy.deploy_now(cert_id, text(form, "target") or None)
+    names = ", ".join(d.target_name for d in queued) or "nothing (it is being deployed)"
+    return redirect(
+        request, f"/certificates/{cert_id}", f"Deployment queued for {names}; watch it below."
     )
 
 

@@ -62,12 +62,14 @@ def _clients_page(
     status_code: int = 200,
 ) -> Response:
     accounts = person.broker.accounts.all()
+    clients = person.broker.clients.all()
     return render(
         request,
         person,
         "clients.html",
         status_code=status_code,
-        clients=person.broker.clients.all(),
+        clients=clients,
+        installed={c.id: person.broker.agents.installations(c) for c in clients},
         policies=POLICIES,
         renewals=RENEWALS,
         accounts=[("", "the only account there is"), *((a.name, a.name) for a in accounts)],

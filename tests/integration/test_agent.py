@@ -1,0 +1,301 @@
+"""The gateway agent (issue 15) against Pebble validating for real: two agents on two
+loopback addresses act as gateways for different names while the broker's own HTTP-01
+responder is not where Pebble looks, so every validation goes through an agent.
+
+Pebble resolves names through pebble-challtestsrv, told here (`/add-a`) which address
+each gateway's names live on: 127.0.0.2 for gw-a's, 127.0.0.3 for gw-b's."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+
+from certbroker.crypto.keys import key_matches_certificate, load_private_key
+from tests.conftest import Cli, make_cli
+from tests.integration.test_device_csr import last_line
+from tests.support.pebble import PebbleServer
+from tests.support.ports import free_port
+from tests.support.processes import terminate
+from tests.support.serve import api_url, start_api, stop_serve, wait_until
+
+ADDRESSES = {"gw-a": "127.0.0.2", "gw-b": "127.0.0.3"}
+ZONES = {"gw-a": "a.example.com", "gw-b": "b.example.com"}
+
+
+@dataclass
+class Gateway:
+    name: str
+    root: Path
+    config: Path
+    proc: subprocess.Popen[str] | None = None
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def log(self) -> str:
+        log = self.root / "agent.log"
+        return log.read_text() if log.exists() else ""
+
+
+@dataclass
+class Site:
+    cli: Cli
+    serve: subprocess.Popen[str]
+    gateways: dict[str, Gateway]
+    pebble: PebbleServer
+
+    def start(self, gw: Gateway) -> None:
+        env = {**self.cli.env}
+        log = open(gw.root / "agent.log", "a")  # noqa: SIM115 - the agent's, closed with it
+        gw.proc = subprocess.Popen(
+            [sys.executable, "-m", "certbroker", "agent", "--config", str(gw.config)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        log.close()
+
+    def stop(self, gw: Gateway) -> None:
+        if gw.proc is not None:
+            terminate(gw.proc)
+            gw.proc = None
+
+    def client(self, name: str) -> dict[str, Any]:
+        shown: dict[str, Any] = self.cli.json("client", "show", name)
+        return shown
+
+
+def _point(pebble: PebbleServer, name: str, address: str) -> None:
+    assert pebble.challtestsrv_url is not None
+    answer = httpx.post(
+        pebble.challtestsrv_url + "/add-a",
+        json={"host": name + ".", "addresses": [address]},
+        trust_env=False,
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def _write_config(site_cli: Cli, gw: Gateway, token: str, port: int, extra: str = "") -> None:
+    zone = ZONES[gw.name]
+    gw.path("token").write_text(token + "\n")
+    gw.config.write_text(
+        f"""
+broker = "{api_url(site_cli)}"
+token_file = "token"
+http01_listen = "{ADDRESSES[gw.name]}:{port}"
+state_file = "state/agent.json"
+
+[[certificate]]
+names = ["www.{zone}"]
+cert_path = "tls/www/fullchain.pem"
+key_path = "tls/www/privkey.pem"
+combined_path = "tls/www/combined.pem"
+reload = "test ! -e {gw.path("fail-reload")} && date +%s%N >> {gw.path("reloads")}"
+{extra}
+"""
+    )
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleServer) -> Iterator[Site]:
+    root = tmp_path_factory.mktemp("agents")
+    cli = make_cli(root / "data", pebble)
+    # Pebble looks on its HTTP port at the names' addresses; the broker answers elsewhere.
+    cli.env["CERTBROKER_HTTP01_PORT"] = str(free_port())
+    cli.env["CERTBROKER_SCHEDULER_INTERVAL"] = "0.5"
+    cli.register()
+    gateways = {}
+    for name, zone in ZONES.items():
+        token = last_line(cli("client", "add", name, "--allow", f"*.{zone}").stdout)
+        gw = Gateway(name, root / name, root / name / "agent.toml")
+        gw.root.mkdir()
+        for host in ("www", "shared", "other"):
+            _point(pebble, f"{host}.{zone}", ADDRESSES[name])
+        extra = ""
+        if name == "gw-a":  # a broker-held key, and names it may not have
+            extra = f"""
+[[certificate]]
+names = ["shared.{zone}"]
+cert_path = "tls/shared/fullchain.pem"
+key_path = "tls/shared/privkey.pem"
+key = "broker"
+
+[[certificate]]
+names = ["www.b.example.com"]
+cert_path = "tls/stolen/fullchain.pem"
+key_path = "tls/stolen/privkey.pem"
+"""
+        _write_config(cli, gw, token, pebble.http_port, extra)
+        gateways[name] = gw
+    serve = start_api(cli)
+    site = Site(cli, serve, gateways, pebble)
+    try:
+        for gw in gateways.values():
+            site.start(gw)
+        yield site
+    finally:
+        for gw in gateways.values():
+            site.stop(gw)
+        stop_serve(site.serve)  # the one running now: a test restarts it
+
+
+def _leaf(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificates(path.read_bytes())[0]
+
+
+def _names(cert: x509.Certificate) -> list[str]:
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return sorted(san.get_values_for_type(x509.DNSName))
+
+
+def _installed(site: Site, gw: Gateway, path: str) -> bool:
+    if gw.proc is not None and gw.proc.poll() is not None:
+        raise AssertionError(f"agent {gw.name} ended:\n{gw.log()}")
+    return gw.path(path).exists()
+
+
+def test_each_agent_answers_for_its_names_and_installs_its_own(site: Site) -> None:
+    for gw in site.gateways.values():
+        wait_until(f"{gw.name}'s certificate", lambda gw=gw: _installed(site, gw,
+                   "tls/www/fullchain.pem"), serve=site.serve, timeout=120)  # fmt: skip
+    for name, gw in site.gateways.items():
+        leaf = _leaf(gw.path("tls/www/fullchain.pem"))
+        assert _names(leaf) == [f"www.{ZONES[name]}"]
+        key_file = gw.path("tls/www/privkey.pem")
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE(gw.path("tls/www/fullchain.pem").stat().st_mode) == 0o644
+        assert key_matches_certificate(load_private_key(key_file.read_bytes()), leaf)
+        assert gw.path("tls/www/combined.pem").read_bytes().startswith(b"-----BEGIN PRIVATE")
+        assert gw.path("reloads").read_text().count("\n") >= 1  # its reload command ran
+        assert not gw.path("tls/www/privkey.pem.next").exists()  # the new key is in place
+
+        def reported(name: str = name, leaf: x509.Certificate = leaf) -> bool:
+            mine = [i for i in site.client(name)["installations"] if i["key"] == "local"]
+            return bool(mine) and mine[0]["serial"] == format(leaf.serial_number, "x")
+
+        wait_until(f"{name}'s report", reported, serve=site.serve)
+    # gw-a asked for gw-b's names: refused, nothing installed, nothing ordered for it.
+    assert not site.gateways["gw-a"].path("tls/stolen").exists()
+    assert "may not obtain www.b.example.com" in site.gateways["gw-a"].log()
+    shown = site.cli.json("cert", "list")
+    assert sorted(n for c in shown for n in c["names"]).count("www.b.example.com") == 1
+
+
+def test_a_key_the_broker_holds_is_sent_with_its_certificate(site: Site) -> None:
+    gw = site.gateways["gw-a"]
+    wait_until("the shared certificate", lambda: _installed(site, gw, "tls/shared/privkey.pem"),
+               serve=site.serve, timeout=120)  # fmt: skip
+    leaf = _leaf(gw.path("tls/shared/fullchain.pem"))
+    assert _names(leaf) == ["shared.a.example.com"]
+    key = load_private_key(gw.path("tls/shared/privkey.pem").read_bytes())
+    assert key_matches_certificate(key, leaf)
+    listed = [c for c in site.cli.json("cert", "list") if c["names"] == ["shared.a.example.com"]]
+    assert len(listed) == 1
+    shown = site.cli.json("cert", "show", str(listed[0]["id"]))
+    assert shown["key_policy"] == "new"  # the broker made the key and holds it
+
+
+def _serial(gw: Gateway) -> int:
+    return _leaf(gw.path("tls/www/fullchain.pem")).serial_number
+
+
+def _cert_id(site: Site, name: str) -> int:
+    (cert,) = [c for c in site.cli.json("cert", "list") if c["names"] == [name]]
+    return int(cert["id"])
+
+
+def test_restarting_the_agent_and_the_broker_orders_and_installs_nothing_again(
+    site: Site,
+) -> None:
+    gw = site.gateways["gw-b"]
+    wait_until("gw-b's certificate", lambda: _installed(site, gw, "tls/www/fullchain.pem"),
+               serve=site.serve, timeout=120)  # fmt: skip
+    cert_id = _cert_id(site, "www.b.example.com")
+    orders = len(site.cli.json("cert", "show", str(cert_id))["attempts"])
+    reloads = gw.path("reloads").read_text()
+    mtime = gw.path("tls/www/fullchain.pem").stat().st_mtime_ns
+
+    site.stop(gw)
+    site.start(gw)
+    stop_serve(site.serve)
+    site.serve = start_api(site.cli)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the agent reconnects and says hello again
+        time.sleep(0.5)
+    wait_until("gw-b connected again", lambda: "connected to the broker" in
+               gw.log().rsplit("connecting again", 1)[-1], serve=site.serve)  # fmt: skip
+    assert len(site.cli.json("cert", "show", str(cert_id))["attempts"]) == orders
+    assert gw.path("reloads").read_text() == reloads
+    assert gw.path("tls/www/fullchain.pem").stat().st_mtime_ns == mtime
+
+
+def test_a_failing_reload_puts_the_old_files_back_and_raises_the_alarm(site: Site) -> None:
+    gw = site.gateways["gw-a"]
+    wait_until("gw-a's certificate", lambda: _installed(site, gw, "tls/www/fullchain.pem"),
+               serve=site.serve, timeout=120)  # fmt: skip
+    cert_id = _cert_id(site, "www.a.example.com")
+    before = _serial(gw)
+    gw.path("fail-reload").write_text("")
+    try:
+        # The broker renews it (as the device's renewal, opted in by an operator's
+        # `cert renew`): Pebble validates through the agent again.
+        site.cli("cert", "renew", str(cert_id))
+
+        def alarmed() -> bool:
+            mine = [i for i in site.client("gw-a")["installations"]
+                    if i["certificate_id"] == cert_id]  # fmt: skip
+            return bool(mine) and mine[0]["alarm_since"] is not None
+
+        wait_until("the install alarm", alarmed, serve=site.serve, timeout=60)
+        assert _serial(gw) == before  # the old files are back
+        (entry,) = [i for i in site.client("gw-a")["installations"]
+                    if i["certificate_id"] == cert_id]  # fmt: skip
+        assert "reload command exited 1" in entry["error"]
+        kinds = [e["kind"] for e in site.cli.json("events", "--cert", str(cert_id))]
+        assert "install-failed" in kinds
+    finally:
+        gw.path("fail-reload").unlink()
+
+
+def test_an_agent_killed_while_its_certificate_is_obtained_orders_it_once(site: Site) -> None:
+    gw = site.gateways["gw-b"]
+    site.stop(gw)
+    with gw.config.open("a") as config:
+        config.write(
+            """
+[[certificate]]
+names = ["other.b.example.com"]
+cert_path = "tls/other/fullchain.pem"
+key_path = "tls/other/privkey.pem"
+"""
+        )
+    site.start(gw)
+
+    def asked() -> bool:
+        return any(c["names"] == ["other.b.example.com"] for c in site.cli.json("cert", "list"))
+
+    wait_until("its CSR", asked, serve=site.serve)
+    assert gw.proc is not None
+    gw.proc.kill()  # SIGKILL: no goodbye, the state file as it was
+    gw.proc.wait()
+    site.start(gw)
+    wait_until("the certificate installed", lambda: _installed(site, gw,
+               "tls/other/fullchain.pem"), serve=site.serve, timeout=120)  # fmt: skip
+    ours = [c for c in site.cli.json("cert", "list") if c["names"] == ["other.b.example.com"]]
+    assert len(ours) == 1, ours
+    shown = site.cli.json("cert", "show", str(ours[0]["id"]))
+    assert len(shown["attempts"]) == 1  # ordered once
+    leaf = _leaf(gw.path("tls/other/fullchain.pem"))
+    key = load_private_key(gw.path("tls/other/privkey.pem").read_bytes())
+    assert key_matches_certificate(key, leaf)

@@ -1,0 +1,149 @@
+"""The gateway agent's own rules, without a broker: its configuration answered line by
+line, a delivery older than what is installed refused (a replay or a stale broker), a
+renewed certificate held until `install_days_before_expiry`, a restart that finds it
+installed already says so instead of installing again. (tests/integration/test_agent.py
+runs agents against a broker and Pebble.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certbroker.agent.config import load_config
+from certbroker.agent.runner import Agent
+from certbroker.agent.state import AgentState
+from certbroker.domain.errors import UsageError
+
+TOKEN = "cbc_" + "x" * 40
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+GOOD = f"""
+broker = "https://broker.example.com"
+token = "{TOKEN}"
+http01_listen = "127.0.0.1:8080"
+
+[[certificate]]
+names = ["gw1.example.com"]
+cert_path = "tls/fullchain.pem"
+key_path = "tls/privkey.pem"
+install_days_before_expiry = 30
+"""
+
+
+def test_a_good_configuration_is_read_with_its_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert config.websocket_url == "wss://broker.example.com/api/v1/agent/ws"
+    (cert,) = config.certificates
+    assert cert.key_path == tmp_path / "tls/privkey.pem"  # relative to the file
+    assert cert.mode == 0o600 and cert.key.value == "local"
+    assert config.state_file == tmp_path / "agent-state.json"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("broker = 'x'", "`broker` must be a URL"),
+        (GOOD.replace(f'token = "{TOKEN}"', 'token = "cbt_api"'), "client token"),
+        (GOOD.replace(f'token = "{TOKEN}"', ""), "give `token` or `token_file`"),
+        (GOOD.replace('"127.0.0.1:8080"', '"nowhere"'), "http01_listen 'nowhere'"),
+        (GOOD.replace("install_days", "instal_days"), "unknown key(s) instal_days"),
+        (GOOD.replace('key_path = "tls/privkey.pem"', ""), "`cert_path` and `key_path`"),
+        (GOOD + 'key = "device"\n', "key 'device': choose local or broker"),
+        (GOOD.split("[[certificate]]")[0], "no [[certificate]] table"),
+        ("broker = ", "not valid TOML"),
+    ],
+)
+def test_a_bad_configuration_is_one_clear_line(tmp_path: Path, text: str, words: str) -> None:
+    with pytest.raises(UsageError) as refused:
+        load_config(write(tmp_path, text))
+    assert words in str(refused.value)
+
+
+class Recording(Agent):
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.sent: list[dict[str, Any]] = []
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+
+def _agent(tmp_path: Path) -> Recording:
+    return Recording(load_config(write(tmp_path, GOOD)))
+
+
+def _delivery(serial: str, not_before: datetime) -> dict[str, Any]:
+    return {
+        "type": "certificate",
+        "certificate_id": 7,
+        "names": ["gw1.example.com"],
+        "serial": serial,
+        "not_before": not_before.isoformat(),
+        "not_after": (not_before + timedelta(days=90)).isoformat(),
+        "chain": "not looked at before the checks",
+        "key_mode": "local",
+    }
+
+
+def _installed(agent: Agent, not_before: datetime, serial: str = "0b") -> None:
+    held = agent.state.of("gw1.example.com")
+    held.certificate_id, held.serial = 7, serial
+    held.not_before = not_before.isoformat()
+    held.not_after = (not_before + timedelta(days=90)).isoformat()
+    agent.state.save()
+
+
+def test_an_older_certificate_than_the_installed_one_is_refused(tmp_path: Path) -> None:
+    agent = _agent(tmp_path)
+    now = datetime.now(UTC)
+    _installed(agent, now - timedelta(days=1))
+    run(agent._on(_delivery("0a", now - timedelta(days=30))))
+    (report,) = agent.sent
+    assert report["ok"] is False and "older than the installed 0b" in report["error"]
+    assert AgentState.load(agent.config.state_file).of("gw1.example.com").serial == "0b"
+    assert not (tmp_path / "tls").exists()  # nothing written
+
+
+def test_a_renewed_certificate_waits_until_its_install_time(tmp_path: Path) -> None:
+    agent = _agent(tmp_path)
+    now = datetime.now(UTC)
+    _installed(agent, now - timedelta(days=1))  # 89 days left, more than 30
+    run(agent._on(_delivery("0c", now)))
+    assert agent.sent == []  # nothing to report yet
+    held = json.loads(agent.config.state_file.read_text())["certificates"]["gw1.example.com"]
+    assert held["waiting"]["serial"] == "0c" and held["serial"] == "0b"  # kept for later
+    assert stat_mode(agent.config.state_file) == 0o600
+
+
+def test_what_is_installed_already_is_reported_not_installed_again(tmp_path: Path) -> None:
+    agent = _agent(tmp_path)
+    now = datetime.now(UTC)
+    _installed(agent, now, serial="0d")
+    run(agent._on(_delivery("0d", now)))
+    (report,) = agent.sent
+    assert report["ok"] is True and report["serial"] == "0d"
+    assert not (tmp_path / "tls").exists()
+
+
+def run(step: Coroutine[Any, Any, None]) -> None:
+    """On a loop of its own, in a thread: a browser test earlier in this worker process
+    may have left one running in the main thread (Playwright's sync API)."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, step).result()
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777

@@ -1,0 +1,102 @@
+"""What the broker keeps of its gateway agents (store/agents.py, services/agents.py): the
+tokens an order waits for each live agent allowed the name to hold, what each agent
+installed, and the drift alarm of an agent still on a replaced serial near its expiry."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from certbroker.config import Settings
+from certbroker.crypto.sealing import Sealer, new_master_key
+from certbroker.domain.agents import AGENT_LIVE, KeyMode, missing_acks
+from certbroker.domain.clients import ClientPolicy
+from certbroker.domain.renewal import RenewalPlan, RenewalReason
+from certbroker.services.common import ServiceContext
+from certbroker.store.repository import Repository
+from certbroker.wiring import Broker
+from tests.unit.conftest import LEASE, NOW, issued, new_certificate
+
+
+def broker_at(repo: Repository, tmp_path: Path, at: datetime) -> Broker:
+    ctx = ServiceContext(
+        repo=repo,
+        sealer=Sealer(new_master_key()),
+        ca_factory=None,  # type: ignore[arg-type]  # nothing here reaches a CA
+        clock=lambda: at,
+    )
+    return Broker(settings=Settings(data_dir=tmp_path), repo=repo, ctx=ctx)
+
+
+def test_an_order_waits_for_every_live_agent_allowed_the_name(
+    repo: Repository, tmp_path: Path
+) -> None:
+    broker = broker_at(repo, tmp_path, NOW)
+    one, _ = broker.clients.add("lb-1", ["*.shop.example.com"])
+    two, _ = broker.clients.add("lb-2", ["*.shop.example.com"])
+    other, _ = broker.clients.add("other", ["*.elsewhere.example.com"])
+    repo.touch_agents([one.id, two.id, other.id], NOW)
+    live = repo.live_agents(NOW - AGENT_LIVE)
+    assert {a.name for a in live} == {"lb-1", "lb-2", "other"}
+    names = ["www.shop.example.com"]
+    assert missing_acks(names, live, {}) == ["www.shop.example.com (agent lb-1, lb-2)"]
+    assert missing_acks(names, live, {"www.shop.example.com": {one.id}}) == [
+        "www.shop.example.com (agent lb-2)"
+    ]
+    assert missing_acks(names, live, {"www.shop.example.com": {one.id, two.id}}) == []
+    # An agent not seen for longer than AGENT_LIVE is not waited for; none at all: named.
+    assert repo.live_agents(NOW + AGENT_LIVE + timedelta(seconds=1)) == []
+    assert missing_acks(["x.nobody.example.com"], live, {}) == [
+        "x.nobody.example.com (no connected agent may answer for it)"
+    ]
+
+
+def test_acks_are_kept_per_agent_and_for_known_tokens_only(
+    repo: Repository, tmp_path: Path
+) -> None:
+    from certbroker.store.rows import put_challenges
+
+    broker = broker_at(repo, tmp_path, NOW)
+    client, _ = broker.clients.add("lb-1", ["*.shop.example.com"], policy=ClientPolicy.DENY)
+    with repo.engine.begin() as conn:
+        put_challenges(conn, None, [("tok-1", "tok-1.ka", "www.shop.example.com",
+                                     "agent-http-01")], NOW)  # fmt: skip
+    assert repo.agent_challenges() == [("tok-1", "tok-1.ka", "www.shop.example.com")]
+    broker.agents.acknowledge(client, ["tok-1", "tok-unknown"])
+    broker.agents.acknowledge(client, ["tok-1"])  # again: once
+    assert repo.acks_of(["tok-1", "tok-unknown"]) == {"tok-1": {client.id}, "tok-unknown": set()}
+    assert broker.agents.tokens_for(client, repo.agent_challenges()) == {"tok-1": "tok-1.ka"}
+    stranger, _ = broker.clients.add("stranger", ["*.elsewhere.example.com"])
+    assert broker.agents.tokens_for(stranger, repo.agent_challenges()) == {}
+    repo.delete_challenge("tok-1")
+    assert repo.sweep_acks() == 1
+
+
+def test_an_agent_left_on_a_replaced_serial_near_its_expiry_raises_the_drift_alarm(
+    repo: Repository, tmp_path: Path
+) -> None:
+    broker = broker_at(repo, tmp_path, NOW)
+    client, _ = broker.clients.add("gw", ["a.example.com"])
+    cert, order = repo.create_certificate(new_certificate(), NOW, "w", NOW + LEASE)
+    plan = RenewalPlan(NOW + timedelta(days=60), RenewalReason.LIFETIME)
+    repo.store_issued(cert.id, order.id, "w", issued("01", days=10), NOW, plan)
+    repo.subscribe(client.id, cert.id, KeyMode.BROKER, NOW)
+    broker.agents.report(client, cert.id, serial="01", not_after=NOW + timedelta(days=10),
+                         ok=True, reload_status=0, output_tail="", error=None)  # fmt: skip
+    renewal = repo.add_renewal_order(cert.id, NOW, "w", NOW + LEASE)
+    repo.store_issued(cert.id, renewal.id, "w", issued("02"), NOW, plan)
+
+    assert broker.agents.check_drift() == 0  # 10 days left on 01: not yet
+    later = broker_at(repo, tmp_path, NOW + timedelta(days=4))
+    assert later.agents.check_drift() == 1
+    (entry,) = later.agents.installations(client)
+    assert entry["alarm_since"] is not None and entry["serial"] == "01"
+    assert "gw still serves serial 01" in entry["error"] and "current one is 02" in entry["error"]
+    assert later.agents.check_drift() == 0  # raised once
+    kinds = [e.kind.value for e in repo.list_events(cert_id=cert.id)]
+    assert kinds.count("install-failed") == 1
+    # The agent installs the current serial: the alarm clears.
+    later.agents.report(client, cert.id, serial="02", not_after=NOW + timedelta(days=90),
+                        ok=True, reload_status=0, output_tail="", error=None)  # fmt: skip
+    (entry,) = later.agents.installations(client)
+    assert entry["alarm_since"] is None and entry["serial"] == "02"
