@@ -238,6 +238,7 @@ class Rest:
     store: dict[str, float] = field(default_factory=dict)  # from the orders' timestamps
     serve_cpu: float = 0.0  # serve + worker processes, CPU seconds over the timed part
     pebble_cpu: float = 0.0
+    client_cpu: float = 0.0  # the simulated devices (this process): on the same 2 cores
     others: float = 0.0  # cores other processes kept busy during the timed part
     retried: int = 0
 
@@ -389,7 +390,8 @@ def run_rest(
         own0, busy0 = cpu_s([os.getpid()]), _system_busy()
         asyncio.run(post_and_poll(base, token, devices, rest))
         rest.serve_cpu, rest.pebble_cpu = cpu_s(pids) - cpu0, cpu_s(pebble_pids) - pcpu0
-        mine = rest.serve_cpu + rest.pebble_cpu + cpu_s([os.getpid()]) - own0
+        rest.client_cpu = cpu_s([os.getpid()]) - own0  # the devices: this process
+        mine = rest.serve_cpu + rest.pebble_cpu + rest.client_cpu
         rest.others = max(0.0, _system_busy() - busy0 - mine) / rest.seen
         rest.store, rest.retried = order_phases(data / "certbroker.db", rest.first_post)
         rest.wall = rest.store["last order finished"]
@@ -562,8 +564,10 @@ def section(
         f"{tenth}'s {last_ms:.0f} ms",
         f"- CPU over the REST run: serve and its worker processes {serve_ms:.0f} ms per "
         f"certificate (the floor's process and workers: {floor_ms:.0f} ms), Pebble "
-        f"{pebble_ms:.0f} ms; other processes kept {rest.others:.2f} cores busy during the "
-        f"REST run, {floor.others:.2f} during the floor's",
+        f"{pebble_ms:.0f} ms, the simulated devices (this bench's own process, on the "
+        f"same cores) {rest.client_cpu / max(rest.valid, 1) * 1000:.0f} ms; other processes "
+        f"kept {rest.others:.2f} cores busy during the REST run, {floor.others:.2f} during "
+        "the floor's",
         f"- the devices' polling ({rest.gets} GETs, {rest.gets / n:.1f} per certificate) saw "
         f"the last `valid` {rest.seen:.2f} s after the first POST, {rest.seen - rest.wall:.2f} "
         f"s after the store had it (a round ends at the {POLL_AHEAD}th request still pending, "

@@ -21,7 +21,7 @@ API = "/api/v1"
 # Requests run in at most this many threads at once. Python runs one at a time anyway,
 # and SQLite's reader gives the interpreter up and takes it back for every row: with 16
 # threads waiting for it, a page of 50 rows took 20x longer (bench/api.py, wrk -c16).
-REQUEST_THREADS = 8
+REQUEST_THREADS = 4
 
 
 @contextlib.asynccontextmanager

@@ -67,4 +67,12 @@ Reader = Annotated[Principal, Depends(allowed(Action.READ))]
 Operator = Annotated[Principal, Depends(allowed(Action.REQUEST))]
 Admin = Annotated[Principal, Depends(allowed(Action.MANAGE))]
 Caller = Annotated[Principal, Depends(caller)]
-BrokerDep = Annotated[Broker, Depends(broker_of)]
+
+
+async def _broker(request: Request) -> Broker:
+    """As a dependency: async, so it costs no hop through the thread pool (a plain
+    function dependency does, on every request)."""
+    return broker_of(request)
+
+
+BrokerDep = Annotated[Broker, Depends(_broker)]

@@ -95,9 +95,8 @@ class DeviceService:
         """A new certificate for the CSR, or the renewal of the client's certificate for
         the same names."""
         device_renews = renewal is Renewal.DEVICE
-        current = self.repo.certificate_to_renew(client.id, names, challenge)
+        current, first = self.repo.certificates_for(client.id, names, challenge)
         if current is None:
-            first = self.repo.certificate_to_renew(client.id, names, challenge, issued=False)
             if first is not None and first.csr_pem and _same_csr_key(first.csr_pem, device):
                 # The same CSR again while its first certificate is being obtained (a
                 # device or agent that restarted): that one, and no second order.

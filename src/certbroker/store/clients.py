@@ -351,31 +351,46 @@ class ClientStore(StoreBase):
         order) and challenge, the latest to expire: what a fresh CSR for them renews.
         `issued=False`: its certificate for them that was never issued yet (being
         obtained, or failing and tried again), not disabled."""
+        current, first = self.certificates_for(client_id, names, challenge)
+        return current if issued else first
+
+    def certificates_for(
+        self, client_id: int, names: Sequence[str], challenge: ChallengeType
+    ) -> tuple[Certificate | None, Certificate | None]:
+        """In one look: the client's issued certificate for exactly these names (see
+        certificate_to_renew), and its one never issued yet."""
         c = certificates.c
         wanted = sorted(names)
-        if issued:
-            which = and_(c.status == CertificateStatus.VALID.value, c.cert_pem.is_not(None))
-        else:
-            which = and_(
-                c.status.in_([CertificateStatus.PENDING.value, CertificateStatus.FAILED.value]),
-                c.cert_pem.is_(None),
-                c.disabled.is_(False),
-            )
         with self._read() as conn:
             rows = conn.execute(
                 select(*CERT_COLUMNS).where(
                     and_(
                         c.client_id == client_id,
                         c.challenge == challenge.value,
-                        which,
+                        c.status.in_(
+                            [
+                                CertificateStatus.VALID.value,
+                                CertificateStatus.PENDING.value,
+                                CertificateStatus.FAILED.value,
+                            ]
+                        ),
                         # Only rows naming the first of them are read (and compared below).
                         c.names.contains(json.dumps(wanted[0]), autoescape=True),
                     )
                 )
             ).all()
         found = [certificate_row(r) for r in rows if sorted(json.loads(r.names)) == wanted]
-        return max(
-            found, key=lambda cert: (cert.not_after or cert.created_at, cert.id), default=None
+        issued = [
+            cert
+            for cert in found
+            if cert.status is CertificateStatus.VALID and cert.cert_pem is not None
+        ]
+        first = [cert for cert in found if cert.cert_pem is None and not cert.disabled]
+        return (
+            max(
+                issued, key=lambda cert: (cert.not_after or cert.created_at, cert.id), default=None
+            ),
+            max(first, key=lambda cert: cert.id, default=None),
         )
 
 
