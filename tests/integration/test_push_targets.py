@@ -344,3 +344,53 @@ def test_targets_over_the_api_admins_add_operators_deploy(cli: Cli, tmp_path: Pa
 
 def last(out: str) -> str:
     return out.strip().splitlines()[-1]
+
+
+def test_verify_checks_that_the_server_now_serves_the_new_certificate(
+    cli: Cli, tmp_path: Path
+) -> None:
+    from tests.support.nginx import http_preamble, nginx_binary, run_nginx, user_directive
+    from tests.support.ports import free_port
+
+    _issued(cli, "tls.example.com")
+    web = tmp_path / "web"
+    web.mkdir()
+    cli("target", "add", "files", "--local", str(web))  # nginx needs files to start with
+    cli("target", "attach", "files", "1")
+    cli("deploy", "1", "--wait")
+    cli("target", "detach", "files", "1")
+    work, port = tmp_path / "nginx", free_port()
+    conf = f"""{user_directive()}
+worker_processes 1;
+events {{ worker_connections 64; }}
+http {{
+{http_preamble(work)}
+    access_log off;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {web}/fullchain.pem;
+        ssl_certificate_key {web}/privkey.pem;
+        location / {{ return 200 "ok"; }}
+    }}
+}}
+"""
+    with run_nginx(nginx_binary("--verify"), work, port, conf) as nginx:
+        verify = ["--verify", f"127.0.0.1:{port}"]
+        # A reload that makes nginx read the new files: verified.
+        cli("target", "add", "served", "--local", str(web), "--reload",
+            f"kill -HUP {nginx.pid}", *verify)  # fmt: skip
+        cli("target", "attach", "served", "1")
+        cli("cert", "renew", "1")
+        out = cli("deploy", "1", "--target", "served", "--wait")
+        assert f"127.0.0.1:{port} serves it" in out.stdout + out.stderr
+        cli("target", "detach", "served", "1")
+
+        # A reload that does nothing: the files are new, but nginx serves the old one.
+        cli("target", "add", "stale", "--local", str(web), "--reload", "true", *verify)
+        cli("target", "attach", "stale", "1")
+        cli("cert", "renew", "1")
+        out = cli("deploy", "1", "--target", "stale", "--wait", check=False)
+        assert out.returncode == 1
+        assert "still serves another certificate" in out.stderr
+        assert _fingerprint(web / "fullchain.pem") == _show(cli)["fingerprint_sha256"]
+        assert "target stale" in cli("alarms").stdout

@@ -18,6 +18,7 @@ import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 
@@ -72,6 +73,16 @@ class Agent:
             self.config.broker,
             len(self.config.certificates),
         )
+        plain = self.config.websocket_url.startswith("ws:")
+        host = urlsplit(self.config.broker).hostname or ""
+        if plain and host not in ("127.0.0.1", "::1", "localhost"):
+            held = [c.ref for c in self.config.certificates if c.key is KeyMode.BROKER]
+            log.warning(
+                "agent: the broker is reached over plain HTTP; its token%s travel%s "
+                "unencrypted: use an https:// broker URL",
+                " and the keys of " + ", ".join(held) if held else "",
+                "" if held else "s",
+            )
         holder = asyncio.get_running_loop().create_task(self._hold_loop())
         delay = BACKOFF_FIRST
         try:
