@@ -299,3 +299,32 @@ key_path = "tls/other/privkey.pem"
     leaf = _leaf(gw.path("tls/other/fullchain.pem"))
     key = load_private_key(gw.path("tls/other/privkey.pem").read_bytes())
     assert key_matches_certificate(key, leaf)
+
+
+def test_an_agent_without_websockets_works_over_long_polls(site: Site, tmp_path: Path) -> None:
+    token = last_line(site.cli("client", "add", "gw-c", "--allow", "*.c.example.com").stdout)
+    _point(site.pebble, "www.c.example.com", "127.0.0.4")
+    gw = Gateway("gw-c", tmp_path / "gw-c", tmp_path / "gw-c" / "agent.toml")
+    gw.root.mkdir()
+    ADDRESSES["gw-c"], ZONES["gw-c"] = "127.0.0.4", "c.example.com"
+    _write_config(site.cli, gw, token, site.pebble.http_port, 'transport = "long-poll"')
+    text = gw.config.read_text()  # a top-level key goes before the first table
+    gw.config.write_text('transport = "long-poll"\n' + text.replace('transport = "long-poll"', ""))
+    site.start(gw)
+    try:
+        wait_until("gw-c's certificate", lambda: _installed(site, gw, "tls/www/fullchain.pem"),
+                   serve=site.serve, timeout=120)  # fmt: skip
+        leaf = _leaf(gw.path("tls/www/fullchain.pem"))
+        assert _names(leaf) == ["www.c.example.com"]
+        key = load_private_key(gw.path("tls/www/privkey.pem").read_bytes())
+        assert key_matches_certificate(key, leaf)
+
+        def reported() -> bool:
+            mine = site.client("gw-c")["installations"]
+            return bool(mine) and mine[0]["serial"] == format(leaf.serial_number, "x")
+
+        wait_until("gw-c's report", reported, serve=site.serve)
+        assert "polling the broker as gw-c" in gw.log()
+        assert "connected to the broker" not in gw.log()  # no websocket was used
+    finally:
+        site.stop(gw)

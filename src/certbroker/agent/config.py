@@ -5,6 +5,7 @@
     http01_listen = "0.0.0.0:80"            # where the CA's HTTP-01 requests arrive
     state_file = "/var/lib/certbroker-agent/state.json"   # default: next to this file
     ca_bundle = "/etc/certbroker/broker-ca.pem"   # to trust the broker's HTTPS, if private
+    transport = "auto"   # websocket, falling back to long polls; or "websocket", "long-poll"
 
     [[certificate]]
     names = ["gw1.example.com"]
@@ -32,7 +33,8 @@ from certbroker.domain.agents import KeyMode
 from certbroker.domain.errors import UsageError
 
 TOP_KEYS = {"broker", "token", "token_file", "http01_listen", "state_file", "ca_bundle",
-            "certificate"}  # fmt: skip
+            "transport", "certificate"}  # fmt: skip
+TRANSPORTS = ("auto", "websocket", "long-poll")
 CERT_KEYS = {"names", "cert_path", "key_path", "combined_path", "pkcs12_path",
              "pkcs12_password", "owner", "mode", "reload", "install_days_before_expiry",
              "key"}  # fmt: skip
@@ -67,12 +69,17 @@ class AgentConfig:
     state_file: Path
     certificates: tuple[CertificateConfig, ...]
     ca_bundle: Path | None = None
+    transport: str = "auto"
 
     @property
     def websocket_url(self) -> str:
         parts = urlsplit(self.broker)
         scheme = "wss" if parts.scheme == "https" else "ws"
         return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}/api/v1/agent/ws"
+
+    @property
+    def poll_url(self) -> str:
+        return f"{self.broker}/api/v1/agent/poll"
 
 
 def _text(table: dict[str, Any], key: str, where: str, required: bool = True) -> str | None:
@@ -177,7 +184,11 @@ def load_config(path: Path) -> AgentConfig:
     refs = [c.ref for c in certificates]
     if len(set(refs)) != len(refs):
         raise UsageError(f"{where}: two [[certificate]] tables have the same names")
+    transport = _text(data, "transport", where, required=False) or "auto"
+    if transport not in TRANSPORTS:
+        raise UsageError(f"{where}: transport {transport!r}: choose {', '.join(TRANSPORTS)}")
     return AgentConfig(
+        transport=transport,
         broker=broker.rstrip("/"),
         token=token,
         http01_host=host,

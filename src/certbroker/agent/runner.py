@@ -43,6 +43,7 @@ log = logging.getLogger("certbroker.agent")
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
 HOLD_LOOK = 60.0  # seconds between looks at held-back certificates
+POLL_WAIT = 25.0  # seconds a long poll waits at the broker for something new
 
 
 class NoKey(CertbrokerError):
@@ -61,6 +62,9 @@ class Agent:
         self.by_ref = {c.ref: c for c in config.certificates}
         self._ws: Any = None
         self._stop = asyncio.Event()
+        self._polling = False  # long polls instead of the websocket (transport, or auto)
+        self._outbox: list[dict[str, Any]] = []  # what the next poll carries
+        self._seen: set[str] = set()  # what the polls brought and were handled
 
     # -- running ----------------------------------------------------------------------------
 
@@ -88,7 +92,7 @@ class Agent:
         try:
             while not self._stop.is_set():
                 try:
-                    if await self._session():
+                    if await self._connect():
                         delay = BACKOFF_FIRST
                 except (OSError, CertbrokerError) as exc:
                     log.warning("agent: connection to the broker: %s", exc)
@@ -116,6 +120,76 @@ class Agent:
             context.load_verify_locations(cafile=str(self.config.ca_bundle))
         return context
 
+    def _hello(self) -> dict[str, Any]:
+        return {
+            "type": "hello",
+            "agent": "certbroker-agent",
+            "certificates": [
+                {"names": list(c.names), "key": c.key.value} for c in self.config.certificates
+            ],
+        }
+
+    async def _connect(self) -> bool:
+        """One session over the websocket, or over long polls where the configuration
+        says so, or where a websocket cannot be had (`auto`: a proxy that answers the
+        upgrade with an HTTP status)."""
+        from websockets.exceptions import InvalidHandshake
+
+        if self.config.transport == "long-poll" or self._polling:
+            return await self._poll_session()
+        try:
+            return await self._session()
+        except InvalidHandshake as exc:
+            if self.config.transport != "auto":
+                raise
+            log.warning("agent: no websocket to the broker (%s); using long polls", exc)
+            self._polling = True
+            return await self._poll_session()
+
+    async def _poll_session(self) -> bool:
+        """Long polls until one fails; True when the broker welcomed us."""
+        import requests
+
+        headers = {"Authorization": f"Bearer {self.config.token}"}
+        verify: str | bool = str(self.config.ca_bundle) if self.config.ca_bundle else True
+        self._outbox = [self._hello()]
+        welcomed = False
+        with requests.Session() as session:
+            session.trust_env = False
+            while not self._stop.is_set():
+                hello = next((m for m in self._outbox if m.get("type") == "hello"), None)
+                body = {
+                    "hello": hello,
+                    "messages": [m for m in self._outbox if m is not hello],
+                    "tokens": sorted(self.edge.tokens),
+                    "seen": sorted(self._seen),
+                    "wait": POLL_WAIT,
+                }
+                self._outbox = []
+                answer = await asyncio.to_thread(
+                    session.post, self.config.poll_url, json=body, headers=headers,
+                    timeout=POLL_WAIT + 30, verify=verify,
+                )  # fmt: skip
+                if answer.status_code != 200:
+                    raise CertbrokerError(
+                        f"the broker answered the poll with HTTP {answer.status_code}: "
+                        f"{answer.text[:300]}"
+                    )
+                for message in answer.json():
+                    if message.get("type") == "welcome":
+                        welcomed = True
+                        log.info("agent: polling the broker as %s", message.get("client"))
+                        await self._welcome(message)
+                        continue
+                    await self._on(message)
+                    if message.get("type") == "certificate":
+                        self._seen.add(
+                            f"certificate:{message['certificate_id']}:{message['serial']}"
+                        )
+                    elif message.get("type") == "renew":
+                        self._seen.add(f"renew:{message['certificate_id']}:{message['renew_at']}")
+        return welcomed
+
     async def _session(self) -> bool:
         """One connection, until it ends; True when the broker welcomed us."""
         from websockets.asyncio.client import connect
@@ -131,9 +205,7 @@ class Agent:
         ) as ws:
             self._ws = ws
             try:
-                await self._send({"type": "hello", "agent": "certbroker-agent",
-                                  "certificates": [{"names": list(c.names), "key": c.key.value}
-                                                   for c in self.config.certificates]})  # fmt: skip
+                await self._send(self._hello())
                 welcomed = False
                 async for raw in ws:
                     message = json.loads(raw)
@@ -150,7 +222,9 @@ class Agent:
                 self._ws = None
 
     async def _send(self, message: dict[str, Any]) -> None:
-        if self._ws is not None:
+        if self._polling or self.config.transport == "long-poll":
+            self._outbox.append(message)  # goes with the next poll
+        elif self._ws is not None:
             await self._ws.send(json.dumps(message))
 
     # -- what the broker says ---------------------------------------------------------------

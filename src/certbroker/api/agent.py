@@ -230,44 +230,42 @@ async def _serve(websocket: WebSocket, broker: Broker, conn: Connection) -> None
         except (ValueError, KeyError):  # not JSON, or a binary frame
             await conn.send({"type": "error", "status": 400, "detail": "send JSON messages"})
             continue
-        await _handle(websocket, broker, conn, received)
+        reply = await run_in_threadpool(answer, broker, conn.client, received)
+        if reply is not None:
+            await conn.send(reply)
 
 
-async def _handle(websocket: WebSocket, broker: Broker, conn: Connection, message: Any) -> None:
+def answer(broker: Broker, client: Client, message: Any) -> dict[str, Any] | None:
+    """An agent's message (ack, csr, installed), over the websocket or a long poll: the
+    reply to send back, if any. Runs in the thread pool."""
     kind = message.get("type") if isinstance(message, dict) else None
     try:
         if kind == "ack":
             ack = Ack.model_validate(message)
-            await run_in_threadpool(broker.agents.acknowledge, conn.client, ack.tokens)
-        elif kind == "csr":
+            broker.agents.acknowledge(client, ack.tokens)
+            return None
+        if kind == "csr":
             csr = Csr.model_validate(message)
-            request = await run_in_threadpool(broker.agents.submit_csr, conn.client, csr.csr)
-            await websocket.send_json({"type": "csr", "request": request.to_json()})
-        elif kind == "installed":
+            request = broker.agents.submit_csr(client, csr.csr)
+            return {"type": "csr", "request": request.to_json()}
+        if kind == "installed":
             done = Installed.model_validate(message)
-            await run_in_threadpool(
-                lambda: broker.agents.report(
-                    conn.client,
-                    done.certificate_id,
-                    serial=done.serial,
-                    not_after=done.not_after,
-                    ok=done.ok,
-                    reload_status=done.reload_status,
-                    output_tail=done.output_tail,
-                    error=done.error,
-                )
+            broker.agents.report(
+                client,
+                done.certificate_id,
+                serial=done.serial,
+                not_after=done.not_after,
+                ok=done.ok,
+                reload_status=done.reload_status,
+                output_tail=done.output_tail,
+                error=done.error,
             )
-        else:
-            await websocket.send_json(
-                {"type": "error", "status": 400, "detail": f"unknown message type {kind!r}"}
-            )
+            return None
+        return {"type": "error", "status": 400, "detail": f"unknown message type {kind!r}"}
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        await websocket.send_json(
-            {"type": "error", "status": 422, "detail": f"{kind}: {where}: {first['msg']}"}
-        )
+        return {"type": "error", "status": 422, "detail": f"{kind}: {where}: {first['msg']}"}
     except CertbrokerError as exc:
         status, _ = status_of(exc)
-        await websocket.send_json({"type": "error", "status": status, "detail": str(exc),
-                                   "about": kind})  # fmt: skip
+        return {"type": "error", "status": status, "detail": str(exc), "about": kind}

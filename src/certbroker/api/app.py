@@ -11,7 +11,16 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from certbroker import __version__
-from certbroker.api import admin, agent, certificates, devices, problems, targets, trust
+from certbroker.api import (
+    admin,
+    agent,
+    agent_poll,
+    certificates,
+    devices,
+    problems,
+    targets,
+    trust,
+)
 from certbroker.api.limits import BodyLimit
 from certbroker.wiring import Broker
 
@@ -48,6 +57,7 @@ def create_app(broker: Broker) -> FastAPI:
     app.include_router(admin.router, prefix=API)
     app.include_router(devices.router, prefix=API)
     app.include_router(agent.router, prefix=API)
+    app.include_router(agent_poll.router, prefix=API)
     app.include_router(targets.router, prefix=API)
     app.include_router(trust.router)
     _bearer_in_openapi(app)

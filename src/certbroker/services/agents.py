@@ -175,6 +175,10 @@ class AgentService:
             if not client.off_the_list([name.removeprefix("*.")])
         }
 
+    def tokens_out(self) -> list[tuple[str, str, str]]:
+        """Every agent-answered token out now: (token, key authorization, name)."""
+        return self.repo.agent_challenges()
+
     def acknowledge(self, client: Client, tokens: Sequence[str]) -> None:
         self.repo.ack_challenges(client.id, tokens, self.ctx.clock())
 
