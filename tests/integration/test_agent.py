@@ -328,3 +328,44 @@ def test_an_agent_without_websockets_works_over_long_polls(site: Site, tmp_path:
         assert "connected to the broker" not in gw.log()  # no websocket was used
     finally:
         site.stop(gw)
+
+
+def test_behind_a_proxy_that_drops_the_upgrade_the_agent_falls_back_to_long_polls(
+    site: Site, tmp_path: Path
+) -> None:
+    from tests.support.nginx import http_preamble, nginx_binary, run_nginx, user_directive
+
+    token = last_line(site.cli("client", "add", "gw-d", "--allow", "*.d.example.com").stdout)
+    _point(site.pebble, "www.d.example.com", "127.0.0.5")
+    ADDRESSES["gw-d"], ZONES["gw-d"] = "127.0.0.5", "d.example.com"
+    work, port = tmp_path / "nginx", free_port()
+    # Without `proxy_set_header Upgrade/Connection`, nginx drops the upgrade: the broker
+    # sees a plain GET of the websocket's path and answers 404.
+    conf = f"""{user_directive()}
+worker_processes 1;
+events {{ worker_connections 64; }}
+http {{
+{http_preamble(work)}
+    access_log off;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ proxy_pass {api_url(site.cli)}; proxy_read_timeout 120s; }}
+    }}
+}}
+"""
+    gw = Gateway("gw-d", tmp_path / "gw-d", tmp_path / "gw-d" / "agent.toml")
+    gw.root.mkdir()
+    with run_nginx(nginx_binary("the agent's proxy"), work, port, conf):
+        _write_config(site.cli, gw, token, site.pebble.http_port)
+        gw.config.write_text(
+            gw.config.read_text().replace(api_url(site.cli), f"http://127.0.0.1:{port}")
+        )
+        site.start(gw)
+        try:
+            wait_until("gw-d's certificate", lambda: _installed(site, gw,
+                       "tls/www/fullchain.pem"), serve=site.serve, timeout=120)  # fmt: skip
+            assert _names(_leaf(gw.path("tls/www/fullchain.pem"))) == ["www.d.example.com"]
+            log = gw.log()
+            assert "no websocket to the broker" in log and "polling the broker as gw-d" in log
+        finally:
+            site.stop(gw)

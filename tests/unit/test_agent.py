@@ -147,3 +147,57 @@ def run(step: Coroutine[Any, Any, None]) -> None:
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def _self_signed(key: Any, name: str, not_before: datetime) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(0x0E)
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_a_failed_install_is_tried_again_later_from_the_state_file(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from certbroker.crypto.keys import private_key_to_pem
+
+    flag = tmp_path / "broken"
+    flag.touch()
+    text = GOOD.replace("install_days_before_expiry = 30", f'reload = "test ! -e {flag}"')
+    agent = Recording(load_config(write(tmp_path, text)))
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls/privkey.pem.next").write_bytes(private_key_to_pem(key))  # its CSR's key
+    now = datetime.now(UTC)
+    message = _delivery("0e", now) | {"chain": _self_signed(key, "gw1.example.com", now)}
+
+    run(agent._on(message))  # the reload fails: the files are put back
+    (report,) = agent.sent
+    assert report["ok"] is False and "reload command exited 1" in report["error"]
+    assert not (tmp_path / "tls/fullchain.pem").exists()
+    held = AgentState.load(agent.config.state_file).of("gw1.example.com")
+    assert held.waiting is not None and held.failures == 1 and held.serial is None
+
+    flag.unlink()  # a person fixes the server
+    run(agent.install_waiting(now))  # not yet: the retry is a minute away
+    assert not (tmp_path / "tls/fullchain.pem").exists()
+    restarted = Recording(load_config(write(tmp_path, text)))  # the agent restarted, too
+    run(restarted.install_waiting(now + timedelta(minutes=2)))
+    assert (tmp_path / "tls/fullchain.pem").read_text() == message["chain"]
+    assert restarted.sent[-1]["ok"] is True and restarted.sent[-1]["serial"] == "0e"
+    held = AgentState.load(agent.config.state_file).of("gw1.example.com")
+    assert held.serial == "0e" and held.waiting is None and held.failures == 0
+    assert not (tmp_path / "tls/privkey.pem.next").exists()  # the new key is in place

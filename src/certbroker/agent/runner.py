@@ -44,6 +44,8 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
 HOLD_LOOK = 60.0  # seconds between looks at held-back certificates
 POLL_WAIT = 25.0  # seconds a long poll waits at the broker for something new
+RETRY_FIRST = 60.0  # seconds until a failed install is tried again; doubles each time
+RETRY_MAX = 3600.0
 
 
 class NoKey(CertbrokerError):
@@ -346,10 +348,27 @@ class Agent:
     async def _hold_loop(self) -> None:
         while True:
             await asyncio.sleep(HOLD_LOOK)
-            for ref, held in list(self.state.certificates.items()):
-                cert = self.by_ref.get(ref)
-                if cert is not None and held.waiting and not self._held_back(cert, held):
-                    await self._install(cert, held, held.waiting)
+            await self.install_waiting(datetime.now(UTC))
+
+    async def install_waiting(self, now: datetime) -> None:
+        """Install what waits: held back until its install time, or failed before and
+        due to be tried again."""
+        for ref, held in list(self.state.certificates.items()):
+            cert = self.by_ref.get(ref)
+            if cert is None or not held.waiting or self._held_back(cert, held):
+                continue
+            if held.retry_at is not None and datetime.fromisoformat(held.retry_at) > now:
+                continue
+            await self._install(cert, held, held.waiting)
+
+    def _failed(self, held: Held, message: dict[str, Any]) -> None:
+        """Try the delivery again later (1 min, doubling up to an hour), from the state
+        file, so a fixed reload command or a freed disk needs no new serial."""
+        held.failures += 1
+        pause = min(RETRY_FIRST * 2 ** (held.failures - 1), RETRY_MAX)
+        held.retry_at = (datetime.now(UTC) + timedelta(seconds=pause)).isoformat()
+        held.waiting = message
+        self.state.save()
 
     async def _install(self, cert: CertificateConfig, held: Held, message: dict[str, Any]) -> None:
         try:
@@ -362,12 +381,14 @@ class Agent:
             return
         except InstallFailed as exc:
             log.error("agent: %s: %s", cert.ref, exc)
+            self._failed(held, message)
             await self._report(message, ok=False, reload_status=exc.result.reload_status,
                                tail=exc.result.output_tail, error=str(exc))  # fmt: skip
             return
         except (CertbrokerError, OSError, ValueError) as exc:
             log.error("agent: %s: cannot install serial %s: %s", cert.ref,
                       message.get("serial"), exc)  # fmt: skip
+            self._failed(held, message)
             await self._report(message, ok=False, reload_status=None, tail="", error=str(exc))
             return
         held.certificate_id = message["certificate_id"]
@@ -375,6 +396,7 @@ class Agent:
         held.not_before = message["not_before"]
         held.not_after = message.get("not_after")
         held.waiting = None
+        held.failures, held.retry_at = 0, None
         self.state.save()
         if waiting_key:
             next_key_path(cert).unlink(missing_ok=True)

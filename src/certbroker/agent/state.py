@@ -19,7 +19,9 @@ class Held:
     serial: str | None = None  # installed
     not_before: str | None = None  # ... ISO dates, as the broker sent them
     not_after: str | None = None
-    waiting: dict[str, Any] | None = None  # a delivery held until install time
+    waiting: dict[str, Any] | None = None  # a delivery held until install time, or failed
+    failures: int = 0  # installs of `waiting` that failed in a row
+    retry_at: str | None = None  # ... when it is tried again (ISO)
 
 
 @dataclass
