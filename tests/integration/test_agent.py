@@ -268,7 +268,9 @@ def test_a_failing_reload_puts_the_old_files_back_and_raises_the_alarm(site: Sit
         gw.path("fail-reload").unlink()
 
 
-def test_an_agent_killed_while_its_certificate_is_obtained_orders_it_once(site: Site) -> None:
+def test_an_agent_and_the_broker_killed_mid_flight_order_the_certificate_once(
+    site: Site,
+) -> None:
     gw = site.gateways["gw-b"]
     site.stop(gw)
     with gw.config.open("a") as config:
@@ -289,6 +291,9 @@ key_path = "tls/other/privkey.pem"
     assert gw.proc is not None
     gw.proc.kill()  # SIGKILL: no goodbye, the state file as it was
     gw.proc.wait()
+    site.serve.kill()  # the broker too, its order under way (or just done)
+    site.serve.wait()
+    site.serve = start_api(site.cli)
     site.start(gw)
     wait_until("the certificate installed", lambda: _installed(site, gw,
                "tls/other/fullchain.pem"), serve=site.serve, timeout=120)  # fmt: skip
