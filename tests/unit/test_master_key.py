@@ -89,3 +89,22 @@ def test_a_store_without_secrets_may_change_its_key(tmp_path: Path) -> None:
     (data / "master.key").unlink()
     _open(data, repo)  # nothing sealed yet: a new key harms nothing
     assert (data / "master.key").exists()
+
+
+def test_a_push_targets_ssh_identity_alone_is_checked_too(tmp_path: Path) -> None:
+    """A store from before the check value whose only secret is a push target's SSH
+    identity: another key is refused, not taken."""
+    from certbroker.domain.targets import SSH, SshHost, TargetFiles
+
+    repo, data = _store(tmp_path), tmp_path / "data"
+    right = new_master_key()
+    repo.add_target(
+        name="edge", kind=SSH, hosts=(SshHost("deploy", "edge.example.com"),), path="/etc/ssl",
+        files=TargetFiles(cert_file="fullchain.pem", key_file="privkey.pem"), reload=None,
+        verify=None, known_hosts="edge.example.com ssh-ed25519 AAAA",
+        identity_sealed=Sealer(right).seal(b"the identity"), pkcs12_password_sealed=None,
+        now=NOW,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="is not the one"):
+        _open(data, repo, env=new_master_key().decode())
+    _open(data, repo, env=right.decode())

@@ -62,6 +62,7 @@ from certbroker.store.schema import (
     dns_accounts,
     orders,
     runtime_settings,
+    targets,
 )
 from certbroker.store.targets import TargetStore
 
@@ -640,13 +641,18 @@ class Repository(
 
     def a_sealed_secret(self) -> bytes | None:
         """Any one secret sealed with the master key (an account key, a certificate's
-        key, a DNS account's credentials), or None when the store holds none."""
+        key, a DNS account's credentials, a push target's SSH identity or PKCS#12
+        password), or None when the store holds none."""
         queries = (
             select(accounts.c.key_sealed),
             select(certificates.c.key_sealed).where(certificates.c.key_sealed.is_not(None)),
             select(dns_accounts.c.secrets_sealed),
             select(certificate_history.c.key_sealed).where(
                 certificate_history.c.key_sealed.is_not(None)
+            ),
+            select(targets.c.identity_sealed).where(targets.c.identity_sealed.is_not(None)),
+            select(targets.c.pkcs12_password_sealed).where(
+                targets.c.pkcs12_password_sealed.is_not(None)
             ),
         )
         with self._read() as conn:
