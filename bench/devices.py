@@ -73,8 +73,10 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from tests.support.pebble import start_pebble  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
-from tests.support.processes import log_tail, terminate  # noqa: E402
+from tests.support.processes import terminate  # noqa: E402
 
+from bench.api import cli  # noqa: E402
+from bench.api import start_serve as start_api_serve  # noqa: E402
 from bench.common import write_results, write_section  # noqa: E402
 from bench.issuance import Result, _system_busy, spawn_scenario, wait_quiet  # noqa: E402
 
@@ -184,36 +186,9 @@ def threads_of(pid: int) -> int:
     return 0
 
 
-def cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "certbroker", *args], env=env, capture_output=True, text=True,
-        check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise SystemExit(f"certbroker {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
-    return done.stdout
-
-
 def start_serve(env: dict[str, str], log: Path, base: str) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "certbroker", "serve"], env=env, stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while True:
-        if serve.poll() is not None:
-            raise SystemExit(f"certbroker serve ended:\n{log_tail(log)}")
-        try:
-            if httpx.get(base + "/api/v1/openapi.json", timeout=2, trust_env=False).is_success:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            terminate(serve)
-            raise SystemExit(f"certbroker serve did not answer:\n{log_tail(log)}")
-        time.sleep(0.2)
-    # Its worker processes are up once they said "ready"; wait until they exist.
+    """bench/api.py's, then until its worker processes exist (they said "ready")."""
+    serve = start_api_serve(env, log, base)
     while len(tree(serve.pid)) < int(
         env.get("CERTBROKER_WORKER_PROCESSES") or len(os.sched_getaffinity(0))
     ):
