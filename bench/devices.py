@@ -32,8 +32,8 @@ badNonce rejection kept), EC P-256 keys, one name per certificate, N = 500:
   request stays `awaiting-approval` and nothing is ordered while they wait. The resident
   memory (VmRSS) of `serve` and its worker processes, before the connections and once
   each of them has been answered `awaiting-approval` (the largest of samples over 3 s),
-  and the CPU serve spends while they only wait (it looks at each watched request in the
-  store every 0.5 s).
+  and the CPU serve spends while they only wait (a connection whose requests all await
+  approval looks at them every 5 s).
 
 With --repeat R (default 3; --quick: 1) the floor and REST runs alternate R times and the
 median of each is kept; the memory is measured once, after the last REST run.
@@ -568,8 +568,8 @@ def section(
         "",
         f"- all {memory.connections} opened and answered `awaiting-approval` "
         f"{memory.opened_s:.2f} s after the first connect; while they only waited, serve "
-        f"kept {memory.idle_cores:.2f} cores busy (each connection looks at its request in "
-        f"the store every 0.5 s); serve's threads {memory.threads_before} -> "
+        f"kept {memory.idle_cores:.2f} cores busy (each connection looks at its waiting "
+        f"request every 5 s); serve's threads {memory.threads_before} -> "
         f"{memory.threads_waiting}; by process: "
         + ", ".join(f"{k} {v / 1024:.0f} MiB" for k, v in memory.per_process_kib.items()),
     ]
