@@ -43,6 +43,8 @@ class Settings:
     master_key: str = field(default="", repr=False)  # empty: <data_dir>/master.key
     # The first start's `admin` password; empty: a generated one, printed once.
     admin_password: str = field(default="", repr=False)
+    # A bearer token `/metrics` asks for; empty: it answers anyone who reaches it.
+    metrics_token: str = field(default="", repr=False)
     order_timeout: float = 300.0  # seconds one order may take before it counts as failed
     retry_attempts: int = 4  # tries of one order through transient CA failures, in all
     renew_before_days: float = 0.0  # 0: when one third of the lifetime is left
@@ -54,7 +56,7 @@ class Settings:
     dns_propagation_timeout: float = 120.0  # seconds until unseen TXT records count as failed
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
-    SECRET_KEYS = ("master_key", "admin_password")
+    SECRET_KEYS = ("master_key", "admin_password", "metrics_token")
 
     @property
     def effective_database_url(self) -> str:
@@ -117,6 +119,7 @@ _FIELD_TYPES: dict[str, type] = {
     "log_levels": str,
     "master_key": str,
     "admin_password": str,
+    "metrics_token": str,
     "order_timeout": float,
     "retry_attempts": int,
     "renew_before_days": float,

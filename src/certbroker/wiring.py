@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from certbroker.services.devices import DeviceService
     from certbroker.services.dns import DnsService, DnsSettings
     from certbroker.services.issuance import IssuanceService
+    from certbroker.services.metrics import MetricsService
     from certbroker.services.planning import RenewalPlanner
     from certbroker.services.renewal import RenewalService
     from certbroker.services.requests import RequestService
@@ -221,6 +222,12 @@ class Broker:
         from certbroker.services.agents import AgentService
 
         return AgentService(self.ctx, self.requests, self.devices)
+
+    @cached_property
+    def metrics(self) -> MetricsService:
+        from certbroker.services.metrics import MetricsService
+
+        return MetricsService(self.ctx)
 
     @cached_property
     def devices(self) -> DeviceService:

@@ -100,6 +100,10 @@ class WorkerProcesses:
     def pids(self) -> list[int]:
         return [slot.process.pid for slot in self._slots]
 
+    def down(self) -> list[int]:
+        """The numbers of the processes not running now (waiting to be restarted)."""
+        return [slot.number for slot in self._slots if slot.process.poll() is not None]
+
     def check(self) -> None:
         """Restart processes that died, waiting longer each time one dies young."""
         now = time.monotonic()

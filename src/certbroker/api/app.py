@@ -5,7 +5,7 @@ console at `/`."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -17,6 +17,7 @@ from certbroker.api import (
     agent_poll,
     certificates,
     devices,
+    health,
     problems,
     targets,
     trust,
@@ -39,7 +40,7 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-def create_app(broker: Broker) -> FastAPI:
+def create_app(broker: Broker, workers_problems: Callable[[], list[str]] | None = None) -> FastAPI:
     app = FastAPI(
         lifespan=_lifespan,
         title="certbroker",
@@ -51,6 +52,7 @@ def create_app(broker: Broker) -> FastAPI:
         swagger_ui_oauth2_redirect_url=None,
     )
     app.state.broker = broker
+    app.state.workers_problems = workers_problems  # for /readyz: what `serve` says of them
     app.add_middleware(BodyLimit)
     problems.install(app)
     app.include_router(certificates.router, prefix=API)
@@ -60,6 +62,7 @@ def create_app(broker: Broker) -> FastAPI:
     app.include_router(agent_poll.router, prefix=API)
     app.include_router(targets.router, prefix=API)
     app.include_router(trust.router)
+    app.include_router(health.router)
     _bearer_in_openapi(app)
 
     # Swagger UI from the fastapi-swagger package: served here, no CDN.

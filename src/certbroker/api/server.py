@@ -12,6 +12,7 @@ import ssl
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,15 @@ class ConsoleTls:
 
 
 class WebServer:
-    def __init__(self, broker: Broker, address: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        address: tuple[str, int],
+        workers_problems: Callable[[], list[str]] | None = None,
+    ) -> None:
         self.broker = broker
         self.address = address
+        self.workers_problems = workers_problems
         self.tls: ConsoleTls | None = None
         self._thread: threading.Thread | None = None
         self._server: Any = None
@@ -100,7 +107,7 @@ class WebServer:
         # Bound here, so a taken port is one clear line before anything else starts.
         sock = self._bind()
         config = uvicorn.Config(
-            create_app(self.broker),
+            create_app(self.broker, self.workers_problems),
             log_config=None,  # certbroker's logging, as set up already
             access_log=False,
             server_header=False,

@@ -40,13 +40,24 @@ def run_serve(state: State) -> None:
         say(f"first start: user 'admin' made with password {generated} (shown only now)")
     from certbroker.api.server import WebServer
 
-    web = WebServer(broker, settings.listen_address()).start()
+    running: dict[str, object] = {}  # the pools, once started: what /readyz looks at
+
+    def workers_problems() -> list[str]:
+        pool, others = running.get("pool"), running.get("others")
+        if not isinstance(pool, WorkerPool) or not isinstance(others, WorkerProcesses):
+            return ["the workers are starting"]
+        problems = [] if pool.alive() else ["a worker thread of serve has ended"]
+        problems += [f"worker process {n} is not running" for n in others.down()]
+        return problems
+
+    web = WebServer(broker, settings.listen_address(), workers_problems).start()
     responder = broker.bind_responder().start()
     try:
         processes = settings.effective_worker_processes
         others = WorkerProcesses(settings, processes - 1).start()
         pool = WorkerPool(broker.issuance, workers=settings.workers, label="p0")
         pool.start()
+        running.update(pool=pool, others=others)
         scheduler = Scheduler(
             broker.renewal,
             broker.solvers.values(),

@@ -41,6 +41,10 @@ class WorkerPool:
             thread.start()
             self._threads.append(thread)
 
+    def alive(self) -> bool:
+        """Every worker thread runs (started, and none ended by an error)."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
     def wake(self) -> None:
         """New work was queued; look now instead of at the next poll."""
         self._wake.set()

@@ -42,6 +42,7 @@ from certbroker.store.dns import DnsStore
 from certbroker.store.events import add_event
 from certbroker.store.events import failed_attempt as record_failure
 from certbroker.store.listing import ListingStore
+from certbroker.store.metrics import MetricsStore
 from certbroker.store.renewals import RenewalStore
 from certbroker.store.rows import (
     CERT_COLUMNS,
@@ -94,7 +95,14 @@ def _certificate_of(conn: Connection, order_id: int) -> int:
 
 
 class Repository(
-    RenewalStore, DnsStore, AccessStore, ListingStore, ClientStore, TargetStore, AgentStore
+    RenewalStore,
+    DnsStore,
+    AccessStore,
+    ListingStore,
+    ClientStore,
+    TargetStore,
+    AgentStore,
+    MetricsStore,
 ):
     """Typed storage; renewal, history and arrival of certificates in store/renewals.py."""
 
