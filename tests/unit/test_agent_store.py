@@ -100,3 +100,26 @@ def test_an_agent_left_on_a_replaced_serial_near_its_expiry_raises_the_drift_ala
                         ok=True, reload_status=0, output_tail="", error=None)  # fmt: skip
     (entry,) = later.agents.installations(client)
     assert entry["alarm_since"] is None and entry["serial"] == "02"
+
+
+def test_an_operators_certificate_is_never_handed_out_with_its_key(
+    repo: Repository, tmp_path: Path
+) -> None:
+    from certbroker.services.agents import Wanted
+
+    broker = broker_at(repo, tmp_path, NOW)
+    client, _ = broker.clients.add("gw", ["*.shop.example.com"])
+    mine, order = repo.create_certificate(new_certificate("www.shop.example.com"), NOW, "w",
+                                          NOW + LEASE)  # fmt: skip
+    plan = RenewalPlan(NOW + timedelta(days=60), RenewalReason.LIFETIME)
+    repo.store_issued(mine.id, order.id, "w", issued("0a"), NOW, plan)
+
+    (answer,) = broker.agents.hello(client, [Wanted(["www.shop.example.com"], KeyMode.BROKER)])
+    assert answer["certificate_id"] != mine.id  # one made for the agents instead
+    made = repo.get_certificate(answer["certificate_id"])
+    assert made.client_id == client.id and made.challenge.value == "agent-http-01"
+    assert [i.certificate_id for i in repo.installations_of(client.id)] == [made.id]
+    # A second gateway asking for the same names shares the agents' one.
+    other, _ = broker.clients.add("gw-2", ["*.shop.example.com"])
+    (again,) = broker.agents.hello(other, [Wanted(["www.shop.example.com"], KeyMode.BROKER)])
+    assert again["certificate_id"] == made.id

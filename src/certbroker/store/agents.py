@@ -245,8 +245,10 @@ class AgentStore(StoreBase):
 
     def broker_certificate_for(self, names: Sequence[str]) -> Certificate | None:
         """The certificate for exactly these names (any order) whose key is held here,
-        not revoked and not disabled, the newest: what an agent with `key = "broker"`
-        installs (one certificate may go to many gateways, as in Parallels RAS)."""
+        made for an agent, not revoked and not disabled, the newest: what an agent with
+        `key = "broker"` installs (one certificate may go to many gateways, as in
+        Parallels RAS). An operator's own certificates are never handed out this way:
+        their keys stay where the operator put them."""
         c = certificates.c
         wanted = sorted(names)
         with self._read() as conn:
@@ -254,6 +256,7 @@ class AgentStore(StoreBase):
                 select(*CERT_COLUMNS).where(
                     and_(
                         c.key_sealed.is_not(None),
+                        c.client_id.is_not(None),
                         c.status != CertificateStatus.REVOKED.value,
                         c.disabled.is_(False),
                         c.names.contains(json.dumps(wanted[0]), autoescape=True),
