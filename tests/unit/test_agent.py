@@ -201,3 +201,21 @@ def test_a_failed_install_is_tried_again_later_from_the_state_file(tmp_path: Pat
     held = AgentState.load(agent.config.state_file).of("gw1.example.com")
     assert held.serial == "0e" and held.waiting is None and held.failures == 0
     assert not (tmp_path / "tls/privkey.pem.next").exists()  # the new key is in place
+
+
+def test_a_token_others_may_read_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = tmp_path / "agent.token"
+    token.write_text(TOKEN + "\n")
+    text = GOOD.replace(f'token = "{TOKEN}"', 'token_file = "agent.token"')
+    token.chmod(0o644)
+    with caplog.at_level("WARNING", logger="certbroker.agent"):
+        load_config(write(tmp_path, text))
+    assert "agent.token holds the client's token and others may read it" in caplog.text
+    caplog.clear()
+    token.chmod(0o600)
+    (tmp_path / "agent.toml").chmod(0o600)
+    with caplog.at_level("WARNING", logger="certbroker.agent"):
+        assert load_config(write(tmp_path, text)).token == TOKEN
+    assert caplog.text == ""

@@ -23,6 +23,8 @@ Every mistake is one line naming the key and what to do (UsageError)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from urllib.parse import urlsplit
 from certbroker.domain.agents import KeyMode
 from certbroker.domain.errors import UsageError
 
+log = logging.getLogger("certbroker.agent")
 TOP_KEYS = {"broker", "token", "token_file", "http01_listen", "state_file", "ca_bundle",
             "transport", "certificate"}  # fmt: skip
 TRANSPORTS = ("auto", "websocket", "long-poll")
@@ -168,11 +171,18 @@ def load_config(path: Path) -> AgentConfig:
     token_file = _path(data, "token_file", where, base)
     if (token is None) == (token_file is None):
         raise UsageError(f"{where}: give `token` or `token_file` (the client's cbc_ token)")
+    holder = token_file if token_file is not None else path
     if token_file is not None:
         try:
             token = token_file.read_text().strip()
         except OSError as exc:
             raise UsageError(f"{where}: token_file {token_file}: {exc.strerror}") from None
+    with contextlib.suppress(OSError):
+        if holder.stat().st_mode & 0o077:
+            log.warning(
+                "agent: %s holds the client's token and others may read it; chmod 600 it",
+                holder,
+            )
     if not token or not token.startswith("cbc_"):
         raise UsageError(f"{where}: the token must be a client token (cbc_…, `client add`)")
     listen = _text(data, "http01_listen", where, required=False) or "0.0.0.0:80"
