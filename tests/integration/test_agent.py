@@ -159,16 +159,20 @@ def _names(cert: x509.Certificate) -> list[str]:
     return sorted(san.get_values_for_type(x509.DNSName))
 
 
-def _installed(site: Site, gw: Gateway, path: str) -> bool:
+WWW = ("tls/www/fullchain.pem", "tls/www/privkey.pem", "tls/www/combined.pem")
+
+
+def _installed(site: Site, gw: Gateway, *paths: str) -> bool:
+    """Every one of `paths` is in place (the agent renames them in one after the other)."""
     if gw.proc is not None and gw.proc.poll() is not None:
         raise AssertionError(f"agent {gw.name} ended:\n{gw.log()}")
-    return gw.path(path).exists()
+    return all(gw.path(path).exists() for path in paths)
 
 
 def test_each_agent_answers_for_its_names_and_installs_its_own(site: Site) -> None:
     for gw in site.gateways.values():
-        wait_until(f"{gw.name}'s certificate", lambda gw=gw: _installed(site, gw,
-                   "tls/www/fullchain.pem"), serve=site.serve, timeout=120)  # fmt: skip
+        wait_until(f"{gw.name}'s certificate", lambda gw=gw: _installed(site, gw, *WWW,
+                   "reloads"), serve=site.serve, timeout=120)  # fmt: skip
     for name, gw in site.gateways.items():
         leaf = _leaf(gw.path("tls/www/fullchain.pem"))
         assert _names(leaf) == [f"www.{ZONES[name]}"]
@@ -194,7 +198,8 @@ def test_each_agent_answers_for_its_names_and_installs_its_own(site: Site) -> No
 
 def test_a_key_the_broker_holds_is_sent_with_its_certificate(site: Site) -> None:
     gw = site.gateways["gw-a"]
-    wait_until("the shared certificate", lambda: _installed(site, gw, "tls/shared/privkey.pem"),
+    wait_until("the shared certificate", lambda: _installed(site, gw, "tls/shared/fullchain.pem",
+                                                           "tls/shared/privkey.pem"),
                serve=site.serve, timeout=120)  # fmt: skip
     leaf = _leaf(gw.path("tls/shared/fullchain.pem"))
     assert _names(leaf) == ["shared.a.example.com"]
@@ -219,7 +224,7 @@ def test_restarting_the_agent_and_the_broker_orders_and_installs_nothing_again(
     site: Site,
 ) -> None:
     gw = site.gateways["gw-b"]
-    wait_until("gw-b's certificate", lambda: _installed(site, gw, "tls/www/fullchain.pem"),
+    wait_until("gw-b's certificate", lambda: _installed(site, gw, *WWW, "reloads"),
                serve=site.serve, timeout=120)  # fmt: skip
     cert_id = _cert_id(site, "www.b.example.com")
     orders = len(site.cli.json("cert", "show", str(cert_id))["attempts"])
@@ -242,7 +247,7 @@ def test_restarting_the_agent_and_the_broker_orders_and_installs_nothing_again(
 
 def test_a_failing_reload_puts_the_old_files_back_and_raises_the_alarm(site: Site) -> None:
     gw = site.gateways["gw-a"]
-    wait_until("gw-a's certificate", lambda: _installed(site, gw, "tls/www/fullchain.pem"),
+    wait_until("gw-a's certificate", lambda: _installed(site, gw, *WWW),
                serve=site.serve, timeout=120)  # fmt: skip
     cert_id = _cert_id(site, "www.a.example.com")
     before = _serial(gw)
@@ -296,7 +301,8 @@ key_path = "tls/other/privkey.pem"
     site.serve = start_api(site.cli)
     site.start(gw)
     wait_until("the certificate installed", lambda: _installed(site, gw,
-               "tls/other/fullchain.pem"), serve=site.serve, timeout=120)  # fmt: skip
+               "tls/other/fullchain.pem", "tls/other/privkey.pem"), serve=site.serve,
+               timeout=120)  # fmt: skip
     ours = [c for c in site.cli.json("cert", "list") if c["names"] == ["other.b.example.com"]]
     assert len(ours) == 1, ours
     shown = site.cli.json("cert", "show", str(ours[0]["id"]))
@@ -317,7 +323,7 @@ def test_an_agent_without_websockets_works_over_long_polls(site: Site, tmp_path:
     gw.config.write_text('transport = "long-poll"\n' + text.replace('transport = "long-poll"', ""))
     site.start(gw)
     try:
-        wait_until("gw-c's certificate", lambda: _installed(site, gw, "tls/www/fullchain.pem"),
+        wait_until("gw-c's certificate", lambda: _installed(site, gw, *WWW),
                    serve=site.serve, timeout=120)  # fmt: skip
         leaf = _leaf(gw.path("tls/www/fullchain.pem"))
         assert _names(leaf) == ["www.c.example.com"]
@@ -367,8 +373,8 @@ http {{
         )
         site.start(gw)
         try:
-            wait_until("gw-d's certificate", lambda: _installed(site, gw,
-                       "tls/www/fullchain.pem"), serve=site.serve, timeout=120)  # fmt: skip
+            wait_until("gw-d's certificate", lambda: _installed(site, gw, *WWW),
+                       serve=site.serve, timeout=120)  # fmt: skip
             assert _names(_leaf(gw.path("tls/www/fullchain.pem"))) == ["www.d.example.com"]
             log = gw.log()
             assert "no websocket to the broker" in log and "polling the broker as gw-d" in log
