@@ -71,7 +71,7 @@ import httpx  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from tests.support.pebble import start_pebble  # noqa: E402
+from tests.support.pebble import PebbleServer, start_pebble  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.processes import terminate  # noqa: E402
 
@@ -184,6 +184,24 @@ def threads_of(pid: int) -> int:
             if line.startswith("Threads:"):
                 return int(line.split()[1])
     return 0
+
+
+def broker_env(data: Path, port: int, pebble: PebbleServer, admin: str) -> dict[str, str]:
+    """The environment of a bench's `serve` and CLI on a fresh store under `data`, its API
+    on `port` (the renewal scheduler quiet, warnings only), with one ACME account
+    registered at `pebble`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBROKER_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(
+        CERTBROKER_DATA_DIR=str(data), CERTBROKER_LISTEN=f"127.0.0.1:{port}",
+        CERTBROKER_HTTP01_PORT=str(pebble.http_port), CERTBROKER_HTTP01_ADDRESS="127.0.0.1",
+        CERTBROKER_SCHEDULER_INTERVAL="3600", CERTBROKER_LOG_LEVEL="warning",
+        CERTBROKER_ADMIN_PASSWORD=admin, NO_PROXY="*",
+    )  # fmt: skip
+    cli(env, "account", "register", "--directory", pebble.directory_url,
+        "--email", "bench@example.com", "--agree-tos",
+        "--ca-bundle", str(pebble.ca_bundle))  # fmt: skip
+    return env
 
 
 def start_serve(env: dict[str, str], log: Path, base: str) -> subprocess.Popen[bytes]:
@@ -339,17 +357,7 @@ def run_rest(
     try:
         data = work / "data"
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBROKER_")}
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env.update(
-            CERTBROKER_DATA_DIR=str(data), CERTBROKER_LISTEN=f"127.0.0.1:{port}",
-            CERTBROKER_HTTP01_PORT=str(pebble.http_port), CERTBROKER_HTTP01_ADDRESS="127.0.0.1",
-            CERTBROKER_SCHEDULER_INTERVAL="3600", CERTBROKER_LOG_LEVEL="warning",
-            CERTBROKER_ADMIN_PASSWORD="bench-devices-admin-0123456789", NO_PROXY="*",
-        )  # fmt: skip
-        cli(env, "account", "register", "--directory", pebble.directory_url,
-            "--email", "bench@example.com", "--agree-tos",
-            "--ca-bundle", str(pebble.ca_bundle))  # fmt: skip
+        env = broker_env(data, port, pebble, "bench-devices-admin-0123456789")
         token = cli(env, "client", "add", "devices", "--allow", f"*.{DOMAIN}")
         token = token.strip().splitlines()[-1].strip()
         waiter = cli(env, "client", "add", "waiting", "--allow", f"listed.{ELSEWHERE}",

@@ -8,36 +8,23 @@ requests. Against Pebble validating the broker's HTTP-01 responder for real."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import Cli, make_cli
+from tests.conftest import make_cli
+from tests.integration.test_device_csr import Site as DeviceSite
 from tests.integration.test_device_csr import last_line, make_csr, spki
 from tests.support.pebble import PebbleServer
 from tests.support.serve import api_url, start_api, stop_serve, wait_until
 
 
-@dataclass
-class Site:
-    cli: Cli
-    serve: subprocess.Popen[str]
-    tokens: dict[str, str]
-
-    def as_(self, who: str) -> httpx.Client:
-        return httpx.Client(
-            base_url=api_url(self.cli),
-            headers={"Authorization": f"Bearer {self.tokens[who]}"},
-            trust_env=False,
-            timeout=60,
-        )
+class Site(DeviceSite):
+    """test_device_csr's site, and a look into the store."""
 
     def broker(self) -> Any:
         """The broker on the same store, in this process: to look at orders, and to let

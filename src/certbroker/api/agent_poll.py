@@ -56,7 +56,6 @@ def _news(broker: Broker, client: Client, held: set[str], seen: set[str]) -> lis
     for due in broker.devices.due_renewals(client):
         if f"renew:{due['certificate_id']}:{due['renew_at']}" not in seen:
             found.append({"type": "renew", **due})
-    agents.still_connected([client.id])
     return found
 
 
@@ -64,6 +63,8 @@ def _news(broker: Broker, client: Client, held: set[str], seen: set[str]) -> lis
 async def poll(body: Poll, client: ClientDep, broker: BrokerDep) -> list[dict[str, Any]]:
     """What the agent has to say, and what it has not seen yet (see the module)."""
     replies: list[dict[str, Any]] = []
+    # Connected: once per poll (a write), not at every look while it waits.
+    await run_in_threadpool(broker.agents.still_connected, [client.id])
     if body.hello is not None:
         wanted = [Wanted(w.names, KeyMode(w.key)) for w in body.hello.certificates]
         answers = await run_in_threadpool(broker.agents.hello, client, wanted)
