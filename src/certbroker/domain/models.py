@@ -327,6 +327,8 @@ class EventKind(StrEnum):
     DEPLOY_CANCELLED = "deploy-cancelled"  # a person stopped a deployment's retries
     INSTALLED = "installed"  # a gateway agent installed it and its reload succeeded
     INSTALL_FAILED = "install-failed"  # ... or not: the agent put the previous files back
+    EXPIRING = "expiring"  # entered an expiry threshold (30, 14, 7, 3, 1 days left), once each
+    ALARM_ACKNOWLEDGED = "alarm-acknowledged"  # a person muted the alarm until a date
 
 
 @dataclass(frozen=True)
