@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -50,13 +50,27 @@ class Settings:
     renew_before_days: float = 0.0  # 0: when one third of the lifetime is left
     scheduler_interval: float = 60.0  # seconds between looks for due renewals in serve
     deploy_retry_first: float = 30.0  # seconds before a failed deployment's first retry
+    webhook_retry_first: float = 30.0  # seconds before a failed webhook delivery's first retry
     validation_failures_per_hour: int = 3  # per account and name; Let's Encrypt allows 5
     dns_resolvers: str = ""  # "IP[:PORT],…" for every DNS lookup; empty: the system's
     dns_check_servers: str = ""  # "IP[:PORT],…" checked for propagation; "off"; empty: auto
     dns_propagation_timeout: float = 120.0  # seconds until unseen TXT records count as failed
+    # Mail (the console's settings win over these): the SMTP server, its security (none,
+    # starttls, tls), port (0: 25, 587 or 465 by security), log-in and the sender.
+    smtp_host: str = ""  # empty: no mail is sent
+    smtp_port: int = 0
+    smtp_security: str = "starttls"
+    smtp_user: str = ""
+    smtp_password: str = field(default="", repr=False)
+    smtp_from: str = ""
+    smtp_ca_file: str = ""  # PEM CA certificates the SMTP server's TLS certificate chains to
+    notify_to: str = ""  # "a@example.com,b@example.com": who gets mail when nobody else does
+    expiry_thresholds: str = "30,14,7,3,1"  # days left at which an expiry warning is sent
+    public_url: str = ""  # the console's address in mails; empty: http://<listen>
+    mail_retry_first: float = 60.0  # seconds before a failed mail's first retry
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
-    SECRET_KEYS = ("master_key", "admin_password", "metrics_token")
+    SECRET_KEYS = ("master_key", "admin_password", "metrics_token", "smtp_password")
 
     @property
     def effective_database_url(self) -> str:
@@ -125,10 +139,22 @@ _FIELD_TYPES: dict[str, type] = {
     "renew_before_days": float,
     "scheduler_interval": float,
     "deploy_retry_first": float,
+    "webhook_retry_first": float,
     "validation_failures_per_hour": int,
     "dns_resolvers": str,
     "dns_check_servers": str,
     "dns_propagation_timeout": float,
+    "smtp_host": str,
+    "smtp_port": int,
+    "smtp_security": str,
+    "smtp_user": str,
+    "smtp_password": str,
+    "smtp_from": str,
+    "smtp_ca_file": str,
+    "notify_to": str,
+    "expiry_thresholds": str,
+    "public_url": str,
+    "mail_retry_first": float,
 }
 
 # TOML tables ([renewal], [dns]) a configuration file may group settings in, mapped to the
@@ -139,6 +165,16 @@ _TABLE_KEYS = {
     ("dns", "resolvers"): "dns_resolvers",
     ("dns", "check_servers"): "dns_check_servers",
     ("dns", "propagation_timeout"): "dns_propagation_timeout",
+    ("smtp", "host"): "smtp_host",
+    ("smtp", "port"): "smtp_port",
+    ("smtp", "security"): "smtp_security",
+    ("smtp", "user"): "smtp_user",
+    ("smtp", "password"): "smtp_password",
+    ("smtp", "from"): "smtp_from",
+    ("smtp", "ca_file"): "smtp_ca_file",
+    ("notify", "to"): "notify_to",
+    ("notify", "expiry_thresholds"): "expiry_thresholds",
+    ("notify", "public_url"): "public_url",
 }
 
 
@@ -253,6 +289,12 @@ def _validate(settings: Settings) -> None:
             "deploy_retry_first must be a number of seconds from 0 to 3600 (it doubles up "
             f"to an hour), not {settings.deploy_retry_first:g}",
         )
+    if not 0 < settings.webhook_retry_first <= 3600:
+        raise refuse(
+            "webhook_retry_first",
+            "webhook_retry_first must be a number of seconds from 0 to 3600 (it doubles up "
+            f"to an hour), not {settings.webhook_retry_first:g}",
+        )
     if settings.validation_failures_per_hour < 1:
         raise refuse(
             "validation_failures_per_hour",
@@ -274,11 +316,43 @@ def _validate(settings: Settings) -> None:
             "dns_propagation_timeout must be a positive number of seconds, "
             f"not {settings.dns_propagation_timeout:g}",
         )
+    _validate_mail(settings, refuse)
     if settings.database_url and "://" not in settings.database_url:
         raise refuse(
             "database_url",
             f"database_url {mask_url_password(settings.database_url)!r} is not a URL "
             "(sqlite:///path/file.db or postgresql+psycopg://user:pw@host/db)",
+        )
+
+
+def _validate_mail(settings: Settings, refuse: Callable[[str, str], ConfigError]) -> None:
+    from certbroker.domain.notify import (
+        check_port,
+        check_public_url,
+        check_security,
+        parse_thresholds,
+    )
+
+    checks: list[tuple[str, Callable[[], object]]] = [
+        ("smtp_security", lambda: check_security(settings.smtp_security)),
+        ("smtp_port", lambda: check_port(settings.smtp_port)),
+        ("expiry_thresholds", lambda: parse_thresholds(settings.expiry_thresholds)),
+        ("public_url", lambda: check_public_url(settings.public_url)),
+    ]
+    for name, check in checks:
+        try:
+            check()
+        except UsageError as exc:
+            raise refuse(name, str(exc)) from None
+    settings.smtp_security = settings.smtp_security.strip().lower()
+    if settings.smtp_from and "@" not in settings.smtp_from:
+        raise refuse("smtp_from", f"smtp_from {settings.smtp_from!r} is not an e-mail address")
+    if settings.smtp_ca_file and not Path(settings.smtp_ca_file).is_file():
+        raise refuse("smtp_ca_file", f"smtp_ca_file {settings.smtp_ca_file}: no such file")
+    if not 0 < settings.mail_retry_first <= 3600:
+        raise refuse(
+            "mail_retry_first",
+            f"mail_retry_first must be seconds from 0 to 3600, not {settings.mail_retry_first:g}",
         )
 
 

@@ -12,7 +12,10 @@ from certbroker.domain.errors import AcmeProblem
 from certbroker.domain.models import Certificate, ChallengeType, Order
 
 if TYPE_CHECKING:
+    from email.message import EmailMessage
+
     from certbroker.deploy.files import FileSpec, InstallResult
+    from certbroker.domain.notify import MailConfig
     from certbroker.domain.targets import Target
 
 Progress = Callable[[str], None]  # one line for the person waiting (cert request --wait)
@@ -253,6 +256,21 @@ class DeploySecrets:
     known_hosts: str | None = None  # known_hosts lines; every host must be in them
 
 
+class Mailer(Protocol):
+    """Sends one mail (notify/smtp.py)."""
+
+    def send(self, config: MailConfig, message: EmailMessage) -> str:
+        """The server's answer to the mail ("250 2.0.0 Ok: queued as …"). UsageError
+        for what a person must fix, TransientError for what may pass."""
+        ...
+
+
+class RequestTimer(Protocol):
+    """Told how long each request to a CA took (the ACME request-duration histogram)."""
+
+    def observe(self, host: str, method: str, status: str, seconds: float) -> None: ...
+
+
 class Deployer(Protocol):
     """Puts a certificate's files onto one kind of push target (deploy/local.py,
     deploy/ssh.py) and runs its reload command; on a failed reload the old files are put
@@ -268,3 +286,35 @@ class Deployer(Protocol):
     def deploy(
         self, target: Target, files: Sequence[FileSpec], secrets: DeploySecrets
     ) -> InstallResult: ...
+
+
+@dataclass(frozen=True)
+class WebhookAnswer:
+    """How one webhook POST went: the receiver's status and the start of its answer, or
+    why nothing was sent or answered (a refused address, a timeout, a refused connection)."""
+
+    status: int | None = None
+    body_head: str = ""  # the first bytes of the answer (300, decoded leniently)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+class WebhookSender(Protocol):
+    """POSTs signed webhook messages (notify/webhook.py), refusing receivers at private,
+    loopback, link-local and other non-public addresses unless the webhook allows them
+    (server-side request forgery)."""
+
+    def check(self, url: str, allow_private: bool) -> None:
+        """Refuse (UsageError, naming the address and `--allow-private`) a URL whose host
+        is or resolves to an address that is not public, unless `allow_private`."""
+        ...
+
+    def send(
+        self, url: str, body: bytes, headers: Mapping[str, str], allow_private: bool
+    ) -> WebhookAnswer:
+        """One POST, the address checked again first (DNS can change), redirects not
+        followed; never raises for what the network or the receiver did."""
+        ...

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING
 
 from certbroker.domain.dns import RFC2136, DnsAccountConfig, parse_servers
 from certbroker.domain.models import ChallengeType
-from certbroker.ports import CertificateAuthority, ChallengeSolver, DnsLookups, DnsProvider
+from certbroker.ports import (
+    CertificateAuthority,
+    ChallengeSolver,
+    DnsLookups,
+    DnsProvider,
+    RequestTimer,
+)
 from certbroker.services.common import ServiceContext, utcnow
 from certbroker.services.master_key import open_sealer
 from certbroker.store.db import make_engine, migrate
@@ -31,6 +37,7 @@ if TYPE_CHECKING:
     from certbroker.services.access import AccessService
     from certbroker.services.accounts import AccountService
     from certbroker.services.agents import AgentService
+    from certbroker.services.audit import AuditService
     from certbroker.services.browsing import Browsing
     from certbroker.services.certificates import CertificateService
     from certbroker.services.clients import ClientService
@@ -39,19 +46,22 @@ if TYPE_CHECKING:
     from certbroker.services.dns import DnsService, DnsSettings
     from certbroker.services.issuance import IssuanceService
     from certbroker.services.metrics import MetricsService
+    from certbroker.services.notify import MailDefaults, NotifyService
     from certbroker.services.planning import RenewalPlanner
     from certbroker.services.renewal import RenewalService
     from certbroker.services.requests import RequestService
     from certbroker.services.runtime import RuntimeSettings
     from certbroker.services.trust import TrustService
+    from certbroker.services.webhooks import WebhookService
 
 
 class CAClients:
     """Hands out ACME clients, one per thread and account key, so nonces and TLS
     connections are reused across orders without sharing a client between threads."""
 
-    def __init__(self, bundle_dir: Path) -> None:
+    def __init__(self, bundle_dir: Path, timer: RequestTimer | None = None) -> None:
         self.bundle_dir = bundle_dir
+        self.timer = timer  # told how long each request took (the metrics' histogram)
         self._local = threading.local()
 
     def _bundle_path(self, pem: str) -> str:
@@ -75,7 +85,7 @@ class CAClients:
 
         bundle = self._bundle_path(ca_bundle) if ca_bundle else None
         if account_uri is None:
-            return AcmeCA(directory_url, key, None, bundle)
+            return AcmeCA(directory_url, key, None, bundle, self.timer)
         fingerprint = hashlib.sha256(
             key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         ).hexdigest()
@@ -86,7 +96,7 @@ class CAClients:
         cache_key = (directory_url, account_uri, fingerprint, bundle)
         client = cache.get(cache_key)
         if client is None:
-            client = AcmeCA(directory_url, key, account_uri, bundle)
+            client = AcmeCA(directory_url, key, account_uri, bundle, self.timer)
             cache[cache_key] = client
         return client
 
@@ -108,6 +118,27 @@ def make_dns_provider(config: DnsAccountConfig) -> DnsProvider:
 
     return LexiconProvider(
         config.provider, config.options(), zones=config.zones, account=config.name
+    )
+
+
+def mail_defaults(settings: Settings) -> MailDefaults:
+    from certbroker.domain.notify import MailConfig, parse_thresholds
+    from certbroker.services.notify import MailDefaults
+
+    host, port = settings.listen_address()
+    return MailDefaults(
+        config=MailConfig(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            security=settings.smtp_security,
+            user=settings.smtp_user,
+            password=settings.smtp_password,
+            sender=settings.smtp_from,
+        ),
+        notify_to=tuple(a.strip() for a in settings.notify_to.split(",") if a.strip()),
+        thresholds=parse_thresholds(settings.expiry_thresholds),
+        public_url=settings.public_url.rstrip("/") or f"http://{host}:{port}",
+        retry_first=timedelta(seconds=settings.mail_retry_first),
     )
 
 
@@ -147,6 +178,13 @@ class Broker:
         return AccountService(self.ctx)
 
     @cached_property
+    def audit(self) -> AuditService:
+        """The audit log: who did what, when, from where (append-only)."""
+        from certbroker.services.audit import AuditService
+
+        return AuditService(self.ctx)
+
+    @cached_property
     def browsing(self) -> Browsing:
         from certbroker.services.browsing import Browsing
 
@@ -163,6 +201,16 @@ class Broker:
         from certbroker.services.clients import ClientService
 
         return ClientService(self.ctx)
+
+    @cached_property
+    def notify(self) -> NotifyService:
+        """Mail: SMTP settings, test mails, expiry warnings, the outbox, alarm
+        acknowledgements."""
+        from certbroker.notify.smtp import SmtpMailer
+        from certbroker.services.notify import NotifyService
+
+        return NotifyService(self.ctx, SmtpMailer(self.settings.smtp_ca_file or None),
+                             mail_defaults(self.settings))  # fmt: skip
 
     @cached_property
     def deploy(self) -> DeployService:
@@ -255,6 +303,18 @@ class Broker:
         return RenewalService(self.ctx, self.issuance, self.planner)
 
     @cached_property
+    def webhooks(self) -> WebhookService:
+        """Signed webhooks: endpoints, the outbox of events, deliveries and their retries."""
+        from certbroker.notify.webhook import HttpWebhookSender
+        from certbroker.services.webhooks import WebhookService
+
+        return WebhookService(
+            self.ctx,
+            HttpWebhookSender(),
+            retry_first=timedelta(seconds=self.settings.webhook_retry_first),
+        )
+
+    @cached_property
     def trust(self) -> TrustService:
         from certbroker.services.trust import TrustService
 
@@ -300,7 +360,8 @@ def build(settings: Settings) -> Broker:
     migrate(engine)
     repo = Repository(engine)
     sealer = open_sealer(settings.data_dir, settings.master_key, repo, utcnow)
-    ctx = ServiceContext(
-        repo=repo, sealer=sealer, ca_factory=CAClients(settings.data_dir / "ca-bundles")
-    )
+    from certbroker.services.metrics import RequestDurations
+
+    clients = CAClients(settings.data_dir / "ca-bundles", RequestDurations(repo))
+    ctx = ServiceContext(repo=repo, sealer=sealer, ca_factory=clients)
     return Broker(settings=settings, repo=repo, ctx=ctx)

@@ -13,6 +13,7 @@ from tests.support.browser import launch
 from tests.support.dns_servers import BindServer, start_bind
 from tests.support.pebble import PebbleServer, start_pebble
 from tests.support.ports import free_port
+from tests.support.smtp import SmtpServer, start_smtp
 
 # BIND's TSIG keys: each may only write TXT records in its own zone.
 COM_KEY = "certbroker-com"
@@ -77,3 +78,13 @@ def add_account(
         "--tsig-key-name", key, "--zone", zone,
         env={"CERTBROKER_DNS_TSIG_SECRET": secret or bind.keys[key][1]},
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smtp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd, STARTTLS, one log-in) for the mail tests."""
+    server = start_smtp(tmp_path_factory.mktemp("smtp"))
+    try:
+        yield server
+    finally:
+        server.stop()

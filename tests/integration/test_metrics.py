@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -82,11 +83,22 @@ def test_metrics_parse_and_the_expiry_is_the_stored_not_after(site: Site) -> Non
     assert _one(samples, "certbroker_orders_total", purpose="issue", result="valid") == 1.0
     assert _one(samples, "certbroker_queue_depth") == 0.0
     assert _one(samples, "certbroker_alarms_active") == 0.0
+    assert _one(samples, "certbroker_notifications_total", channel="mail", result="sent") == 0.0
+    # The CLI process that requested the certificate timed its requests to Pebble and added
+    # them to the store when it ended: the server reports them.
+    host = urlsplit(site.cli.pebble.directory_url).hostname  # type: ignore[union-attr]
+    duration = "certbroker_acme_client_request_duration_seconds"
+    posts = _one(samples, f"{duration}_count", host=str(host), method="POST", status="201")
+    assert posts >= 2  # at least the new order and the finalization... (account: 201 too)
+    assert _one(samples, f"{duration}_bucket", host=str(host), method="POST", status="201",
+                le="+Inf") == posts  # fmt: skip
+    assert _one(samples, f"{duration}_sum", host=str(host), method="POST", status="201") > 0
 
     # A renewal moves the figures: a second order, the same certificate, a later expiry.
     site.cli("cert", "renew", "1")
     again = _samples(site.get("/metrics", authorization=f"Bearer {TOKEN}").text)
     assert _one(again, "certbroker_orders_total", purpose="renew", result="valid") == 1.0
+    assert _one(again, f"{duration}_count", host=str(host), method="POST", status="200") > 0
     renewed = datetime.fromisoformat(site.cli.json("cert", "show", "1")["not_after"])
     assert _one(again, "certbroker_certificate_expiration_timestamp_seconds", **labels) == (
         renewed.timestamp()

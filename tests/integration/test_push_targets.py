@@ -328,7 +328,9 @@ def test_targets_over_the_api_admins_add_operators_deploy(cli: Cli, tmp_path: Pa
             assert viewer.post("/api/v1/certificates/1/deploy", json={}).status_code == 403
             attached = operator.post("/api/v1/targets/web/attach", json={"certificate_id": 1})
             assert attached.status_code == 200 and attached.json()["queued"] is True
-            wait_until("the deployment", lambda: (web / "fullchain.pem").exists(), serve=serve)
+            # Done, not only its first file there: "deploy now" on a deployment still
+            # running queues nothing (it is under way).
+            wait_until("the deployment", lambda: _deployment_state(viewer) == "done", serve=serve)
             (web / "fullchain.pem").write_text("overwritten by hand\n")
             again = operator.post("/api/v1/certificates/1/deploy", json={"target": "web"})
             assert again.status_code == 202 and again.json()["queued"] == 1
@@ -340,6 +342,11 @@ def test_targets_over_the_api_admins_add_operators_deploy(cli: Cli, tmp_path: Pa
             assert viewer.get("/api/v1/targets").json() == []
     finally:
         stop_serve(serve)
+
+
+def _deployment_state(client: Any) -> str | None:
+    (shown,) = client.get("/api/v1/certificates/1/targets").json()
+    return None if shown["deployment"] is None else str(shown["deployment"]["state"])
 
 
 def last(out: str) -> str:

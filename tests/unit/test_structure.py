@@ -23,7 +23,7 @@ AGENT_MAY_IMPORT = ("agent", "domain", "crypto", "logs", "certbroker.deploy.file
 ENTRY_POINTS = ("cli", "worker_processes", "api", "web")
 # Adapters talk to the world. crypto/ (keys, CSRs, sealing, files) is a library that
 # services and adapters share; it imports only domain/.
-ADAPTERS = ("store", "ca", "dns", "challenges", "deploy")
+ADAPTERS = ("store", "ca", "dns", "challenges", "deploy", "notify")
 
 
 def _modules() -> dict[str, Path]:

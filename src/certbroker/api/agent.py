@@ -24,9 +24,11 @@ from starlette.concurrency import run_in_threadpool
 
 from certbroker.api.problems import status_of
 from certbroker.domain.agents import KeyMode
+from certbroker.domain.audit import ActorKind
 from certbroker.domain.clients import Client
 from certbroker.domain.errors import CertbrokerError, NotAuthenticated
 from certbroker.services.agents import Wanted
+from certbroker.services.audit import act_as
 from certbroker.wiring import Broker
 
 log = logging.getLogger("certbroker.api")
@@ -156,10 +158,15 @@ async def _authenticate(websocket: WebSocket, broker: Broker) -> Client | None:
     try:
         if scheme.lower() != "bearer" or not secret.strip():
             raise NotAuthenticated("an agent sends its token as 'Authorization: Bearer cbc_…'")
-        return await run_in_threadpool(broker.clients.authenticate, secret.strip(), address)
-    except NotAuthenticated:
+        client = await run_in_threadpool(broker.clients.authenticate, secret.strip(), address)
+    except NotAuthenticated as exc:
+        await run_in_threadpool(
+            broker.audit.refused, "WEBSOCKET", websocket.url.path, str(exc), 403
+        )
         await websocket.close(code=1008)  # before accepting: the handshake is refused (403)
         return None
+    act_as(ActorKind.CLIENT, client.name)  # the audit log's actor
+    return client
 
 
 @router.websocket("/agent/ws")

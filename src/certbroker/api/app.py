@@ -15,12 +15,15 @@ from certbroker.api import (
     admin,
     agent,
     agent_poll,
+    audit,
     certificates,
     devices,
     health,
+    notify,
     problems,
     targets,
     trust,
+    webhooks,
 )
 from certbroker.api.limits import BodyLimit
 from certbroker.wiring import Broker
@@ -54,6 +57,7 @@ def create_app(broker: Broker, workers_problems: Callable[[], list[str]] | None 
     app.state.broker = broker
     app.state.workers_problems = workers_problems  # for /readyz: what `serve` says of them
     app.add_middleware(BodyLimit)
+    app.add_middleware(audit.Acting)  # who acts in each request, for the audit log
     problems.install(app)
     app.include_router(certificates.router, prefix=API)
     app.include_router(admin.router, prefix=API)
@@ -61,6 +65,9 @@ def create_app(broker: Broker, workers_problems: Callable[[], list[str]] | None 
     app.include_router(agent.router, prefix=API)
     app.include_router(agent_poll.router, prefix=API)
     app.include_router(targets.router, prefix=API)
+    app.include_router(webhooks.router, prefix=API)
+    app.include_router(audit.router, prefix=API)
+    app.include_router(notify.router, prefix=API)
     app.include_router(trust.router)
     app.include_router(health.router)
     _bearer_in_openapi(app)

@@ -10,7 +10,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from certbroker.domain.access import Action, Principal
+from certbroker.domain.audit import ActorKind
 from certbroker.domain.errors import AccessDenied, NotAuthenticated
+from certbroker.services.audit import act_as
 from certbroker.wiring import Broker
 
 SESSION_COOKIE = "certbroker_session"
@@ -35,10 +37,13 @@ def caller(request: Request) -> Principal:
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise NotAuthenticated("Authorization must be 'Bearer <token>'")
-        return access.authenticate_token(secret.strip(), address_of(request))
+        principal = access.authenticate_token(secret.strip(), address_of(request))
+        act_as(ActorKind.TOKEN, principal.name)  # the audit log's actor
+        return principal
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         session = access.session(cookie)
+        act_as(ActorKind.USER, session.principal.name)
         if request.method not in SAFE_METHODS:
             sent = request.headers.get(CSRF_HEADER, "")
             if not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):

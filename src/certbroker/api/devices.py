@@ -15,9 +15,11 @@ from starlette.concurrency import run_in_threadpool
 
 from certbroker.api.auth import Admin, BrokerDep, address_of, broker_of
 from certbroker.api.problems import ERRORS, status_of
+from certbroker.domain.audit import ActorKind
 from certbroker.domain.clients import Client, ClientPolicy, Renewal, RequestState
 from certbroker.domain.errors import CertbrokerError, NotAuthenticated
 from certbroker.domain.models import ChallengeType
+from certbroker.services.audit import act_as
 from certbroker.wiring import Broker
 
 router = APIRouter(tags=["device CSRs"], responses=ERRORS)
@@ -31,7 +33,9 @@ def client_caller(request: Request) -> Client:
         raise NotAuthenticated(
             "a client sends its token as 'Authorization: Bearer cbc_…' (`certbroker client add`)"
         )
-    return broker_of(request).clients.authenticate(secret.strip(), address_of(request))
+    client = broker_of(request).clients.authenticate(secret.strip(), address_of(request))
+    act_as(ActorKind.CLIENT, client.name)  # the audit log's actor
+    return client
 
 
 ClientDep = Annotated[Client, Depends(client_caller)]
@@ -195,9 +199,13 @@ async def csr_socket(websocket: WebSocket) -> None:
         if scheme.lower() != "bearer" or not secret.strip():
             raise NotAuthenticated("a client sends its token as 'Authorization: Bearer cbc_…'")
         client = await run_in_threadpool(broker.clients.authenticate, secret.strip(), address)
-    except NotAuthenticated:
+    except NotAuthenticated as exc:
+        await run_in_threadpool(
+            broker.audit.refused, "WEBSOCKET", websocket.url.path, str(exc), 403
+        )
         await websocket.close(code=1008)  # before accepting: the handshake is refused (403)
         return
+    act_as(ActorKind.CLIENT, client.name)
     await websocket.accept()
     watched: dict[int, str] = {}  # request ID -> the state last sent
     waiting: set[int] = set()  # ... of those, the ones awaiting an admin's approval

@@ -5,17 +5,24 @@ every figure is read from the store at the scrape, so every node reports the sam
 from __future__ import annotations
 
 import hmac
+import math
 from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 
 from certbroker.domain.errors import NotAuthenticated
+from certbroker.services.metrics import DURATION_BUCKETS
 from certbroker.wiring import Broker
 
 router = APIRouter(tags=["health and metrics"])
@@ -78,6 +85,25 @@ class StoreCollector(Collector):
         for problem, count in sorted(snap.failures.items()):
             failures.add_metric([problem], count)
         yield failures
+        notifications = CounterMetricFamily(
+            "certbroker_notifications", "Mails and webhook deliveries, by channel and result.",
+            labels=["channel", "result"],
+        )  # fmt: skip
+        for (channel, result), count in sorted(snap.notifications.items()):
+            notifications.add_metric([channel, result], count)
+        yield notifications
+        durations = HistogramMetricFamily(
+            "certbroker_acme_client_request_duration_seconds",
+            "How long requests to ACME CAs took, by host, method and status, every node's.",
+            labels=["host", "method", "status"],
+        )
+        for host, method, status, _count, total, per_bucket in snap.acme_requests:
+            cumulative, buckets = 0, []
+            for bound, n in zip((*DURATION_BUCKETS, math.inf), per_bucket, strict=False):
+                cumulative += n
+                buckets.append(("+Inf" if bound == math.inf else f"{bound:g}", cumulative))
+            durations.add_metric([host, method, status], buckets, total)
+        yield durations
         yield GaugeMetricFamily(
             "certbroker_queue_depth", "Orders waiting or under way.", value=snap.queue_depth
         )

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from certbroker.domain.errors import (
@@ -109,8 +110,16 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(CertbrokerError)
-    async def certbroker_error(_request: Request, exc: CertbrokerError) -> JSONResponse:
+    async def certbroker_error(request: Request, exc: CertbrokerError) -> JSONResponse:
         status, kind = status_of(exc)
+        if status in (401, 403):  # a refused attempt: into the audit log
+            await run_in_threadpool(
+                request.app.state.broker.audit.refused,
+                request.method,
+                request.url.path,
+                str(exc),
+                status,
+            )
         headers = {}
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="certbroker"'

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from certbroker.cli.params import CERT_ID_HELP, number
+from certbroker.cli.params import CERT_ID_HELP, CertId, number
 from certbroker.cli.state import State, console, escape, print_json
 from certbroker.domain.errors import UsageError
 
@@ -33,6 +33,10 @@ def parse_since(text: str, now: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=now.tzinfo)
 
 
+alarms_app = typer.Typer(invoke_without_command=True)
+
+
+@alarms_app.callback()
 def alarms(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -41,7 +45,10 @@ def alarms(
 
     An alarm clears itself when the next attempt succeeds (`cert renew ID` tries now);
     a push target that keeps failing is listed too (`deploy ID` tries it now).
+    `alarms ack ID --until 3d --reason …` mutes one until then.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     state: State = ctx.obj
     found = state.broker.certificates.alarms()
     deployments = state.broker.deploy.alarms()
@@ -65,6 +72,7 @@ def alarms(
             )
         )
     for alarm in found:
+        ack = alarm["acknowledged"]
         console.print(
             escape(
                 f"certificate {alarm['certificate_id']} ({', '.join(alarm['names'])}): "
@@ -74,8 +82,52 @@ def alarms(
                     if alarm["next_try_at"]
                     else ""
                 )
+                + (
+                    f" [acknowledged by {ack['by']} until {ack['until'][:16].replace('T', ' ')}:"
+                    f" {ack['reason']}]"
+                    if ack
+                    else ""
+                )
             )
         )
+
+
+@alarms_app.command("ack")
+def ack(
+    ctx: typer.Context,
+    cert_id: CertId,
+    until: Annotated[
+        str,
+        typer.Option(help="Muted until this date/time (ISO 8601, UTC) or for this long (3d)."),
+    ],
+    reason: Annotated[str, typer.Option(help="Why: shown with the alarm.")],
+) -> None:
+    """Acknowledge a certificate's alarm: no mail about it until then; a new kind of
+    failure raises it again."""
+    from certbroker.cli.notify_cmd import acting_user
+
+    state: State = ctx.obj
+    now = state.broker.ctx.clock()
+    moment = parse_until(until, now)
+    state.broker.notify.acknowledge_alarm(cert_id, moment, acting_user(), reason)
+    console.print(
+        escape(f"certificate {cert_id}: alarm acknowledged until {moment:%Y-%m-%d %H:%M} UTC")
+    )
+
+
+def parse_until(text: str, now: datetime) -> datetime:
+    """`--until`: a date/time, or a duration from now (30m, 12h, 3d, 2w)."""
+    match = _RELATIVE.match(text.strip().lower())
+    if match:
+        return now + timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(
+            f"--until {text!r} is neither a date/time (2026-12-24, 2026-12-24T08:00) nor a "
+            "duration (30m, 12h, 3d, 2w)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=now.tzinfo)
 
 
 def events(

@@ -51,8 +51,16 @@ class Commands(LazyGroup):
             "What happened, oldest first: issuances, renewals, failed attempts, alarms.",
         ),
         "alarms": Lazy(
-            "certbroker.cli.events_cmd:alarms",
+            "certbroker.cli.events_cmd:alarms_app",
             "Active alarms: certificates whose issuance or renewal keeps failing.",
+        ),
+        "notify": Lazy(
+            "certbroker.cli.notify_cmd:app",
+            "Mail: test, run, settings, set, log, recipients (expiry, failures, alarms).",
+        ),
+        "audit": Lazy(
+            "certbroker.cli.audit_cmd:audit",
+            "The audit log, newest last: who did what, when, from where (admins' record).",
         ),
         "client": Lazy(
             "certbroker.cli.clients_cmd:app",
@@ -70,6 +78,10 @@ class Commands(LazyGroup):
         "deploy": Lazy(
             "certbroker.cli.targets_cmd:deploy",
             "Deploy a certificate to its push targets now (a failing one starts over).",
+        ),
+        "webhook": Lazy(
+            "certbroker.cli.webhooks_cmd:app",
+            "Signed webhooks for events: add, list, show, test, deliveries, retry, delete.",
         ),
         "agent": Lazy(
             "certbroker.cli.agent_cmd:agent",

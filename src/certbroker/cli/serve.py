@@ -67,6 +67,12 @@ def run_serve(state: State) -> None:
         from certbroker.services.deploy import DeployWorker
 
         deployer = DeployWorker(broker.deploy).start()  # push targets, retried with backoff
+        from certbroker.services.webhooks import WebhookWorker
+
+        webhooks = WebhookWorker(broker.webhooks).start()  # the outbox, signed POSTs, retries
+        from certbroker.services.notify import MailWorker
+
+        mailer = MailWorker(broker.notify).start()  # expiry warnings and the mail outbox
         log.info(
             "certbroker serving: API and console on %s, HTTP-01 on %s:%d, "
             "%d worker process%s × %d workers, renewals checked every %g s, store %s",
@@ -83,6 +89,8 @@ def run_serve(state: State) -> None:
             others.check()
         scheduler.stop()
         deployer.stop()
+        webhooks.stop()
+        mailer.stop()
         others.terminate()  # they stop while this process's workers do
         pool.stop()
         others.stop()

@@ -84,8 +84,10 @@ class State:
     @property
     def broker(self) -> Broker:
         if self._broker is None:
+            from certbroker.services.audit import act_as_cli
             from certbroker.wiring import build
 
+            act_as_cli()  # what the audit log says of this process: `cli`, the OS user
             self._broker = build(self.settings)
             started()
         return self._broker

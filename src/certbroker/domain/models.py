@@ -162,6 +162,10 @@ class Certificate:
     renewal_reason: RenewalReason | None = None
     alarm_since: datetime | None = None  # its issuance or renewal keeps failing
     alarm_message: str | None = None  # the last error
+    alarm_ack_until: datetime | None = None  # a person muted the alarm until then ...
+    alarm_ack_by: str | None = None  # ... who
+    alarm_ack_reason: str | None = None  # ... and why
+    notify_to: tuple[str, ...] = ()  # its own mail recipients (empty: the global list)
     ari_next_check: datetime | None = None
     profile: str | None = None
     fallback_account_ids: tuple[int, ...] = ()  # tried in order when a CA fails

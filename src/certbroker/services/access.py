@@ -23,12 +23,14 @@ from certbroker.domain.access import (
     check_user_name,
     parse_name_patterns,
 )
+from certbroker.domain.audit import ActorKind, Outcome
 from certbroker.domain.errors import (
     AccessDenied,
     NotAuthenticated,
     Throttled,
     UsageError,
 )
+from certbroker.services import audit
 from certbroker.services.common import ServiceContext, secret_digest
 
 if TYPE_CHECKING:
@@ -105,26 +107,40 @@ class AccessService:
 
     def add_user(self, name: str, role: Role, password: str) -> User:
         check_user_name(name)
-        return self.repo.add_user(name, role, self._hash(password), self.ctx.clock())
+        user = self.repo.add_user(name, role, self._hash(password), self.ctx.clock())
+        audit.record(self.ctx, "user.add", "user", user.name, {"role": role.value})
+        return user
 
     def set_password(self, ref: str | int, password: str) -> User:
         user = self.repo.get_user(ref)
         self.repo.set_password(user.id, self._hash(password), self.ctx.clock())
+        audit.record(self.ctx, "user.password", "user", user.name, {"password_changed": True})
         return self.repo.get_user(user.id)
 
     def set_role(self, ref: str | int, role: Role) -> User:
         user = self.repo.get_user(ref)
         self.repo.change_user(user.id, self.ctx.clock(), role=role)
+        audit.record(
+            self.ctx, "user.role", "user", user.name, {"role": [user.role.value, role.value]}
+        )
         return self.repo.get_user(user.id)
 
     def set_enabled(self, ref: str | int, enabled: bool) -> User:
         user = self.repo.get_user(ref)
         self.repo.change_user(user.id, self.ctx.clock(), enabled=enabled)
+        audit.record(
+            self.ctx,
+            "user.enable" if enabled else "user.disable",
+            "user",
+            user.name,
+            {"enabled": [user.enabled, enabled]},
+        )
         return self.repo.get_user(user.id)
 
     def delete_user(self, ref: str | int) -> User:
         user = self.repo.get_user(ref)
         self.repo.change_user(user.id, self.ctx.clock(), delete_it=True)
+        audit.record(self.ctx, "user.delete", "user", user.name, {"role": user.role.value})
         return user
 
     # -- log-in and sessions -------------------------------------------------------------
@@ -138,6 +154,7 @@ class AccessService:
         )
         if by_user >= FAILURES_PER_USER or by_address >= FAILURES_PER_ADDRESS:
             minutes = int(THROTTLE_WINDOW.total_seconds() // 60)
+            _login_refused(self.ctx, name, address, "throttled: too many failed log-ins")
             raise Throttled(
                 f"too many failed log-ins; try again in {minutes} minutes",
                 int(THROTTLE_WINDOW.total_seconds()),
@@ -152,6 +169,7 @@ class AccessService:
             ok = False
         if not ok or found is None or not found[0].enabled:
             self.repo.add_login_failure(name, address, now)
+            _login_refused(self.ctx, name, address, "wrong user name or password, or disabled")
             raise NotAuthenticated("wrong user name or password, or the user is disabled")
         user, stored = found
         self.repo.clear_login_failures(name)
@@ -162,6 +180,8 @@ class AccessService:
         self.repo.add_session(
             secret_digest(secret), user.id, csrf, address, now, now + SESSION_IDLE
         )
+        audit.act_as(ActorKind.USER, user.name)  # this request is the user's from now on
+        audit.record(self.ctx, "user.login", "user", user.name, {"address": address})
         return NewSession(secret=secret, csrf_token=csrf, user=user)
 
     def session(self, secret: str) -> Session:
@@ -208,13 +228,35 @@ class AccessService:
             expires_at=None if expires_days is None else now + timedelta(days=expires_days),
             now=now,
         )
+        audit.record(
+            self.ctx,
+            "token.create",
+            "token",
+            token.id,
+            {
+                "name": token.name,
+                "role": role.value,
+                "names": patterns,
+                "expires_at": token.expires_at,
+                "prefix": token.prefix,
+            },
+            secrets=[secret],
+        )
         return token, secret
 
     def tokens(self) -> list[ApiToken]:
         return self.repo.list_tokens()
 
     def revoke_token(self, token_id: int) -> ApiToken:
-        return self.repo.revoke_token(token_id, self.ctx.clock())
+        token = self.repo.revoke_token(token_id, self.ctx.clock())
+        audit.record(
+            self.ctx,
+            "token.revoke",
+            "token",
+            token.id,
+            {"name": token.name, "prefix": token.prefix},
+        )
+        return token
 
     def authenticate_token(self, secret: str, address: str) -> Principal:
         now = self.ctx.clock()
@@ -274,3 +316,15 @@ _WHAT = {
     Action.DELETE: "delete certificates",
     Action.MANAGE: "manage accounts, users, tokens or settings",
 }
+
+
+def _login_refused(ctx: ServiceContext, name: str, address: str, reason: str) -> None:
+    """A failed log-in, into the audit log (never the password that was tried)."""
+    audit.record(
+        ctx,
+        "user.login",
+        "user",
+        name,
+        {"address": address, "reason": reason},
+        outcome=Outcome.REFUSED,
+    )

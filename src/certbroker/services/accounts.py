@@ -19,6 +19,7 @@ from certbroker.domain.directories import resolve_directory
 from certbroker.domain.errors import CAError, UsageError
 from certbroker.domain.keys import KeyType
 from certbroker.domain.models import Account, AccountStatus
+from certbroker.services import audit
 from certbroker.services.common import ServiceContext, validate_emails
 
 
@@ -84,7 +85,7 @@ class AccountService:
             )
         eab = (reg.eab_kid, reg.eab_hmac_key) if reg.eab_kid and reg.eab_hmac_key else None
         info = ca.register(emails, True, eab)
-        return self.repo.add_account(
+        account = self.repo.add_account(
             name=name,
             directory_url=directory_url,
             ca_bundle=reg.ca_bundle,
@@ -97,6 +98,23 @@ class AccountService:
             eab_kid=reg.eab_kid,
             now=self.ctx.clock(),
         )
+        audit.record(
+            self.ctx,
+            "account.register",
+            "account",
+            account.name,
+            {
+                "directory": directory_url,
+                "emails": emails,
+                "key_type": reg.key_type.value,
+                "eab_kid": reg.eab_kid,
+                "eab_hmac_key": reg.eab_hmac_key,
+                "ca_bundle": bool(reg.ca_bundle),
+                "uri": account.uri,
+            },
+            secrets=[reg.eab_hmac_key or ""],
+        )
+        return account
 
     def import_key(
         self, key_data: bytes, directory: str, name: str | None, ca_bundle: str | None
@@ -118,7 +136,7 @@ class AccountService:
                 ) from None
             raise
         emails = [c.removeprefix("mailto:") for c in info.contacts]
-        return self.repo.add_account(
+        account = self.repo.add_account(
             name=name,
             directory_url=directory_url,
             ca_bundle=ca_bundle,
@@ -131,6 +149,14 @@ class AccountService:
             eab_kid=None,
             now=self.ctx.clock(),
         )
+        audit.record(
+            self.ctx,
+            "account.import",
+            "account",
+            account.name,
+            {"directory": directory_url, "key_type": key_type.value, "uri": account.uri},
+        )
+        return account
 
     def all(self) -> list[Account]:
         return self.repo.list_accounts()
@@ -144,7 +170,9 @@ class AccountService:
         info = self.ctx.ca_for(account).query_account()
         status = AccountStatus.from_ca(info.status)
         emails = [c.removeprefix("mailto:") for c in info.contacts]
-        return self.repo.set_account_from_ca(account.id, status, emails, self.ctx.clock())
+        updated = self.repo.set_account_from_ca(account.id, status, emails, self.ctx.clock())
+        _record_change(self.ctx, "account.refresh", account, updated)
+        return updated
 
     def _usable(self, ref: str) -> Account:
         account = self.repo.get_account(ref)
@@ -159,7 +187,9 @@ class AccountService:
         account = self._usable(ref)
         cleaned = validate_emails(emails)
         self.ctx.ca_for(account).update_contacts(cleaned)
-        return self.repo.set_account_emails(account.id, cleaned, self.ctx.clock())
+        updated = self.repo.set_account_emails(account.id, cleaned, self.ctx.clock())
+        _record_change(self.ctx, "account.update", account, updated)
+        return updated
 
     def rollover(self, ref: str, key_type: KeyType | None = None) -> Account:
         """RFC 8555 key change. The new key is stored before the CA hears of it."""
@@ -190,9 +220,11 @@ class AccountService:
 
     def _swap_key(self, account: Account, sealed: bytes) -> Account:
         key = load_private_key(self.ctx.sealer.unseal(sealed))
-        return self.repo.swap_account_key(
+        updated = self.repo.swap_account_key(
             account.id, sealed, key_type_of(key).value, self.ctx.clock()
         )
+        _record_change(self.ctx, "account.rollover", account, updated, change="new key")
+        return updated
 
     def recreate(self, ref: str) -> Account:
         """After the CA forgot the account (accountDoesNotExist): register its key again,
@@ -201,14 +233,20 @@ class AccountService:
         key = load_private_key(self.ctx.sealer.unseal(self.repo.account_key_sealed(account.id)))
         ca = self.ctx.ca_factory(account.directory_url, key, None, account.ca_bundle)
         info = ca.register(list(account.emails), True, None)
-        return self.repo.set_account_registered(
+        updated = self.repo.set_account_registered(
             account.id, info.uri, AccountStatus.from_ca(info.status), self.ctx.clock()
         )
+        _record_change(self.ctx, "account.recreate", account, updated)
+        return updated
 
     def deactivate(self, ref: str) -> Account:
         account = self._usable(ref)
         self.ctx.ca_for(account).deactivate()
-        return self.repo.set_account_status(account.id, AccountStatus.DEACTIVATED, self.ctx.clock())
+        updated = self.repo.set_account_status(
+            account.id, AccountStatus.DEACTIVATED, self.ctx.clock()
+        )
+        _record_change(self.ctx, "account.deactivate", account, updated)
+        return updated
 
     def delete(self, ref: str) -> Account:
         account = self.repo.get_account(ref)
@@ -226,6 +264,7 @@ class AccountService:
                 "(`certbroker client set NAME --account OTHER` or --clear-account)"
             )
         self.repo.delete_account(account.id)
+        audit.record(self.ctx, "account.delete", "account", account.name, _audited(account))
         return account
 
     def account_key(self, ref: str) -> PrivateKey:
@@ -240,5 +279,32 @@ class AccountService:
             data = private_key_to_jwk(key)
         else:
             raise UsageError(f"unknown key format {fmt!r}: choose pem or jwk")
+        # Recorded before the key leaves: a record that cannot be written stops the export.
+        audit.record(
+            self.ctx,
+            "account.export-key",
+            "account",
+            self.repo.get_account(ref).name,
+            {"format": fmt, "file": str(out)},
+        )
         write_private_file(out, data)
         return out
+
+
+def _audited(account: Account) -> dict[str, object]:
+    """What the audit log shows of an account (never its key)."""
+    return {
+        "directory": account.directory_url,
+        "emails": list(account.emails),
+        "status": account.status.value,
+        "key_type": account.key_type,
+        "uri": account.uri,
+    }
+
+
+def _record_change(
+    ctx: ServiceContext, action: str, old: Account, new: Account, **more: object
+) -> None:
+    audit.record(
+        ctx, action, "account", new.name, {**audit.diff(_audited(old), _audited(new)), **more}
+    )

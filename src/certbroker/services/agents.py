@@ -20,10 +20,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from certbroker.domain.agents import AGENT_LIVE, DRIFT_DAYS, KeyMode
+from certbroker.domain.audit import SYSTEM, Actor
 from certbroker.domain.clients import Client, DeviceRequest, Renewal
 from certbroker.domain.errors import CertbrokerError, NotFoundError, UsageError
 from certbroker.domain.models import Certificate, ChallengeType
 from certbroker.domain.names import validate_names
+from certbroker.services import audit
 from certbroker.services.common import ServiceContext
 from certbroker.services.devices import DeviceService
 from certbroker.services.requests import CertificateRequest, RequestService
@@ -130,6 +132,7 @@ class AgentService:
                 sealed = self.repo.certificate_key_sealed(cert.id)
                 if sealed is None:
                     continue
+                _record_delivery(self.ctx, cert, client.id)  # before the key leaves
                 message["key"] = self.ctx.sealer.unseal(sealed).decode()
             found.append(message)
         return found
@@ -162,6 +165,8 @@ class AgentService:
                         if sealed is None:
                             continue
                         key = self.ctx.sealer.unseal(sealed).decode()
+                    # The hub's loop acts for no client: the broker sends it (system).
+                    _record_delivery(self.ctx, cert, inst.client_id, SYSTEM)
                     message["key"] = key
                 found.setdefault(inst.client_id, []).append(message)
         return found
@@ -256,3 +261,17 @@ def _delivery(cert: Certificate) -> dict[str, Any]:
         "not_after": cert.not_after.isoformat() if cert.not_after else None,
         "chain": (cert.cert_pem or "") + (cert.chain_pem or ""),
     }
+
+
+def _record_delivery(
+    ctx: ServiceContext, cert: Certificate, client_id: int, actor: Actor | None = None
+) -> None:
+    """A broker-held private key sent to a client's agent: into the audit log."""
+    audit.record(
+        ctx,
+        "certificate.deliver-key",
+        "certificate",
+        cert.id,
+        {"names": list(cert.names), "serial": cert.serial, "client_id": client_id},
+        actor=actor,
+    )

@@ -22,6 +22,7 @@ from certbroker.domain.models import (
     Order,
 )
 from certbroker.ports import ChallengeSolver
+from certbroker.services import audit
 from certbroker.services.common import ServiceContext
 
 MEDIA_TYPES = {
@@ -115,6 +116,7 @@ class CertificateService:
                 "renew_at": cert.renew_at.isoformat() if cert.renew_at else None,
                 "renewal_reason": cert.renewal_reason.value if cert.renewal_reason else None,
                 "renew_before_days": cert.renew_before_days,
+                "notify_to": list(cert.notify_to),  # its own mail recipients
                 "profile": cert.profile,
                 **self.solvers[cert.challenge].describe(cert),
                 # The TXT records of the current order (manual mode: the ones to write).
@@ -134,6 +136,7 @@ class CertificateService:
                         "since": cert.alarm_since.isoformat(),
                         "last_error": cert.alarm_message,
                         "next_try_at": data["next_try_at"],
+                        "acknowledged": acknowledgement(cert),
                     }
                     if cert.alarm_since
                     else None
@@ -152,6 +155,7 @@ class CertificateService:
                 "last_error": cert.alarm_message,
                 "next_try_at": cert.next_try_at.isoformat() if cert.next_try_at else None,
                 "disabled": cert.disabled,
+                "acknowledged": acknowledgement(cert),
             }
             for cert in self.repo.certificates_in_alarm()
         ]
@@ -171,7 +175,23 @@ class CertificateService:
 
         cert = self.repo.get_certificate(cert_id)
         bundle = self._bundle(cert)
+        self._record_export(cert, fmt, bundle, {"out": str(out)})
         return write_export(bundle, fmt, out, self._password(cert_id, fmt, password))
+
+    def _record_export(
+        self, cert: Certificate, fmt: ExportFormat, bundle: Any, more: dict[str, Any]
+    ) -> None:
+        """An export that holds the private key goes into the audit log before the key
+        leaves (a record that cannot be written stops it); one without is not recorded."""
+        if bundle.key_pem is None or not (fmt.needs_key or fmt is ExportFormat.PEM):
+            return
+        audit.record(
+            self.ctx,
+            "certificate.export-key",
+            "certificate",
+            cert.id,
+            {"names": list(cert.names), "format": fmt.value, "serial": cert.serial, **more},
+        )
 
     def _password(self, cert_id: int, fmt: ExportFormat, given: str | None) -> str | None:
         if given or not fmt.needs_password:
@@ -219,6 +239,7 @@ class CertificateService:
 
         cert = self.repo.get_certificate(cert_id)
         bundle = self._bundle(cert)
+        self._record_export(cert, fmt, bundle, {"download": True})
         files = render_export(bundle, fmt, self._password(cert_id, fmt, password))
         stem = cert.common_name.replace("*", "wildcard")
         if fmt is ExportFormat.PEM:
@@ -285,9 +306,34 @@ class CertificateService:
             if exc.problem is None or exc.problem.code != "alreadyRevoked":
                 raise
         self.repo.mark_revoked(cert_id, reason.value, self.ctx.clock())
+        audit.record(
+            self.ctx,
+            "certificate.revoke",
+            "certificate",
+            cert_id,
+            {"names": list(cert.names), "serial": cert.serial, "reason": reason.value},
+        )
         return self.repo.get_certificate(cert_id)
 
     def delete(self, cert_id: int) -> Certificate:
         cert = self.repo.get_certificate(cert_id)
         self.repo.delete_certificate(cert_id, self.ctx.clock())
+        audit.record(
+            self.ctx,
+            "certificate.delete",
+            "certificate",
+            cert_id,
+            {"names": list(cert.names), "serial": cert.serial, "status": cert.status.value},
+        )
         return cert
+
+
+def acknowledgement(cert: Certificate) -> dict[str, Any] | None:
+    """Who muted the certificate's alarm, until when and why (None: not muted)."""
+    if cert.alarm_ack_until is None:
+        return None
+    return {
+        "until": cert.alarm_ack_until.isoformat(),
+        "by": cert.alarm_ack_by,
+        "reason": cert.alarm_ack_reason,
+    }

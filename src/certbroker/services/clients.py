@@ -16,6 +16,7 @@ from certbroker.domain.clients import (
     parse_allow_list,
 )
 from certbroker.domain.errors import NotAuthenticated, UsageError
+from certbroker.services import audit
 from certbroker.services.common import ServiceContext, secret_digest
 
 CLIENT_TOKEN_PREFIX = "cbc_"  # noqa: S105 - recognisable in a leak; API tokens are cbt_
@@ -59,6 +60,7 @@ class ClientService:
             account_id=account_id,
             renewal=renewal,
         )
+        audit.record(self.ctx, "client.add", "client", client.name, _audited(client))
         return client, secret
 
     def all(self) -> list[Client]:
@@ -90,7 +92,9 @@ class ClientService:
         changes: dict[str, object] = {"allow": patterns, "wildcard": wild}
         if policy is not None:
             changes["policy"] = policy
-        return self.repo.change_client(client.id, self.ctx.clock(), **changes)
+        changed = self.repo.change_client(client.id, self.ctx.clock(), **changes)
+        _record_change(self.ctx, "client.allow", client, changed)
+        return changed
 
     def set(
         self,
@@ -120,7 +124,9 @@ class ClientService:
             raise UsageError(
                 "say what to change: --account, --clear-account, --renewal or --policy"
             )
-        return self.repo.change_client(client.id, self.ctx.clock(), **changes)
+        changed = self.repo.change_client(client.id, self.ctx.clock(), **changes)
+        _record_change(self.ctx, "client.set", client, changed)
+        return changed
 
     def account_name(self, client: Client) -> str | None:
         """The name of its ACME account (None: the only one there is)."""
@@ -135,15 +141,19 @@ class ClientService:
         changed = self.repo.change_client(
             client.id, self.ctx.clock(), token_hash=digest, token_prefix=prefix
         )
+        _record_change(self.ctx, "client.rotate-token", client, changed)
         return changed, secret
 
     def set_enabled(self, ref: str | int, enabled: bool) -> Client:
         client = self.repo.get_client(ref)
-        return self.repo.change_client(client.id, self.ctx.clock(), enabled=enabled)
+        changed = self.repo.change_client(client.id, self.ctx.clock(), enabled=enabled)
+        _record_change(self.ctx, "client.enable" if enabled else "client.disable", client, changed)
+        return changed
 
     def delete(self, ref: str | int) -> Client:
         client = self.repo.get_client(ref)
         self.repo.delete_client(client.id)
+        audit.record(self.ctx, "client.delete", "client", client.name, _audited(client))
         return client
 
     def authenticate(self, secret: str, address: str) -> Client:
@@ -156,3 +166,20 @@ class ClientService:
             raise NotAuthenticated(f"client {client.name!r} is disabled")
         self.repo.client_seen(client, self.ctx.clock(), address)
         return client
+
+
+def _audited(client: Client) -> dict[str, object]:
+    """What the audit log shows of a client: never its token, only the token's prefix."""
+    return {
+        "allow": list(client.allow),
+        "wildcard": client.wildcard,
+        "policy": client.policy.value,
+        "enabled": client.enabled,
+        "account_id": client.account_id,
+        "renewal": client.renewal.value,
+        "token_prefix": client.token_prefix,
+    }
+
+
+def _record_change(ctx: ServiceContext, action: str, old: Client, new: Client) -> None:
+    audit.record(ctx, action, "client", new.name, audit.diff(_audited(old), _audited(new)))

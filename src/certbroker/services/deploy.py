@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from certbroker.domain.audit import SECRET
 from certbroker.domain.errors import CertbrokerError, LeaseLost, UsageError
 from certbroker.domain.keys import ExportFormat, KeyPolicy
 from certbroker.domain.models import Certificate
@@ -37,6 +38,7 @@ from certbroker.domain.targets import (
     parse_ssh_host,
 )
 from certbroker.ports import Deployer, DeploySecrets
+from certbroker.services import audit
 from certbroker.services.common import ServiceContext
 from certbroker.services.leases import make_owner
 
@@ -166,7 +168,7 @@ class DeployService:
         )
         self.deployers[kind].check(target, secrets)
         seal = self.ctx.sealer.seal
-        return self.repo.add_target(
+        added = self.repo.add_target(
             name=name,
             kind=kind,
             hosts=hosts,
@@ -179,6 +181,18 @@ class DeployService:
             pkcs12_password_sealed=seal(password) if password else None,
             now=self.ctx.clock(),
         )
+        audit.record(
+            self.ctx,
+            "target.add",
+            "target",
+            added.name,
+            {
+                **added.to_json(),
+                "identity": SECRET if identity_pem else None,
+                "pkcs12_password": SECRET if password else None,
+            },
+        )
+        return added
 
     def get_target(self, name: str) -> Target:
         return self.repo.get_target(name)
@@ -199,6 +213,7 @@ class DeployService:
     def delete_target(self, name: str) -> Target:
         target = self.repo.get_target(name)
         self.repo.delete_target(target.id)
+        audit.record(self.ctx, "target.delete", "target", target.name, target.to_json())
         return target
 
     # -- certificates and their targets ----------------------------------------------------
@@ -215,6 +230,7 @@ class DeployService:
                 "so certbroker cannot install it anywhere; the device installs it itself"
             )
         deployment_id = self.repo.attach_target(cert_id, target.id, self.ctx.clock())
+        audit.record(self.ctx, "target.attach", "target", target.name, {"certificate_id": cert_id})
         return None if deployment_id is None else self.repo.get_deployment(deployment_id)
 
     def detach(self, name: str, cert_id: int) -> None:
@@ -222,6 +238,7 @@ class DeployService:
         self.repo.get_certificate(cert_id)
         if not self.repo.detach_target(cert_id, target.id, self.ctx.clock()):
             raise UsageError(f"certificate {cert_id} does not go to target {name!r}")
+        audit.record(self.ctx, "target.detach", "target", target.name, {"certificate_id": cert_id})
 
     def _targets(self, cert_id: int, name: str | None) -> list[Target]:
         attached = self.repo.targets_of(cert_id)

@@ -34,6 +34,7 @@ from certbroker.domain.models import (
     OrderState,
 )
 from certbroker.domain.names import validate_names
+from certbroker.services import audit
 from certbroker.services.common import ServiceContext
 from certbroker.services.leases import LEASE
 from certbroker.services.requests import RequestService
@@ -171,7 +172,7 @@ class DeviceService:
         renewal = request.renewal or client.renewal
         certificate, renewing = self._accept(client, device, names, challenge, renewal)
         now = self.ctx.clock()
-        return self.repo.decide_device_request(
+        decided = self.repo.decide_device_request(
             request_id,
             by=by,
             now=now,
@@ -180,6 +181,18 @@ class DeviceService:
             lease_until=now + LEASE,
             renewing=renewing,
         )
+        audit.record(
+            self.ctx,
+            "approval.approve",
+            "device-request",
+            request_id,
+            {
+                "client": client.name,
+                "names": list(request.names),
+                "certificate_id": decided.certificate_id,
+            },
+        )
+        return decided
 
     def deny(self, request_id: int, by: str, reason: str) -> DeviceRequest:
         """A denial is final for this request; the client may send another CSR."""
@@ -187,9 +200,17 @@ class DeviceService:
         if not reason or len(reason) > 1000:
             raise UsageError("a denial needs a --reason of 1 to 1000 characters, for the client")
         now = self.ctx.clock()
-        return self.repo.decide_device_request(
+        decided = self.repo.decide_device_request(
             request_id, by=by, now=now, certificate=None, reason=reason, lease_until=now
         )
+        audit.record(
+            self.ctx,
+            "approval.deny",
+            "device-request",
+            request_id,
+            {"client_id": decided.client_id, "names": list(decided.names), "reason": reason},
+        )
+        return decided
 
     # -- what a client sees --------------------------------------------------------------------
 

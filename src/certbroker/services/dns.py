@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from certbroker.domain.audit import SECRET
 from certbroker.domain.dns import (
     MANUAL,
     RFC2136,
@@ -24,6 +25,7 @@ from certbroker.domain.dns import (
 from certbroker.domain.errors import UsageError
 from certbroker.domain.names import normalize_name
 from certbroker.ports import DnsLookups, DnsProvider, Progress
+from certbroker.services import audit
 from certbroker.services.common import ServiceContext, no_progress
 
 if TYPE_CHECKING:
@@ -94,7 +96,7 @@ class DnsService:
             settings, secret = _rfc2136_options(options)
         else:
             settings, secret = _lexicon_options(provider, options, environ or os.environ)
-        return self.repo.add_dns_account(
+        account = self.repo.add_dns_account(
             name=name,
             provider=provider,
             settings=settings,
@@ -103,6 +105,20 @@ class DnsService:
             zones=zone_names,
             now=self.ctx.clock(),
         )
+        audit.record(
+            self.ctx,
+            "dns-account.add",
+            "dns-account",
+            account.name,
+            {
+                "provider": provider,
+                "options": dict(settings),
+                "hidden_options": {k: SECRET for k in sorted(secret)},
+                "zones": zone_names,
+            },
+            secrets=[str(v) for v in secret.values()],
+        )
+        return account
 
     def accounts(self) -> list[DnsAccount]:
         return self.repo.list_dns_accounts()
@@ -126,7 +142,15 @@ class DnsService:
                 f"(its zones: {', '.join(account.zones) or 'none'})"
             )
         self.repo.set_dns_zones(account.id, added, removed)
-        return self.repo.get_dns_account(account.id)
+        updated = self.repo.get_dns_account(account.id)
+        audit.record(
+            self.ctx,
+            "dns-account.zones",
+            "dns-account",
+            account.name,
+            {"zones": [list(account.zones), list(updated.zones)]},
+        )
+        return updated
 
     def delete(self, ref: str) -> DnsAccount:
         account = self.get(ref)
@@ -142,6 +166,13 @@ class DnsService:
                 "wait for their orders to end (`certbroker serve` removes them), then delete"
             )
         self.repo.delete_dns_account(account.id)
+        audit.record(
+            self.ctx,
+            "dns-account.delete",
+            "dns-account",
+            account.name,
+            {"provider": account.provider, "zones": list(account.zones)},
+        )
         return account
 
     def config(self, account_id: int) -> DnsAccountConfig:

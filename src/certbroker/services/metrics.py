@@ -3,13 +3,24 @@ node reports the same values; and whether this process can serve."""
 
 from __future__ import annotations
 
+import atexit
+import bisect
 import json
+import logging
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from certbroker.domain.models import CertificateStatus
 from certbroker.services.common import ServiceContext
+
+if TYPE_CHECKING:
+    from certbroker.store.repository import Repository
+
+log = logging.getLogger("certbroker.metrics")
 
 READY = {CertificateStatus.VALID}
 NOT_READY = {CertificateStatus.FAILED, CertificateStatus.EXPIRED, CertificateStatus.REVOKED}
@@ -38,6 +49,10 @@ class Snapshot:
     failures: Counter[str]  # problem type -> failed attempts
     queue_depth: int
     alarms: int
+    # (channel, result) -> count: mails sent, failed tries, dead; webhooks likewise
+    notifications: dict[tuple[str, str], int]
+    # (host, method, status, count, sum of seconds, count per bucket, the last +Inf)
+    acme_requests: list[tuple[str, str, str, int, float, list[int]]]
 
     def by_status(self) -> Counter[str]:
         found: Counter[str] = Counter({s.value: 0 for s in CertificateStatus})
@@ -65,7 +80,23 @@ class MetricsService:
             failures=self.repo.metric_failures(),
             queue_depth=self.repo.metric_queue_depth(),
             alarms=self.repo.metric_alarms(),
+            notifications=self.notifications(),
+            acme_requests=self.repo.acme_request_stats(),
         )
+
+    def notifications(self) -> dict[tuple[str, str], int]:
+        """Mails by result: `sent`, `failed` (every try that failed, of mails sent later
+        too), `dead` (given up after a day); webhook deliveries: `delivered`, `failed`
+        (attempts), `dead`. Counted from the store: every node reports the same."""
+        mails = self.repo.mail_counts()
+        found = {
+            ("mail", "sent"): mails.get("sent", 0),
+            ("mail", "failed"): mails.get("failed_attempts", 0),
+            ("mail", "dead"): mails.get("dead", 0),
+        }
+        hooks = self.repo.webhook_delivery_counts()
+        found.update({("webhook", r): hooks.get(r, 0) for r in ("delivered", "failed", "dead")})
+        return found
 
     def store_problems(self) -> list[str]:
         """What keeps the store from serving: unreachable, or a schema other than this
@@ -79,3 +110,44 @@ class MetricsService:
         if revision != HEAD_REVISION:
             return [f"the store's schema is {revision}, this code's {HEAD_REVISION}"]
         return []
+
+
+# cert-manager's buckets for its ACME client request histogram (prometheus' defaults).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RequestDurations:
+    """`ports.RequestTimer`: ACME request durations gathered in this process and added to
+    the store's histogram every `every` seconds (and when the process ends), so a scrape
+    of any node shows every process's and node's requests."""
+
+    def __init__(self, repo: Repository, every: float = 10.0) -> None:
+        self.repo = repo
+        self.every = every
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str, str], tuple[int, float, list[int]]] = {}
+        self._last = time.monotonic()
+        atexit.register(self.flush)
+
+    def observe(self, host: str, method: str, status: str, seconds: float) -> None:
+        index = bisect.bisect_left(DURATION_BUCKETS, seconds)  # len(): +Inf
+        with self._lock:
+            count, total, buckets = self._pending.get(
+                (host, method, status), (0, 0.0, [0] * (len(DURATION_BUCKETS) + 1))
+            )
+            buckets[index] += 1
+            self._pending[(host, method, status)] = (count + 1, total + seconds, buckets)
+            due = time.monotonic() - self._last >= self.every
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._last = time.monotonic()
+        if not pending:
+            return
+        try:
+            self.repo.add_acme_request_stats(pending)
+        except Exception:  # the store is away: these figures are lost, the requests are not
+            log.warning("could not add %d ACME request timings to the store", len(pending))

@@ -19,6 +19,7 @@ from cryptography import x509
 from certbroker.domain.errors import UsageError
 from certbroker.domain.models import Certificate, CertificateStatus, Order
 from certbroker.ports import ChallengeSolver
+from certbroker.services import audit
 from certbroker.services.common import ServiceContext
 from certbroker.services.issuance import IssuanceService
 from certbroker.services.leases import LEASE
@@ -48,11 +49,22 @@ class RenewalService:
         if active is not None:
             return active
         if cert.cert_pem is None:  # never issued: a renewal is a retry of the request
-            return self.issuance.new_order_for(cert_id, lease_owner)
-        if cert.status not in (CertificateStatus.VALID, CertificateStatus.REVOKED):
-            raise UsageError(f"certificate {cert_id} is {cert.status.value}; it cannot be renewed")
-        now = self.ctx.clock()
-        return self.repo.add_renewal_order(cert_id, now, lease_owner, now + LEASE)
+            order = self.issuance.new_order_for(cert_id, lease_owner)
+        else:
+            if cert.status not in (CertificateStatus.VALID, CertificateStatus.REVOKED):
+                raise UsageError(
+                    f"certificate {cert_id} is {cert.status.value}; it cannot be renewed"
+                )
+            now = self.ctx.clock()
+            order = self.repo.add_renewal_order(cert_id, now, lease_owner, now + LEASE)
+        audit.record(
+            self.ctx,
+            "certificate.renew",
+            "certificate",
+            cert_id,
+            {"names": list(cert.names), "order_id": order.id, "retry": cert.cert_pem is None},
+        )
+        return order
 
     def refresh_renewal_info(self, limit: int = 100) -> int:
         """Ask the CA again for the ARI window of certificates whose Retry-After has
@@ -93,13 +105,24 @@ class RenewalService:
                 queued += batch
                 if len(batch) < BATCH:
                     break
+        if queued and not audit.by_system():  # `cert renew --due`; not the scheduler's
+            audit.record(
+                self.ctx, "certificate.renew-due", "certificate", None, {"certificates": queued}
+            )
         return queued
 
     def disable(self, cert_id: int) -> Certificate:
         """A person stops the certificate's retries and renewal (an order already under
         way finishes)."""
-        self.repo.get_certificate(cert_id)
+        cert = self.repo.get_certificate(cert_id)
         self.repo.set_disabled(cert_id, True, self.ctx.clock(), None)
+        audit.record(
+            self.ctx,
+            "certificate.disable",
+            "certificate",
+            cert_id,
+            {"names": list(cert.names), "disabled": [cert.disabled, True]},
+        )
         return self.repo.get_certificate(cert_id)
 
     def enable(self, cert_id: int) -> Certificate:
@@ -108,6 +131,13 @@ class RenewalService:
         failing = cert.alarm_since is not None or cert.status is CertificateStatus.FAILED
         now = self.ctx.clock()
         self.repo.set_disabled(cert_id, False, now, now if failing else None)
+        audit.record(
+            self.ctx,
+            "certificate.enable",
+            "certificate",
+            cert_id,
+            {"names": list(cert.names), "disabled": [cert.disabled, False]},
+        )
         return self.repo.get_certificate(cert_id)
 
     def queue_all(self) -> list[int]:
@@ -117,6 +147,9 @@ class RenewalService:
         for start in range(0, len(ids), BATCH):
             chunk = ids[start : start + BATCH]
             queued += self.repo.enqueue_renewals(self.ctx.clock(), BATCH, cert_ids=chunk)
+        audit.record(
+            self.ctx, "certificate.renew-all", "certificate", None, {"certificates": queued}
+        )
         return queued
 
 

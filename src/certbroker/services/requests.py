@@ -28,6 +28,7 @@ from certbroker.domain.models import (
 from certbroker.domain.names import validate_names
 from certbroker.domain.subject import Subject
 from certbroker.ports import ChallengeSolver
+from certbroker.services import audit
 from certbroker.services.common import ServiceContext
 from certbroker.services.leases import LEASE
 
@@ -149,7 +150,28 @@ class RequestService:
         """The certificate and its first order; with `lease_owner`, leased to that worker
         from the start (`cert request --wait`), so a running `serve` leaves it alone."""
         now = self.ctx.clock()
-        return self.repo.create_certificate(prepared, now, lease_owner, now + LEASE)
+        cert, order = self.repo.create_certificate(prepared, now, lease_owner, now + LEASE)
+        audit.record(
+            self.ctx,
+            "certificate.request",
+            "certificate",
+            cert.id,
+            {
+                "names": list(prepared.names),
+                "account_id": prepared.account_id,
+                "challenge": prepared.challenge.value,
+                "key_type": prepared.key_type,
+                "key_policy": prepared.key_policy.value,
+                "subject": dict(prepared.subject),
+                "profile": prepared.profile,
+                "dns_account_id": prepared.dns_account_id,
+                "dns_manual": prepared.dns_manual,
+                "label": prepared.label,
+                "client_id": prepared.client_id,
+                "order_id": order.id,
+            },
+        )
+        return cert, order
 
     def _check_profile(self, account: Account, profile: str) -> None:
         offered = self.ctx.ca_for(account).profiles()

@@ -10,6 +10,7 @@ from typing import Any
 
 from certbroker.domain.errors import UsageError
 from certbroker.logs import COMPONENTS, LEVELS, RUNTIME_KEY, format_levels, parse_levels
+from certbroker.services import audit
 from certbroker.services.common import ServiceContext, validate_emails
 
 BROKER_SETTINGS = "broker-settings"
@@ -40,11 +41,13 @@ class RuntimeSettings:
         if level is not None and level.lower() not in LEVELS:
             raise UsageError(f"unknown level {level!r}: choose one of {', '.join(LEVELS)}")
         runtime = self.log_levels()
+        before = runtime.get(name)
         if level is None:
             runtime.pop(name, None)
         else:
             runtime[name] = level.lower()
         self.repo.set_setting(RUNTIME_KEY, format_levels(runtime), self.ctx.clock())
+        audit.record(self.ctx, "settings.log-level", "log-level", name, {name: [before, level]})
         return runtime
 
     # -- the console's settings ----------------------------------------------------------
@@ -72,6 +75,7 @@ class RuntimeSettings:
     ) -> dict[str, Any]:
         """Change the settings given (None clears one); each is checked first."""
         current = self.broker_settings()
+        before = dict(current)  # for the audit log's diff
         if renew_before_days is not _UNSET:
             if renew_before_days is not None and not 0 < float(renew_before_days) < 10_000:
                 raise UsageError("renew_before_days: a number of days above 0, or null")
@@ -92,4 +96,5 @@ class RuntimeSettings:
                     )
             current["console_certificate_id"] = console_certificate_id
         self.repo.set_setting(BROKER_SETTINGS, json.dumps(current), self.ctx.clock())
+        audit.record(self.ctx, "settings.update", "settings", "broker", audit.diff(before, current))
         return current

@@ -289,7 +289,7 @@ class DnsStore(StoreBase):
                 what = "renewal" if purpose == OrderPurpose.RENEW.value else "issuance"
                 raise_alarm(
                     conn, now, cert_id, order_id, f"{what} waits for a person: {message}",
-                    already=since is not None,
+                    already=since is not None, kind="awaiting-dns",
                 )  # fmt: skip
 
     def restart_order(self, order_id: int, owner: str, now: datetime) -> None:

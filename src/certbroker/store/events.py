@@ -69,17 +69,68 @@ def failed_attempt(
         )
     kind = EventKind.FAILED if final else EventKind.ATTEMPT_FAILED
     add_event(conn, now, kind, message, cert_id=cert_id, order_id=order_id, problem=problem)
-    raise_alarm(conn, now, cert_id, order_id, message, already=row.alarm_since is not None)
+    raise_alarm(
+        conn,
+        now,
+        cert_id,
+        order_id,
+        message,
+        already=row.alarm_since is not None,
+        kind=failure_kind(problem),
+        problem=problem,
+    )
+
+
+def failure_kind(problem: AcmeProblem | None) -> str:
+    """What kind of failure an alarm is about: the CA's problem type (of the first
+    subproblem when it names one), else "error". An acknowledged alarm stays muted while
+    failures keep this kind."""
+    if problem is None:
+        return "error"
+    for found in _with_subproblems(problem)[1:]:
+        if found.type:
+            return found.type
+    return problem.type or "error"
 
 
 def raise_alarm(
-    conn: Connection, now: datetime, cert_id: int, order_id: int, message: str, *, already: bool
+    conn: Connection,
+    now: datetime,
+    cert_id: int,
+    order_id: int,
+    message: str,
+    *,
+    already: bool,
+    kind: str = "error",
+    problem: AcmeProblem | None = None,
 ) -> None:
-    """The certificate's alarm raised (with its event), or its message updated."""
-    values: dict[str, Any] = {"alarm_message": message}
+    """The certificate's alarm raised (with its event), or its message updated. An
+    acknowledged alarm is raised again (the acknowledgement gone) by a new kind of failure."""
+    values: dict[str, Any] = {"alarm_message": message, "alarm_kind": kind}
     if not already:
-        values["alarm_since"] = now
-        add_event(conn, now, EventKind.ALARM_RAISED, message, cert_id=cert_id, order_id=order_id)
+        values.update(alarm_since=now, alarm_ack_until=None, alarm_ack_by=None)
+        values["alarm_ack_reason"] = None
+        add_event(
+            conn, now, EventKind.ALARM_RAISED, message,
+            cert_id=cert_id, order_id=order_id, problem=problem,
+        )  # fmt: skip
+    else:
+        acked = conn.execute(
+            select(certificates.c.alarm_kind, certificates.c.alarm_ack_until).where(
+                certificates.c.id == cert_id
+            )
+        ).one()
+        if acked.alarm_ack_until is not None and acked.alarm_kind != kind:
+            values.update(alarm_ack_until=None, alarm_ack_by=None, alarm_ack_reason=None)
+            add_event(
+                conn,
+                now,
+                EventKind.ALARM_RAISED,
+                f"raised again, a new kind of failure ({kind}): {message}",
+                cert_id=cert_id,
+                order_id=order_id,
+                problem=problem,
+            )
     conn.execute(update(certificates).where(certificates.c.id == cert_id).values(values))
 
 
@@ -97,7 +148,14 @@ def succeeded(
     conn.execute(
         update(certificates)
         .where(certificates.c.id == cert_id)
-        .values(alarm_since=None, alarm_message=None)
+        .values(
+            alarm_since=None,
+            alarm_message=None,
+            alarm_kind=None,
+            alarm_ack_until=None,
+            alarm_ack_by=None,
+            alarm_ack_reason=None,
+        )
     )
     failed = conn.execute(
         select(func.count())
@@ -131,6 +189,18 @@ def _with_subproblems(problem: AcmeProblem | None) -> list[AcmeProblem]:
     return found
 
 
+def event_row(r: Any) -> Event:
+    return Event(
+        id=r.id,
+        at=r.at,
+        kind=EventKind(r.kind),
+        message=r.message,
+        certificate_id=r.certificate_id,
+        order_id=r.order_id,
+        problem=AcmeProblem.from_json(json.loads(r.problem)) if r.problem else None,
+    )
+
+
 class EventStore(StoreBase):
     def list_events(
         self,
@@ -150,18 +220,7 @@ class EventStore(StoreBase):
         with self._read() as conn:
             rows = list(conn.execute(query))
         rows.sort(key=lambda r: r.id)
-        return [
-            Event(
-                id=r.id,
-                at=r.at,
-                kind=EventKind(r.kind),
-                message=r.message,
-                certificate_id=r.certificate_id,
-                order_id=r.order_id,
-                problem=AcmeProblem.from_json(json.loads(r.problem)) if r.problem else None,
-            )
-            for r in rows
-        ]
+        return [event_row(r) for r in rows]
 
     def validation_failures_since(
         self, account_id: int, names: Iterable[str], since: datetime

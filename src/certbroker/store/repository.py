@@ -37,12 +37,14 @@ from certbroker.domain.models import (
 )
 from certbroker.store.access import AccessStore
 from certbroker.store.agents import AgentStore
+from certbroker.store.audit import AuditStore
 from certbroker.store.clients import ClientStore
 from certbroker.store.dns import DnsStore
 from certbroker.store.events import add_event
 from certbroker.store.events import failed_attempt as record_failure
 from certbroker.store.listing import ListingStore
 from certbroker.store.metrics import MetricsStore
+from certbroker.store.notify import NotifyStore
 from certbroker.store.renewals import RenewalStore
 from certbroker.store.rows import (
     CERT_COLUMNS,
@@ -64,8 +66,10 @@ from certbroker.store.schema import (
     orders,
     runtime_settings,
     targets,
+    webhooks,
 )
 from certbroker.store.targets import TargetStore
+from certbroker.store.webhooks import WebhookStore
 
 # Built once (see store/base.py): the look-ups every issuance makes.
 _ACCOUNT_BY_NAME = select(accounts).where(accounts.c.name == bindparam("b_name"))
@@ -103,6 +107,9 @@ class Repository(
     TargetStore,
     AgentStore,
     MetricsStore,
+    NotifyStore,
+    AuditStore,
+    WebhookStore,
 ):
     """Typed storage; renewal, history and arrival of certificates in store/renewals.py."""
 
@@ -650,7 +657,7 @@ class Repository(
     def a_sealed_secret(self) -> bytes | None:
         """Any one secret sealed with the master key (an account key, a certificate's
         key, a DNS account's credentials, a push target's SSH identity or PKCS#12
-        password), or None when the store holds none."""
+        password, a webhook's signing secret), or None when the store holds none."""
         queries = (
             select(accounts.c.key_sealed),
             select(certificates.c.key_sealed).where(certificates.c.key_sealed.is_not(None)),
@@ -662,6 +669,7 @@ class Repository(
             select(targets.c.pkcs12_password_sealed).where(
                 targets.c.pkcs12_password_sealed.is_not(None)
             ),
+            select(webhooks.c.secret_sealed),
         )
         with self._read() as conn:
             for query in queries:

@@ -111,6 +111,13 @@ certificates = Table(
     # Active while its issuance or renewal keeps failing; cleared by the next success.
     Column("alarm_since", UTCDateTime, nullable=True),
     Column("alarm_message", Text, nullable=True),
+    # What the alarm is about (the CA's problem type, or "error"), and a person's
+    # acknowledgement muting it until a date; a new kind of failure raises it again.
+    Column("alarm_kind", String(200), nullable=True),
+    Column("alarm_ack_until", UTCDateTime, nullable=True),
+    Column("alarm_ack_by", String(200), nullable=True),
+    Column("alarm_ack_reason", Text, nullable=True),
+    Column("notify_to", Text, nullable=True),  # JSON list of its own mail recipients
     Column("ari_next_check", UTCDateTime, nullable=True),  # ask the CA's ARI again then
     Column("profile", String(100), nullable=True),  # the ACME profile its orders ask for
     # JSON list of account IDs tried in order when account_id's CA fails (CA fallback).
@@ -513,4 +520,118 @@ installations = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Index("ux_installations_client_cert", "client_id", "certificate_id", unique=True),
     Index("ix_installations_certificate_id", "certificate_id"),
+)
+
+# Expiry warnings sent: one row per certificate, not-after and threshold (days left), so
+# each goes out once, whichever process or node looks first (migration 0023).
+expiry_warnings = Table(
+    "expiry_warnings",
+    metadata,
+    Column("certificate_id", Integer, primary_key=True),
+    Column("not_after", UTCDateTime, primary_key=True),
+    Column("threshold", Integer, primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+)
+
+# One mail to one recipient for one event; `digest` rows wait for the recipient's daily
+# digest. Sent under a lease, retried with backoff, `dead` a day after the first try.
+mail_deliveries = Table(
+    "mail_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", Integer, nullable=True),  # none: a test mail
+    Column("recipient", String(320), nullable=False),
+    Column("state", String(20), nullable=False),  # queued, digest, sending, sent, failed, dead
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_try_at", UTCDateTime, nullable=True),
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("answer", Text, nullable=True),  # the SMTP server's answer
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Index("ux_mail_deliveries_event_recipient", "event_id", "recipient", unique=True),
+    Index("ix_mail_deliveries_state_next", "state", "next_try_at"),
+)
+
+# The ACME request-duration histogram, summed over every process and node.
+acme_request_stats = Table(
+    "acme_request_stats",
+    metadata,
+    Column("host", String(255), primary_key=True),
+    Column("method", String(10), primary_key=True),
+    Column("status", String(10), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("total", Float, nullable=False),
+    Column("buckets", Text, nullable=False),  # JSON: counts per bucket, not cumulative
+)
+
+# The audit log (issue 16, migration 0021): who did what, when, from where. Append-only:
+# the repository has no update or delete for it, and triggers refuse both.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor_kind", String(20), nullable=False),  # user|token|client|cli|system|anonymous
+    Column("actor", String(200), nullable=False),
+    Column("address", String(100), nullable=True),
+    Column("action", String(100), nullable=False),  # certificate.export-key, user.add, ...
+    Column("object_type", String(50), nullable=True),
+    Column("object_id", String(200), nullable=True),
+    Column("outcome", String(10), nullable=False),  # ok | refused
+    Column("details", Text, nullable=False, server_default="{}"),  # JSON, secrets removed
+    Index("ix_audit_log_at", "at"),
+    Index("ix_audit_log_actor", "actor", "id"),
+)
+
+# Webhooks (issue 16, migration 0022): endpoints with their signing secret sealed, the
+# event groups they get, and whether private addresses are allowed. `after_event_id`: a
+# webhook gets only the events after it was added. The outbox's cursor over events.id is
+# `runtime_settings` row `webhook-cursor`, advanced in the transaction that queues the
+# deliveries (store/webhooks.py).
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("url", Text, nullable=False),
+    Column("events", Text, nullable=False),  # JSON list of event groups (issued, alarm, …)
+    Column("format", String(10), nullable=False),  # json | slack | teams
+    Column("allow_private", Boolean, nullable=False, server_default="0"),
+    Column("description", Text, nullable=True),
+    Column("secret_sealed", LargeBinary, nullable=False),
+    Column("enabled", Boolean, nullable=False, server_default="1"),
+    Column("disabled_reason", Text, nullable=True),  # e.g. the receiver answered 410 Gone
+    Column("after_event_id", Integer, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# One event to one webhook (or a test message: no event), sent under a lease, retried
+# with backoff until a day after the first attempt, then `dead`. `payload`: the body as
+# first sent, so every retry sends the same bytes under the same `message_id`.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("webhook_id", Integer, ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    Column("event_id", Integer, nullable=True),  # none: a test message
+    Column("message_id", String(64), nullable=False, unique=True),
+    Column("kind", String(40), nullable=False),
+    Column("state", String(20), nullable=False),  # queued, sending, failed, delivered, dead
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_try_at", UTCDateTime, nullable=True),
+    Column("first_attempt_at", UTCDateTime, nullable=True),
+    Column("last_attempt_at", UTCDateTime, nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_response", Text, nullable=True),  # the first 300 bytes of the answer
+    Column("last_error", Text, nullable=True),
+    Column("payload", Text, nullable=True),
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Index("ux_webhook_deliveries_pair", "webhook_id", "event_id", unique=True),
+    Index("ix_webhook_deliveries_due", "state", "next_try_at"),
+    Index("ix_webhook_deliveries_webhook", "webhook_id", "id"),
 )

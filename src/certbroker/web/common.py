@@ -26,12 +26,14 @@ from certbroker import __version__
 from certbroker.api.auth import SESSION_COOKIE, broker_of
 from certbroker.api.problems import status_of
 from certbroker.domain.access import Action, Principal
+from certbroker.domain.audit import ActorKind
 from certbroker.domain.clients import RequestState
 from certbroker.domain.errors import (
     AccessDenied,
     CertbrokerError,
     NotAuthenticated,
 )
+from certbroker.services.audit import act_as
 from certbroker.wiring import Broker
 
 log = logging.getLogger("certbroker.api")
@@ -100,6 +102,7 @@ def who(request: Request) -> Who:
         session = broker.access.session(secret)
     except NotAuthenticated:
         raise LoginRequired(here(request) if request.method == "GET" else "/") from None
+    act_as(ActorKind.USER, session.principal.name)  # the audit log's actor
     return Who(principal=session.principal, csrf_token=session.csrf_token, broker=broker)
 
 
@@ -283,6 +286,14 @@ class ConsoleRoute(APIRoute):
                 )
             except CertbrokerError as exc:
                 status, _ = status_of(exc)
+                if status in (401, 403):  # a refused attempt: into the audit log
+                    await run_in_threadpool(
+                        broker_of(request).audit.refused,
+                        request.method,
+                        request.url.path,
+                        str(exc),
+                        status,
+                    )
                 title = PAGE_TITLES.get(status, "Something went wrong")
                 if status >= 500:
                     log.error("console: %s", exc)

@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from certbroker.api.auth import SESSION_COOKIE, address_of, broker_of
 from certbroker.domain.access import Action
 from certbroker.domain.errors import NotAuthenticated, Throttled
-from certbroker.web import admin, certificates, clients
+from certbroker.web import admin, audit, certificates, clients, mail, webhooks
 from certbroker.web.common import (
     LOGIN_COOKIE,
     STATIC,
@@ -39,6 +39,9 @@ def install(app: FastAPI) -> None:
     app.include_router(certificates.router)
     app.include_router(admin.router)
     app.include_router(clients.router)
+    app.include_router(webhooks.router)
+    app.include_router(audit.router)
+    app.include_router(mail.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
 

@@ -1,0 +1,1 @@
+"""Adapters that tell people: mail over SMTP, webhooks over HTTP."""
