@@ -11,7 +11,6 @@ is tried again (30 s, 1 min, 2, 4 … up to an hour) until it works or a person 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
@@ -41,6 +40,7 @@ from certbroker.ports import Deployer, DeploySecrets
 from certbroker.services import audit
 from certbroker.services.common import ServiceContext
 from certbroker.services.leases import make_owner
+from certbroker.services.periodic import Periodic
 
 log = logging.getLogger("certbroker.deploy")
 
@@ -426,30 +426,8 @@ class DeployService:
         return files
 
 
-class DeployWorker:
+class DeployWorker(Periodic):
     """Runs due deployments every `interval` seconds until stopped (a thread in `serve`)."""
 
     def __init__(self, service: DeployService, interval: float = 1.0) -> None:
-        self.service = service
-        self.interval = interval
-        self.owner = make_owner("deploy")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> DeployWorker:
-        self._thread = threading.Thread(target=self._run, name="deploy", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30.0)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.service.run_due(self.owner)
-            except Exception:
-                log.exception("deploy worker: running due deployments failed; trying again")
-            self._stop.wait(self.interval)
+        super().__init__("deploy", service.run_due, interval, log)

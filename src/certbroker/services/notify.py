@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -42,7 +41,7 @@ from certbroker.domain.notify import (
 from certbroker.ports import Mailer
 from certbroker.services import audit
 from certbroker.services.common import ServiceContext, validate_emails
-from certbroker.services.leases import make_owner
+from certbroker.services.periodic import Periodic
 
 log = logging.getLogger("certbroker.notify")
 
@@ -344,36 +343,18 @@ def _int(value: Any, name: str) -> int:
         raise UsageError(f"{name} must be a whole number, not {value!r}") from None
 
 
-class MailWorker:
-    """Runs `NotifyService.run` every `interval` seconds until stopped (a thread of serve)."""
+class MailWorker(Periodic):
+    """Runs `NotifyService.run` every `interval` seconds until stopped (a thread of
+    serve); the expiry look once a minute (it reads every certificate near its end, and
+    thresholds are counted in days), the outbox every time."""
 
     def __init__(self, service: NotifyService, interval: float = 2.0) -> None:
-        self.service = service
-        self.interval = interval
-        self.owner = make_owner("mail")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        last_expiry_look = [-EXPIRY_LOOK_EVERY]
 
-    def start(self) -> MailWorker:
-        self._thread = threading.Thread(target=self._run, name="mail", daemon=True)
-        self._thread.start()
-        return self
+        def look(owner: str) -> None:
+            expiry = time.monotonic() - last_expiry_look[0] >= EXPIRY_LOOK_EVERY
+            service.run(owner, expiry=expiry)
+            if expiry:
+                last_expiry_look[0] = time.monotonic()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30.0)
-
-    def _run(self) -> None:
-        last_expiry_look = -EXPIRY_LOOK_EVERY
-        while not self._stop.is_set():
-            try:
-                # The expiry look reads every certificate near its end: once a minute is
-                # soon enough for thresholds counted in days; the outbox every look.
-                expiry = time.monotonic() - last_expiry_look >= EXPIRY_LOOK_EVERY
-                self.service.run(self.owner, expiry=expiry)
-                if expiry:
-                    last_expiry_look = time.monotonic()
-            except Exception:
-                log.exception("mail worker: a look at the outbox failed; trying again")
-            self._stop.wait(self.interval)
+        super().__init__("mail", look, interval, log)

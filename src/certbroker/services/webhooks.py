@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import threading
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +41,7 @@ from certbroker.ports import WebhookAnswer, WebhookSender
 from certbroker.services import audit
 from certbroker.services.common import ServiceContext
 from certbroker.services.leases import make_owner
+from certbroker.services.periodic import Periodic
 
 log = logging.getLogger("certbroker.webhooks")
 
@@ -360,32 +360,13 @@ class WebhookService:
                 log.warning("webhook %d disabled: %s", webhook.id, disable)
 
 
-class WebhookWorker:
+class WebhookWorker(Periodic):
     """Runs the outbox and sends due deliveries every `interval` seconds until stopped
     (a thread in `serve`)."""
 
     def __init__(self, service: WebhookService, interval: float = 1.0) -> None:
-        self.service = service
-        self.interval = interval
-        self.owner = make_owner("webhook")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        def look(owner: str) -> None:
+            service.queue()
+            service.run_due(owner)
 
-    def start(self) -> WebhookWorker:
-        self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30.0)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.service.queue()
-                self.service.run_due(self.owner)
-            except Exception:
-                log.exception("webhook worker: a pass failed; trying again")
-            self._stop.wait(self.interval)
+        super().__init__("webhooks", look, interval, log)

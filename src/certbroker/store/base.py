@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Update, and_, bindparam, select, update
+from sqlalchemy import Connection, Engine, Table, Update, and_, bindparam, select, update
 
 from certbroker.domain.errors import LeaseLost
 from certbroker.store.db import write_lock
@@ -45,6 +45,27 @@ class StoreBase:
         """A write transaction; threads of this process take turns (see `write_lock`)."""
         with self._write_lock, self.engine.begin() as conn:
             yield conn
+
+    def _claim_next_due(self, table: Table, due: Any, values: Mapping[str, Any]) -> int | None:
+        """Take the next due row of `table` (deployments, webhook deliveries), the one
+        with the soonest `next_try_at`, setting `values` (its lease), in one statement:
+        PostgreSQL skips rows another claim has locked; SQLite runs one writer at a time.
+        Its ID, or None when nothing is due."""
+        candidate = (
+            select(table.c.id)
+            .where(due)
+            .order_by(table.c.next_try_at, table.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        with self._write() as conn:
+            row = conn.execute(
+                update(table)
+                .where(and_(table.c.id == candidate.scalar_subquery(), due))
+                .values(**values)
+                .returning(table.c.id)
+            ).first()
+        return None if row is None else int(row.id)
 
     def _check_lease(self, conn: Any, order_id: int, owner: str) -> None:
         holder = conn.execute(LEASE_HOLDER, {"b_id": order_id}).scalar_one_or_none()

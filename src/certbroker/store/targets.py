@@ -403,22 +403,11 @@ class TargetStore(StoreBase):
 
     def claim_next_deployment(self, owner: str, now: datetime, until: datetime) -> int | None:
         """Take the lease of the next due deployment, in one statement (see claim_next)."""
-        due = self._due(now)
-        candidate = (
-            select(_D.id)
-            .where(due)
-            .order_by(_D.next_try_at, _D.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
+        return self._claim_next_due(
+            deployments,
+            self._due(now),
+            {"state": DeploymentState.RUNNING.value, "lease_owner": owner, "lease_until": until},
         )
-        with self._write() as conn:
-            row = conn.execute(
-                update(deployments)
-                .where(and_(_D.id == candidate.scalar_subquery(), due))
-                .values(state=DeploymentState.RUNNING.value, lease_owner=owner, lease_until=until)
-                .returning(_D.id)
-            ).first()
-        return None if row is None else int(row.id)
 
     def claim_deployment(
         self, deployment_id: int, owner: str, now: datetime, until: datetime

@@ -32,8 +32,8 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from certbroker.domain.errors import AcmeProblem, LeaseLost, NotFoundError, UsageError
-from certbroker.domain.models import Event, EventKind
+from certbroker.domain.errors import LeaseLost, NotFoundError, UsageError
+from certbroker.domain.models import Event
 from certbroker.domain.webhooks import (
     OPEN_STATES,
     Delivery,
@@ -43,6 +43,7 @@ from certbroker.domain.webhooks import (
     kinds_of,
 )
 from certbroker.store.base import StoreBase
+from certbroker.store.events import event_row
 from certbroker.store.rows import new_id
 from certbroker.store.schema import events, runtime_settings, webhook_deliveries, webhooks
 
@@ -302,22 +303,11 @@ class WebhookStore(StoreBase):
 
     def claim_next_webhook_delivery(self, owner: str, now: datetime, until: datetime) -> int | None:
         """Take the lease of the next due delivery in one statement (see claim_next)."""
-        due = self._webhook_due(now)
-        candidate = (
-            select(_D.id)
-            .where(due)
-            .order_by(_D.next_try_at, _D.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
+        return self._claim_next_due(
+            webhook_deliveries,
+            self._webhook_due(now),
+            {"state": DeliveryState.SENDING.value, "lease_owner": owner, "lease_until": until},
         )
-        with self._write() as conn:
-            row = conn.execute(
-                update(webhook_deliveries)
-                .where(and_(_D.id == candidate.scalar_subquery(), due))
-                .values(state=DeliveryState.SENDING.value, lease_owner=owner, lease_until=until)
-                .returning(_D.id)
-            ).first()
-        return None if row is None else int(row.id)
 
     def claim_webhook_delivery(
         self, delivery_id: int, owner: str, now: datetime, until: datetime
@@ -506,12 +496,4 @@ class WebhookStore(StoreBase):
             r = conn.execute(select(events).where(events.c.id == event_id)).first()
         if r is None:
             raise NotFoundError(f"no event with ID {event_id}")
-        return Event(
-            id=r.id,
-            at=r.at,
-            kind=EventKind(r.kind),
-            message=r.message,
-            certificate_id=r.certificate_id,
-            order_id=r.order_id,
-            problem=AcmeProblem.from_json(json.loads(r.problem)) if r.problem else None,
-        )
+        return event_row(r)
