@@ -20,6 +20,8 @@ REQUIRED=(
 )
 # PowerDNS loads its SQLite backend from this module (package pdns-backend-sqlite3).
 GSQLITE3_GLOB="/usr/lib/*/pdns/libgsqlite3backend.so"
+# The tests' throwaway PostgreSQL clusters (initdb is not on PATH in Debian).
+INITDB_GLOB="/usr/lib/postgresql/*/bin/initdb"
 
 # True if the binary is on PATH or in /usr/sbin or /sbin (a non-root PATH often lacks those).
 have_binary() {
@@ -31,6 +33,15 @@ have_gsqlite3() {
     # shellcheck disable=SC2086 # the glob is meant to expand
     for so in $GSQLITE3_GLOB; do
         [[ -e "$so" ]] && return 0
+    done
+    return 1
+}
+
+have_initdb() {
+    local found
+    # shellcheck disable=SC2086 # the glob is meant to expand
+    for found in $INITDB_GLOB; do
+        [[ -x "$found" ]] && return 0
     done
     return 1
 }
@@ -55,6 +66,9 @@ for entry in "${REQUIRED[@]}"; do
 done
 if ! have_gsqlite3; then
     add_missing "pdns-backend-sqlite3"
+fi
+if ! have_initdb; then
+    add_missing "postgresql"
 fi
 
 if [[ ${#missing[@]} -eq 0 ]]; then

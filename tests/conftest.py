@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.pebble import PebbleServer, start_pebble
 from tests.support.ports import free_port
+from tests.support.postgres import PostgresServer, start_postgres
 
 # Where the certbroker processes the tests start keep their bytecode (shared by workers).
 PYCACHE = os.path.join(tempfile.gettempdir(), f"certbroker-tests-pycache-{os.getuid()}")
@@ -108,6 +109,17 @@ def make_cli(data_dir: Path, pebble: PebbleServer | None) -> Cli:
         }
     )
     return Cli(data_dir=data_dir, env=env, pebble=pebble)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster per test session (per xdist worker); each test that
+    wants one takes a database of its own (`postgres.new_database()`)."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

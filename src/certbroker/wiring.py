@@ -353,6 +353,23 @@ class Broker:
         return self.bind_responder().start()
 
 
+def store_schema(settings: Settings, *, upgrade: bool) -> tuple[str | None, str, str]:
+    """`certbroker db status|upgrade`: (the store's schema revision, this certbroker's,
+    where the store is); with `upgrade`, brought up to date first (the first revision
+    is then what was found)."""
+    from certbroker.store.db import HEAD_REVISION, current_revision
+
+    engine = make_engine(settings.effective_database_url)
+    try:
+        where = engine.url.render_as_string(hide_password=True)
+        if upgrade:
+            found, _now = migrate(engine, upgrade=True)
+            return found, HEAD_REVISION, where
+        return current_revision(engine), HEAD_REVISION, where
+    finally:
+        engine.dispose()
+
+
 def build(settings: Settings) -> Broker:
     """The broker on the configured store, reaching CAs through the ACME client."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

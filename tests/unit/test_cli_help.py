@@ -44,6 +44,7 @@ TOP_LEVEL = [
     "user",
     "token",
     "config",
+    "db",
     "log-level",
 ]
 COMMAND_MODULES = [
@@ -54,6 +55,7 @@ COMMAND_MODULES = [
     "certbroker.cli.clients_cmd",
     "certbroker.cli.certs",
     "certbroker.cli.config_cmd",
+    "certbroker.cli.db_cmd",
     "certbroker.cli.dns_cmd",
     "certbroker.cli.events_cmd",
     "certbroker.cli.log_level",

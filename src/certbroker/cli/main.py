@@ -96,6 +96,7 @@ class Commands(LazyGroup):
             "API tokens for scripts and tools: create, list, revoke.",
         ),
         "config": Lazy("certbroker.cli.config_cmd:app", "Show the effective configuration."),
+        "db": Lazy("certbroker.cli.db_cmd:app", "The store's schema: status, upgrade."),
         "log-level": Lazy(
             "certbroker.cli.log_level:log_level",
             "Show each component's log level, or change one at runtime.",

@@ -26,6 +26,7 @@ from certbroker.domain.errors import ConfigError
 # that a command on a current store does not (importing Alembic costs more than 0.1 s, on
 # top of SQLAlchemy). tests/unit/test_migrations.py holds it to Alembic's own head.
 HEAD_REVISION = "0023"
+MIGRATION_LOCK = 0x63657274  # PostgreSQL advisory lock held while the schema changes
 
 
 def make_engine(url: str) -> Engine:
@@ -164,13 +165,25 @@ def current_revision(engine: Engine) -> str | None:
         ) from None
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision. A store already there costs one query,
-    and Alembic is not imported. A database holding other tables, or a schema revision
-    this certbroker does not know, is refused with one line saying so."""
+def upgrades_itself(engine: Engine) -> bool:
+    """Whether a process brings the schema up to date by itself when it opens the store:
+    SQLite's, the one machine's file, does; a shared database (PostgreSQL, several nodes)
+    waits for `certbroker db upgrade`, run once, so nodes of two versions never race to
+    change it."""
+    return engine.dialect.name == "sqlite"
+
+
+def migrate(engine: Engine, *, upgrade: bool | None = None) -> tuple[str | None, str]:
+    """Bring the schema to the newest revision (`upgrade`; default: `upgrades_itself`),
+    or refuse a store that is not at it, saying what to run. A store already there costs
+    one query, and Alembic is not imported. A database holding other tables, or a schema
+    revision this certbroker does not know, is refused with one line saying so. Returns
+    (the revision found, the revision now)."""
     revision = current_revision(engine)
     if revision == HEAD_REVISION:
-        return
+        return revision, revision
+    if revision is not None and revision > HEAD_REVISION:
+        raise ConfigError(_newer(engine, revision))
     if revision is None:
         from sqlalchemy import inspect
 
@@ -183,6 +196,13 @@ def migrate(engine: Engine) -> None:
                 "CERTBROKER_DATA_DIR (or database_url) at certbroker's store or an empty "
                 "database"
             )
+    if not (upgrades_itself(engine) if upgrade is None else upgrade):
+        found = revision or "none (an empty database)"
+        raise ConfigError(
+            f"the store {_where(engine)} has schema revision {found}; this certbroker needs "
+            f"{HEAD_REVISION}: run `certbroker db upgrade` once (from one node), then start "
+            "the nodes"
+        )
     from alembic import command
     from alembic.config import Config
     from alembic.util.exc import CommandError
@@ -193,11 +213,19 @@ def migrate(engine: Engine) -> None:
     os.environ.setdefault("ALEMBIC_SKIP_LOGGING", "1")
     try:
         with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # Two `db upgrade` at once: the second waits, then finds nothing to do.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except CommandError:
-        raise ConfigError(
-            f"the store {_where(engine)} has schema revision {revision}, which this "
-            f"certbroker (newest: {HEAD_REVISION}) does not know: it was made by a newer "
-            "certbroker; run that version, or restore a backup made with this one"
-        ) from None
+        raise ConfigError(_newer(engine, str(revision))) from None
+    return revision, HEAD_REVISION
+
+
+def _newer(engine: Engine, revision: str) -> str:
+    return (
+        f"the store {_where(engine)} has schema revision {revision}, which this "
+        f"certbroker (newest: {HEAD_REVISION}) does not know: it was made by a newer "
+        "certbroker; run that version, or restore a backup made with this one"
+    )

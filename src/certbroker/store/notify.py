@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from certbroker.domain.models import CertificateStatus, Event, EventKind
@@ -190,6 +190,12 @@ class NotifyStore(StoreBase):
         if newest is None or newest <= int(cursor or 0):
             return 0
         with self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                # IDs are handed out before commit, so an event with a lower ID can become
+                # visible after a higher one the cursor already passed. This lock waits
+                # for every transaction still writing events (and holds new ones back
+                # for the few milliseconds this takes): what is visible now is all.
+                conn.execute(text("LOCK TABLE events IN SHARE MODE"))
             cursor = conn.execute(
                 select(runtime_settings.c.value)
                 .where(runtime_settings.c.name == MAIL_CURSOR)

@@ -1,0 +1,141 @@
+"""A throwaway PostgreSQL for the tests: Debian's binaries (`/usr/lib/postgresql/<v>/bin`),
+`initdb` in a temporary directory as an unprivileged user (`nobody` when the tests run as
+root: PostgreSQL refuses to run as root), on a free loopback port, with durability off
+(a test cluster dies with its directory). Stopped by PID. `CERTBROKER_TEST_DATABASE_URL`
+names a server to use instead.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.ports import free_port
+
+URL_ENV = "CERTBROKER_TEST_DATABASE_URL"
+
+
+def postgres_bin() -> Path | None:
+    """The newest Debian PostgreSQL's bin directory, if one is installed."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    return found[-1].parent if found else None
+
+
+@dataclass
+class PostgresServer:
+    """A running cluster (or the server CERTBROKER_TEST_DATABASE_URL names)."""
+
+    admin_url: str  # postgresql+psycopg://postgres@127.0.0.1:PORT/postgres
+    process: subprocess.Popen[bytes] | None = None
+    workdir: Path | None = None  # removed when it stops
+
+    def new_database(self, prefix: str = "cb") -> str:
+        """A fresh, empty database; its SQLAlchemy URL."""
+        import psycopg
+
+        name = f"{prefix}_{secrets.token_hex(6)}"
+        with psycopg.connect(_libpq(self.admin_url), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')  # a name made here, not input
+        base, _, _ = self.admin_url.rpartition("/")
+        return f"{base}/{name}"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _libpq(url: str) -> str:
+    """SQLAlchemy's URL as libpq takes it."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def _as_unprivileged(workdir: Path) -> tuple[Callable[[], None] | None, int | None]:
+    """When root: a preexec function that becomes `nobody`, and its uid (the data
+    directory must be its)."""
+    if os.geteuid() != 0:
+        return None, None
+    nobody = pwd.getpwnam("nobody")
+
+    def drop() -> None:
+        os.setgid(nobody.pw_gid)
+        os.setgroups([])
+        os.setuid(nobody.pw_uid)
+
+    for path in (workdir, *workdir.rglob("*")):
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    return drop, nobody.pw_uid
+
+
+def start_postgres() -> PostgresServer:
+    """A new cluster in a directory of its own (in memory, /dev/shm, where there is one:
+    nothing it writes must last), answering on 127.0.0.1; or the configured server. The
+    directory is removed when it stops. Not under pytest's temporary directories: those
+    are root's alone, and the cluster runs as `nobody`."""
+    if os.environ.get(URL_ENV):
+        return PostgresServer(os.environ[URL_ENV])
+    bindir = postgres_bin()
+    if bindir is None:
+        raise RuntimeError(
+            "PostgreSQL is not installed (Debian: apt-get install postgresql-15); "
+            f"or set {URL_ENV}"
+        )
+    shm = Path("/dev/shm")
+    workdir = Path(tempfile.mkdtemp(prefix="certbroker-pg-", dir=shm if shm.is_dir() else None))
+    workdir.chmod(0o755)
+    data, sockets = workdir / "data", workdir / "sockets"
+    sockets.mkdir(exist_ok=True)
+    log_path = workdir / "postgres.log"
+    log_path.touch()
+    drop, _uid = _as_unprivileged(workdir)
+    env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    done = subprocess.run(
+        [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+         "-E", "UTF8", "--no-sync"],
+        cwd=workdir, env=env, preexec_fn=drop, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"initdb failed: {done.stderr or done.stdout}")
+    port = free_port()
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={sockets}",
+             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+             "-c", "max_connections=200", "-c", "shared_buffers=64MB"],
+            cwd=workdir, env=env, preexec_fn=drop, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    server = PostgresServer(
+        f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", process, workdir
+    )
+    import psycopg
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with psycopg.connect(_libpq(server.admin_url), connect_timeout=2):
+                return server
+        except psycopg.OperationalError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"PostgreSQL did not start: {log_path.read_text()[-2000:]}")
+        time.sleep(0.1)
