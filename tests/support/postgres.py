@@ -95,8 +95,7 @@ def start_postgres() -> PostgresServer:
     bindir = postgres_bin()
     if bindir is None:
         raise RuntimeError(
-            "PostgreSQL is not installed (Debian: apt-get install postgresql-15); "
-            f"or set {URL_ENV}"
+            f"PostgreSQL is not installed (Debian: apt-get install postgresql-15); or set {URL_ENV}"
         )
     shm = Path("/dev/shm")
     workdir = Path(tempfile.mkdtemp(prefix="certbroker-pg-", dir=shm if shm.is_dir() else None))
