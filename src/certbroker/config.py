@@ -46,6 +46,9 @@ class Settings:
     # A bearer token `/metrics` asks for; empty: it answers anyone who reaches it.
     metrics_token: str = field(default="", repr=False)
     order_timeout: float = 300.0  # seconds one order may take before it counts as failed
+    # This node's name in its leases (empty: the host name); nodes need names of their own.
+    node_name: str = ""
+    lease_seconds: float = 120.0  # a dead node's orders are resumed by others after this
     retry_attempts: int = 4  # tries of one order through transient CA failures, in all
     renew_before_days: float = 0.0  # 0: when one third of the lifetime is left
     scheduler_interval: float = 60.0  # seconds between looks for due renewals in serve
@@ -135,6 +138,8 @@ _FIELD_TYPES: dict[str, type] = {
     "admin_password": str,
     "metrics_token": str,
     "order_timeout": float,
+    "node_name": str,
+    "lease_seconds": float,
     "retry_attempts": int,
     "renew_before_days": float,
     "scheduler_interval": float,
@@ -294,6 +299,17 @@ def _validate(settings: Settings) -> None:
             "webhook_retry_first",
             "webhook_retry_first must be a number of seconds from 0 to 3600 (it doubles up "
             f"to an hour), not {settings.webhook_retry_first:g}",
+        )
+    if not 10 <= settings.lease_seconds <= 3600:
+        raise refuse(
+            "lease_seconds",
+            "lease_seconds must be from 10 to 3600 seconds (a dead node's orders wait this "
+            f"long), not {settings.lease_seconds:g}",
+        )
+    if settings.node_name and not all(c.isalnum() or c in "-_." for c in settings.node_name):
+        raise refuse(
+            "node_name",
+            f"node_name {settings.node_name!r}: letters, digits, '-', '_' and '.' only",
         )
     if settings.validation_failures_per_hour < 1:
         raise refuse(

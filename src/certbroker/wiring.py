@@ -372,6 +372,9 @@ def store_schema(settings: Settings, *, upgrade: bool) -> tuple[str | None, str,
 
 def build(settings: Settings) -> Broker:
     """The broker on the configured store, reaching CAs through the ACME client."""
+    from certbroker.services.leases import configure
+
+    configure(settings.node_name, settings.lease_seconds)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(settings.effective_database_url)
     migrate(engine)

@@ -235,3 +235,26 @@ def test_serve_answers_http01_for_a_cli_on_the_same_store(cli: Cli) -> None:
         assert cli.json("cert", "show", "1")["status"] == "valid"
     finally:
         _stop(serve)
+
+
+def test_an_order_the_ca_made_before_the_process_died_is_resumed_not_made_twice(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Killed between the CA's answer to new-order and its URL being recorded: the
+    process that resumes finds the order in the account's orders list (RFC 8555 7.1.2.1)
+    instead of ordering again, so the CA holds one order for the certificate."""
+    account = cli.register()
+    killed = cli("cert", "request", "orphan.example.com", "--wait", check=False,
+                 env={"CERTBROKER_FAULT_KILL_AFTER": "order-created"})  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (attempt,) = cli.json("cert", "show", "1")["attempts"]
+    assert attempt["order_url"] is None  # the CA made it; this store never heard of it
+    resumed = cli("cert", "resume", "1")
+    assert "was created before its process died: resuming it" in resumed.stderr
+    key_file = tmp_path / "account.pem"
+    cli("account", "export-key", "main", "--out", str(key_file))
+    assert cli.pebble is not None
+    listed = post_as_get(cli.pebble, account["uri"], key_file, account["uri"])["orders"]
+    (only,) = post_as_get(cli.pebble, account["uri"], key_file, listed)["orders"]
+    shown = cli.json("cert", "show", "1")
+    assert shown["status"] == "valid" and shown["attempts"][0]["order_url"] == only

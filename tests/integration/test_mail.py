@@ -273,7 +273,11 @@ def test_the_api_sets_mail_sends_a_test_and_acknowledges_for_operators(
         sent = call("POST", "/notify/test", admin, json={"to": "ops@example.com"})
         assert sent.status_code == 200, sent.text
         assert sent.json()["answer"].startswith("250 2.0.0 Ok: queued as")
-        assert [m["rcpt_tos"] for m, _ in smtp.mails()][-1] == ["ops@example.com"]
+        # (serve's outbox may mail the alarm to the account's contact meanwhile: the
+        # alarm came before SMTP was set, and whether it is passed over depends on
+        # whether serve looked before the PATCH.)
+        tests = [m["rcpt_tos"] for m, s in smtp.mails() if s["Subject"] == "[certbroker] test mail"]
+        assert tests == [["ops@example.com"]]
 
         until = (datetime.now(UTC) + timedelta(days=2)).isoformat()
         acked = call("POST", "/certificates/1/alarm/acknowledge", operator,

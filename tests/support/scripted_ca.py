@@ -247,6 +247,10 @@ class ScriptedCA:
         now = dt.datetime.now(dt.UTC)
         return RenewalInfo(start=now + dt.timedelta(days=60), end=now + dt.timedelta(days=61))
 
+    def account_orders(self) -> list[str]:
+        """A CA that lists no orders (as Let's Encrypt)."""
+        return []
+
     def get_order(self, url: str) -> OrderInfo:
         self._called("get_order", url)
         order = self._order_at(url)

@@ -20,6 +20,8 @@ from certbroker.domain.access import (
 from certbroker.domain.errors import AccessDenied, NotAuthenticated, Throttled, UsageError
 from certbroker.services.access import FAILURES_PER_USER, SESSION_IDLE, AccessService
 from certbroker.services.common import ServiceContext
+from certbroker.services.leases import lease
+from certbroker.store.access import mark_idempotent_work
 from certbroker.store.repository import Repository
 from certbroker.store.schema import api_tokens, sessions, users
 from tests.unit.conftest import NOW
@@ -201,3 +203,33 @@ def test_an_idempotency_key_is_held_then_answers_the_same(
     assert kept is not None and kept.status_code == 202 and kept.body == '{"id": 4}'
     clock.now += timedelta(days=2)  # forgotten after a day
     assert access.claim_idempotency_key(alice, "k1", "h2") is None
+
+
+def test_a_key_whose_request_died_is_taken_over_after_a_lease_by_the_same_request_only(
+    access: AccessService, clock: Clock
+) -> None:
+    alice = Principal("alice", Role.OPERATOR, user_id=1)
+    assert access.claim_idempotency_key(alice, "k1", "h1") is None  # a node takes it, dies
+    clock.now += timedelta(seconds=30)
+    running = access.claim_idempotency_key(alice, "k1", "h1")
+    assert running is not None and running.status_code is None  # not yet: it may live
+    clock.now += lease()
+    other = access.claim_idempotency_key(alice, "k1", "h2")
+    assert other is not None and other.request_hash == "h1"  # another request: refused
+    assert access.claim_idempotency_key(alice, "k1", "h1") is None  # the retry takes it
+    again = access.claim_idempotency_key(alice, "k1", "h1")
+    assert again is not None and again.status_code is None  # and holds it now
+
+
+def test_work_recorded_on_a_key_is_answered_not_done_again_after_its_node_died(
+    access: AccessService, repo: Repository, clock: Clock
+) -> None:
+    alice = Principal("alice", Role.OPERATOR, user_id=1)
+    assert access.claim_idempotency_key(alice, "k1", "h1") is None
+    with repo._write() as conn:  # the transaction that created certificate 7 says so
+        mark_idempotent_work(conn, (alice.key, "k1"), "certificate:7:9")
+    early = access.claim_idempotency_key(alice, "k1", "h1")
+    assert early is not None and early.work_done is None  # its node may still answer
+    clock.now += lease()
+    later = access.claim_idempotency_key(alice, "k1", "h1")
+    assert later is not None and later.work_done == "certificate:7:9"  # answer, do not redo

@@ -153,13 +153,22 @@ def request_certificate(
             keystore_password=body.keystore_password,
         )
         cert, order = broker.requests.request(req)
-        return JSONResponse(
-            {"id": cert.id, "order_id": order.id, "status": cert.status.value},
-            status_code=202,
-            headers={"Location": f"/api/v1/certificates/{cert.id}"},
-        )
+        return queued(cert.id, order.id)
 
-    return idempotent(request, principal, body, work)
+    def replay(done: str) -> JSONResponse:  # "certificate:ID:ORDER", as the first answered
+        _, cert_id, order_id = done.split(":")
+        return queued(int(cert_id), int(order_id))
+
+    return idempotent(request, principal, body, work, replay)
+
+
+def queued(cert_id: int, order_id: int) -> JSONResponse:
+    """The answer to a certificate request: its ID, its first order, pending."""
+    return JSONResponse(
+        {"id": cert_id, "order_id": order_id, "status": CertificateStatus.PENDING.value},
+        status_code=202,
+        headers={"Location": f"/api/v1/certificates/{cert_id}"},
+    )
 
 
 @router.get("/certificates", response_model=CertificatePage)

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from certbroker.api.auth import broker_of
 from certbroker.domain.access import Principal
 from certbroker.domain.errors import Conflict
+from certbroker.services.idempotency import working_for
 
 HEADER = "Idempotency-Key"
 
@@ -23,7 +24,11 @@ def idempotent(
     principal: Principal,
     body: BaseModel | None,
     work: Callable[[], JSONResponse],
+    replay: Callable[[str], JSONResponse] | None = None,
 ) -> Response:
+    """`work` once per (caller, key); `replay` answers from what a first request recorded
+    it did (`services.idempotency`) when that request's node died before its answer was
+    kept."""
     key = request.headers.get(HEADER)
     if key is None:
         return work()
@@ -38,6 +43,14 @@ def idempotent(
             raise Conflict(
                 f"{HEADER} {key!r} was used for another request; use a new key for this one"
             )
+        if kept.status_code is None and kept.work_done and replay is not None:
+            response = replay(kept.work_done)
+            access.keep_idempotent_answer(
+                principal, key, response.status_code, bytes(response.body).decode(),
+                response.headers.get("location"),
+            )  # fmt: skip
+            response.headers["Idempotent-Replayed"] = "true"
+            return response
         if kept.status_code is None:
             raise Conflict(f"the request with {HEADER} {key!r} is still running; retry shortly")
         headers = {"Idempotent-Replayed": "true"}
@@ -50,7 +63,8 @@ def idempotent(
             headers=headers,
         )
     try:
-        response = work()
+        with working_for(principal.key, key):
+            response = work()
     except BaseException:
         # Nothing was done (or it failed): the same key may try again.
         access.release_idempotency_key(principal, key)

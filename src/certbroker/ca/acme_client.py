@@ -397,6 +397,9 @@ class AcmeCA:
             certificate=body.get("certificate"),
             error=AcmeProblem.from_json(error) if isinstance(error, dict) else None,
             retry_after=_retry_after(response),
+            identifiers=tuple(
+                str(i.get("value")) for i in body.get("identifiers") or () if isinstance(i, dict)
+            ),
         )
 
     def supports_renewal_info(self) -> bool:
@@ -443,6 +446,24 @@ class AcmeCA:
 
     def get_order(self, url: str) -> OrderInfo:
         return self._call("show the order", lambda: self._order_info(self._post_as_get(url), url))
+
+    def account_orders(self) -> list[str]:
+        """The account's `orders` list, page after page (at most 50 pages)."""
+
+        def fetch() -> list[str]:
+            if not self.account_uri:
+                return []
+            url = self._post_as_get(self.account_uri).json().get("orders")
+            found: list[str] = []
+            for _ in range(50):
+                if not url:
+                    break
+                response = self._post_as_get(str(url))
+                found += [str(u) for u in response.json().get("orders") or ()]
+                url = response.links.get("next", {}).get("url")
+            return found
+
+        return self._call("list the account's orders", fetch)
 
     def get_authorization(self, url: str) -> AuthorizationInfo:
         def do() -> AuthorizationInfo:

@@ -62,7 +62,8 @@ def run_serve(state: State) -> None:
             broker.renewal,
             broker.solvers.values(),
             settings.scheduler_interval,
-            chores=[broker.agents.check_drift],
+            # More looks each tick: agents' drift, certificates entering an expiry threshold.
+            chores=[broker.agents.check_drift, broker.notify.check_expiry],
         ).start()
         from certbroker.services.deploy import DeployWorker
 

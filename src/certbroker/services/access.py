@@ -32,6 +32,7 @@ from certbroker.domain.errors import (
 )
 from certbroker.services import audit
 from certbroker.services.common import ServiceContext, secret_digest
+from certbroker.services.leases import lease
 
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
@@ -296,7 +297,7 @@ class AccessService:
         if not 1 <= len(key) <= 255:
             raise UsageError("Idempotency-Key must be 1 to 255 characters")
         return self.repo.claim_idempotency_key(
-            principal.key, key, request_hash, self.ctx.clock(), IDEMPOTENCY_KEEP
+            principal.key, key, request_hash, self.ctx.clock(), IDEMPOTENCY_KEEP, lease()
         )
 
     def keep_idempotent_answer(

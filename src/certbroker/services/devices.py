@@ -36,7 +36,7 @@ from certbroker.domain.models import (
 from certbroker.domain.names import validate_names
 from certbroker.services import audit
 from certbroker.services.common import ServiceContext
-from certbroker.services.leases import LEASE
+from certbroker.services.leases import lease
 from certbroker.services.requests import RequestService
 
 SHOWN = (CertificateStatus.VALID, CertificateStatus.REVOKED, CertificateStatus.EXPIRED)
@@ -80,7 +80,7 @@ class DeviceService:
             csr_pem=device.csr_pem.decode(),
             now=now,
             certificate=certificate,
-            lease_until=now + LEASE,
+            lease_until=now + lease(),
             renewing=renewing,
             renewal=renewal,
         )
@@ -178,7 +178,7 @@ class DeviceService:
             now=now,
             certificate=certificate,
             reason=None,
-            lease_until=now + LEASE,
+            lease_until=now + lease(),
             renewing=renewing,
         )
         audit.record(

@@ -41,7 +41,7 @@ from certbroker.domain.renewal import emergency_point
 from certbroker.domain.retry import heals_by_itself, next_try, what_a_person_must_change
 from certbroker.ports import ChallengeSolver, Progress
 from certbroker.services.common import ServiceContext, no_progress
-from certbroker.services.leases import LEASE, Leases
+from certbroker.services.leases import Leases, lease
 from certbroker.services.order_run import HeldBack, OrderRun, RunContext
 from certbroker.services.planning import RenewalPlanner
 
@@ -304,7 +304,7 @@ class IssuanceService:
         if existing is not None:
             return existing
         now = self.ctx.clock()
-        return self.repo.add_order(cert_id, now, lease_owner, now + LEASE)
+        return self.repo.add_order(cert_id, now, lease_owner, now + lease())
 
     def _awaiting_dns(self, cert_id: int) -> Order:
         """The certificate's order waiting for a person's TXT records; UsageError when

@@ -2,10 +2,11 @@
 test mails, expiry warnings, the outbox fed from the events, daily digests, and the
 acknowledgement of alarms.
 
-`MailWorker` (a thread of `serve`, in every process and node) looks every few seconds:
-certificates entering an expiry threshold get their `expiring` event (once per threshold:
-store/notify.py), the events after the mail cursor become queued mails, and due mails go
-out under a lease, retried with backoff for a day.
+In `serve`, the scheduler's tick (every `scheduler_interval`) gives each certificate that
+entered an expiry threshold its `expiring` event (once per threshold, whichever node
+looks first: store/notify.py); `MailWorker`, a thread, turns the events after the mail
+cursor into queued mails every two seconds and sends the due ones under a lease, retried
+with backoff for a day.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -50,7 +50,6 @@ BROKER_SETTINGS = "broker-settings"  # services/runtime.py: the console's notify
 RETRY_CAP = timedelta(hours=1)
 GIVE_UP_AFTER = timedelta(days=1)
 LEASE = timedelta(minutes=5)
-EXPIRY_LOOK_EVERY = 60.0  # seconds between serve's looks for certificates near their end
 _SECRET_SHOWN = "(set)"  # noqa: S105 - what is shown instead of the password
 
 
@@ -344,17 +343,8 @@ def _int(value: Any, name: str) -> int:
 
 
 class MailWorker(Periodic):
-    """Runs `NotifyService.run` every `interval` seconds until stopped (a thread of
-    serve); the expiry look once a minute (it reads every certificate near its end, and
-    thresholds are counted in days), the outbox every time."""
+    """Runs the outbox and sends due mail every `interval` seconds until stopped (a thread
+    of serve); the expiry look is one of the scheduler's chores."""
 
     def __init__(self, service: NotifyService, interval: float = 2.0) -> None:
-        last_expiry_look = [-EXPIRY_LOOK_EVERY]
-
-        def look(owner: str) -> None:
-            expiry = time.monotonic() - last_expiry_look[0] >= EXPIRY_LOOK_EVERY
-            service.run(owner, expiry=expiry)
-            if expiry:
-                last_expiry_look[0] = time.monotonic()
-
-        super().__init__("mail", look, interval, log)
+        super().__init__("mail", lambda owner: service.run(owner, expiry=False), interval, log)

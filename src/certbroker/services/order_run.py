@@ -53,11 +53,14 @@ from certbroker.ports import (
     Progress,
 )
 from certbroker.services.common import Clock, fault
-from certbroker.services.leases import LEASE
+from certbroker.services.leases import lease
 from certbroker.services.planning import RenewalPlanner
 from certbroker.store.repository import Repository
 
 log = logging.getLogger("certbroker.issuance")
+
+# How many of the account's newest orders are looked at for one its dead holder made.
+ORPHAN_LOOK_BACK = 200
 
 
 class HeldBack(Exception):
@@ -145,16 +148,16 @@ class OrderRun:
     ) -> None:
         """Record `state` with one of the store's transitions (mark_presented, …)."""
         now = self.run.clock()
-        mark(self.order.id, self.owner, now, now + LEASE)
+        mark(self.order.id, self.owner, now, now + lease())
         self._touched = time.monotonic()
         fault(state.value)
 
     def _keep_lease(self) -> None:
         """Renew the lease when a quarter of it has passed since the last write, so a
         long wait (the CA, DNS propagation) never lets another worker take the order."""
-        if time.monotonic() - self._touched > LEASE.total_seconds() / 4:
+        if time.monotonic() - self._touched > lease().total_seconds() / 4:
             now = self.run.clock()
-            self.repo.keep_lease(self.order.id, self.owner, now, now + LEASE)
+            self.repo.keep_lease(self.order.id, self.owner, now, now + lease())
             self._touched = time.monotonic()
 
     # -- the state machine --------------------------------------------------------------------
@@ -180,7 +183,7 @@ class OrderRun:
 
     def _current_order(self) -> OrderInfo:
         if not self.order.order_url:
-            return self._new_order()
+            return self._orphan() or self._new_order()
         awaiting = self.order.state is OrderState.AWAITING_DNS
         try:
             info = self.ca.get_order(self.order.order_url)
@@ -212,7 +215,7 @@ class OrderRun:
                 self.order.id,
                 self.owner,
                 now,
-                now + LEASE,
+                now + lease(),
                 attempts=attempts,
                 message=f"the interrupted order failed validation: {problem}",
                 problem=problem,
@@ -221,13 +224,41 @@ class OrderRun:
             return self._new_order()
         return info
 
+    def _orphan(self) -> OrderInfo | None:
+        """An order its previous holder created at the CA and died before recording: the
+        newest of the account's orders (as the CA lists them) that no order here names,
+        for exactly these names and still usable. Looked for only when this order was
+        started before and taken over; a CA that lists no orders (Let's Encrypt hands
+        back the pending order for the same names instead) is not asked twice."""
+        started, until = self.order.started_at, self.order.lease_until
+        if started is None or until is None or started >= until - lease():
+            return None  # taken for the first time: nobody ordered it yet
+        urls = self.ca.account_orders()[-ORPHAN_LOOK_BACK:]
+        known = self.repo.known_order_urls(urls)
+        for url in reversed(urls):
+            if url in known:
+                continue
+            info = self.ca.get_order(url)
+            usable = info.status in (AcmeStatus.PENDING, AcmeStatus.READY,
+                                     AcmeStatus.PROCESSING, AcmeStatus.VALID)  # fmt: skip
+            if usable and sorted(info.identifiers) == sorted(self.cert.names):
+                now = self.run.clock()
+                self.repo.mark_ordered(
+                    self.order.id, self.owner, now, now + lease(), order_url=url, replaces=None
+                )
+                self._touched = time.monotonic()
+                self.progress(f"order {url} was created before its process died: resuming it")
+                return info
+        return None
+
     def _new_order(self) -> OrderInfo:
         self.progress(f"ordering {', '.join(self.cert.names)}")
         replaces = self.run.planner.replaces(self.ca, self.cert, self.order)
         info = self.ca.new_order(self.cert.names, replaces=replaces, profile=self.cert.profile)
+        fault("order-created")  # at the CA, not yet here: `_orphan` finds it again
         now = self.run.clock()
         self.repo.mark_ordered(
-            self.order.id, self.owner, now, now + LEASE, order_url=info.url, replaces=replaces
+            self.order.id, self.owner, now, now + lease(), order_url=info.url, replaces=replaces
         )
         self._touched = time.monotonic()
         fault(OrderState.ORDERED.value)

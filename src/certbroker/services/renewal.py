@@ -22,7 +22,7 @@ from certbroker.ports import ChallengeSolver
 from certbroker.services import audit
 from certbroker.services.common import ServiceContext
 from certbroker.services.issuance import IssuanceService
-from certbroker.services.leases import LEASE
+from certbroker.services.leases import lease
 from certbroker.services.planning import ARI_RETRY_AFTER_ERROR, RenewalPlanner
 
 log = logging.getLogger("certbroker.scheduler")
@@ -56,7 +56,7 @@ class RenewalService:
                     f"certificate {cert_id} is {cert.status.value}; it cannot be renewed"
                 )
             now = self.ctx.clock()
-            order = self.repo.add_renewal_order(cert_id, now, lease_owner, now + LEASE)
+            order = self.repo.add_renewal_order(cert_id, now, lease_owner, now + lease())
         audit.record(
             self.ctx,
             "certificate.renew",

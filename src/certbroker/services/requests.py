@@ -28,9 +28,9 @@ from certbroker.domain.models import (
 from certbroker.domain.names import validate_names
 from certbroker.domain.subject import Subject
 from certbroker.ports import ChallengeSolver
-from certbroker.services import audit
+from certbroker.services import audit, idempotency
 from certbroker.services.common import ServiceContext
-from certbroker.services.leases import LEASE
+from certbroker.services.leases import lease
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,9 @@ class RequestService:
         """The certificate and its first order; with `lease_owner`, leased to that worker
         from the start (`cert request --wait`), so a running `serve` leaves it alone."""
         now = self.ctx.clock()
-        cert, order = self.repo.create_certificate(prepared, now, lease_owner, now + LEASE)
+        cert, order = self.repo.create_certificate(
+            prepared, now, lease_owner, now + lease(), idempotency.current()
+        )
         audit.record(
             self.ctx,
             "certificate.request",

@@ -65,6 +65,20 @@ class StoredAnswer:
     status_code: int | None
     body: str | None
     location: str | None
+    # The first request's process died after doing this ("certificate:ID:ORDER"): answer
+    # it, do not do it again.
+    work_done: str | None = None
+
+
+def mark_idempotent_work(conn: Connection, holder: tuple[str, str], done: str) -> None:
+    """Inside the transaction doing the work: what was done for the request holding this
+    (owner, Idempotency-Key)."""
+    k = idempotency_keys.c
+    conn.execute(
+        update(idempotency_keys)
+        .where(and_(k.owner == holder[0], k.key == holder[1]))
+        .values(work_done=done)
+    )
 
 
 class AccessStore(StoreBase):
@@ -326,9 +340,17 @@ class AccessStore(StoreBase):
     # -- Idempotency-Key -----------------------------------------------------------------
 
     def claim_idempotency_key(
-        self, owner: str, key: str, request_hash: str, now: datetime, keep: timedelta
+        self,
+        owner: str,
+        key: str,
+        request_hash: str,
+        now: datetime,
+        keep: timedelta,
+        abandoned_after: timedelta,
     ) -> StoredAnswer | None:
-        """None: the key is new and now held for this request; else what is kept for it."""
+        """None: the key is new and now held for this request; else what is kept for it.
+        A key held `abandoned_after` without an answer (the process or node working on it
+        died) is taken over by this request, for the same request only."""
         k = idempotency_keys.c
         try:
             with self._write() as conn:
@@ -346,7 +368,30 @@ class AccessStore(StoreBase):
                 select(idempotency_keys).where(and_(k.owner == owner, k.key == key))
             ).first()
         if row is None:  # it went away in between: let this request do the work
-            return self.claim_idempotency_key(owner, key, request_hash, now, keep)
+            return self.claim_idempotency_key(owner, key, request_hash, now, keep, abandoned_after)
+        abandoned = (
+            row.status_code is None
+            and row.request_hash == request_hash
+            and row.created_at <= now - abandoned_after
+        )
+        if abandoned and row.work_done:  # done, only its answer was lost
+            return StoredAnswer(row.request_hash, None, None, None, row.work_done)
+        if abandoned:
+            with self._write() as conn:  # the first to change it takes it over
+                taken = conn.execute(
+                    update(idempotency_keys)
+                    .where(
+                        and_(
+                            k.owner == owner,
+                            k.key == key,
+                            k.status_code.is_(None),
+                            k.created_at == row.created_at,
+                        )
+                    )
+                    .values(created_at=now)
+                ).rowcount
+            if taken:
+                return None
         return StoredAnswer(row.request_hash, row.status_code, row.body, row.location)
 
     def keep_idempotent_answer(

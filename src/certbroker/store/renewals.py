@@ -50,9 +50,10 @@ class RenewalStore(EventStore):
         """Queue a renewal order for valid certificates whose `renew_at` has come (or for
         `cert_ids`, due or not) and that have no active order. Returns their IDs.
 
-        Safe to run in several processes at once: the unique index on active orders lets
-        only one renewal order per certificate in, and the losing batch is simply retried
-        at the next tick.
+        Safe to run in several processes and nodes at once: on PostgreSQL each takes the
+        due certificates no other holds (SKIP LOCKED), so the work is split; and the
+        unique index on active orders lets only one renewal order per certificate in (a
+        losing batch is retried at the next tick).
         """
         c = certificates.c
         if cert_ids is None:  # a failing one is due at its next_try_at (enqueue_retries)
@@ -69,7 +70,13 @@ class RenewalStore(EventStore):
             ids = [
                 row.id
                 for row in conn.execute(
-                    select(c.id).where(due).order_by(c.renew_at, c.id).limit(limit)
+                    select(c.id)
+                    .where(due)
+                    .order_by(c.renew_at, c.id)
+                    .limit(limit)
+                    # Nodes ticking at once take disjoint batches (PostgreSQL); SQLite
+                    # runs one writer at a time.
+                    .with_for_update(of=certificates, skip_locked=True)
                 )
             ]
             if ids:
@@ -104,6 +111,7 @@ class RenewalStore(EventStore):
                 .where(due)
                 .order_by(c.next_try_at, c.id)
                 .limit(limit)
+                .with_for_update(of=certificates, skip_locked=True)
             ).all()
             if rows:
                 purpose = {True: OrderPurpose.RENEW, False: OrderPurpose.ISSUE}

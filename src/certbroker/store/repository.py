@@ -35,7 +35,7 @@ from certbroker.domain.models import (
     OrderPurpose,
     OrderState,
 )
-from certbroker.store.access import AccessStore
+from certbroker.store.access import AccessStore, mark_idempotent_work
 from certbroker.store.agents import AgentStore
 from certbroker.store.audit import AuditStore
 from certbroker.store.clients import ClientStore
@@ -266,11 +266,20 @@ class Repository(
     # -- certificates --------------------------------------------------------------------
 
     def create_certificate(
-        self, new: NewCertificate, now: datetime, lease_owner: str | None, lease_until: datetime
+        self,
+        new: NewCertificate,
+        now: datetime,
+        lease_owner: str | None,
+        lease_until: datetime,
+        idempotency: tuple[str, str] | None = None,
     ) -> tuple[Certificate, Order]:
-        """The certificate, its key and its first order, in one transaction."""
+        """The certificate, its key and its first order, in one transaction; with
+        `idempotency` (owner, key), the request holding that key is marked as having done
+        it in the same transaction."""
         with self._write() as conn:
             cert_id, order_id = insert_certificate(conn, new, now, lease_owner, lease_until)
+            if idempotency is not None:
+                mark_idempotent_work(conn, idempotency, f"certificate:{cert_id}:{order_id}")
         return self.get_certificate(cert_id), self.get_order(order_id)
 
     def get_certificate(self, cert_id: int) -> Certificate:
@@ -377,6 +386,18 @@ class Repository(
         with self._write() as conn:
             order_id = new_id(conn.execute(insert(orders).values(order)))
         return self.get_order(order_id)
+
+    def known_order_urls(self, urls: list[str]) -> set[str]:
+        """Those of `urls` an order here names."""
+        if not urls:
+            return set()
+        with self._read() as conn:
+            return {
+                str(r.order_url)
+                for r in conn.execute(
+                    select(orders.c.order_url).where(orders.c.order_url.in_(urls))
+                )
+            }
 
     def get_order(self, order_id: int) -> Order:
         with self._read() as conn:

@@ -375,6 +375,8 @@ idempotency_keys = Table(
     Column("body", Text, nullable=True),
     Column("location", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+    # What the first request did ("certificate:ID:ORDER"), in the transaction that did it.
+    Column("work_done", String(100), nullable=True),
     Index("ux_idempotency_owner_key", "owner", "key", unique=True),
     Index("ix_idempotency_created_at", "created_at"),
 )

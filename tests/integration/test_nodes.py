@@ -1,0 +1,279 @@
+"""Several `serve` nodes on one PostgreSQL (issue 17): certificates requested through the
+API of any node are issued once each, also when a node is SIGKILLed half-way; the orders
+it held are resumed by the others once its leases expire, and none stays leased.
+
+Pebble runs in always-valid mode: the nodes share no HTTP-01 port here (a load balancer
+would give them one), and what is under test is who orders what, not validation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from certbroker.store.db import make_engine
+from tests.conftest import Cli, make_cli
+from tests.support.acme_peek import post_as_get
+from tests.support.pebble import PebbleServer, start_pebble
+from tests.support.ports import free_port
+from tests.support.postgres import PostgresServer
+from tests.support.smtp import SmtpServer
+
+CERTIFICATES = 200
+LEASE_SECONDS = "10"  # a dead node's orders are taken over after this
+
+
+@dataclass
+class Cluster:
+    cli: Cli
+    url: str  # the store
+    token: str
+    account_uri: str
+    nodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    apis: list[str] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def start_node(self, n: int, work: Path) -> None:
+        port = free_port()
+        env = {
+            **self.cli.env,
+            "CERTBROKER_DATA_DIR": str(work / f"node{n}"),
+            "CERTBROKER_LISTEN": f"127.0.0.1:{port}",
+            "CERTBROKER_HTTP01_PORT": str(free_port()),
+            "CERTBROKER_WORKER_PROCESSES": "1",
+            "CERTBROKER_WORKERS": "4",
+            "CERTBROKER_LEASE_SECONDS": LEASE_SECONDS,
+            # Names of their own: one host here, so the dead node's PID would otherwise
+            # give it away at once; across hosts its leases must run out.
+            "CERTBROKER_NODE_NAME": f"node{n}",
+            "CERTBROKER_SCHEDULER_INTERVAL": "1",
+        }
+        log = work / f"node{n}.log"
+        with log.open("wb") as out:
+            self.nodes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "certbroker", "serve"],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        self.apis.append(f"http://127.0.0.1:{port}")
+        self.logs.append(log)
+
+    def wait_up(self) -> None:
+        deadline = time.monotonic() + 60
+        for api, node, log in zip(self.apis, self.nodes, self.logs, strict=True):
+            while True:
+                try:
+                    if httpx.get(api + "/readyz", trust_env=False, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if node.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"node did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.2)
+
+    def sql(self, statement: str, **params: Any) -> list[Any]:
+        engine = make_engine(self.url)
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(text(statement), params)
+                return list(result) if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.poll() is None:
+                node.send_signal(signal.SIGTERM)
+        for node in self.nodes:
+            try:
+                node.wait(60)
+            except subprocess.TimeoutExpired:
+                node.kill()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres: PostgresServer) -> Iterator[Cluster]:
+    with start_pebble(
+        tmp_path / "pebble", http_port=free_port(), always_valid=True,
+        env={"PEBBLE_WFE_ORDERS_PER_PAGE": str(CERTIFICATES * 10)},
+    ) as pebble:  # fmt: skip
+        yield from _cluster(tmp_path, postgres, pebble)
+
+
+def _cluster(tmp_path: Path, postgres: PostgresServer, pebble: PebbleServer) -> Iterator[Cluster]:
+    cli = make_cli(tmp_path / "cli", pebble)
+    url = postgres.new_database()
+    cli.env["CERTBROKER_DATABASE_URL"] = url
+    cli.env["CERTBROKER_MASTER_KEY"] = cli("config", "new-master-key").stdout.strip()
+    cli("db", "upgrade")
+    account = cli.register()
+    token = cli("token", "create", "--name", "load", "--role", "operator").stdout.split()[-1]
+    found = Cluster(cli, url, token, account["uri"])
+    try:
+        yield found
+    finally:
+        found.stop()
+
+
+def _request(cluster: Cluster, n: int, alive: list[int]) -> None:
+    """Request certificate n through a live node, as a client behind a load balancer
+    would: a node that drops the connection (it was killed) is left for the next one,
+    with the same Idempotency-Key; a key the dead node held answers 409 until its lease
+    runs out, then the retry takes it over."""
+    deadline = time.monotonic() + 120
+    attempt = 0
+    while time.monotonic() < deadline:
+        api = cluster.apis[alive[(n + attempt) % len(alive)]]
+        attempt += 1
+        try:
+            answer = httpx.post(
+                api + "/api/v1/certificates",
+                json={"names": [f"node-{n:03d}.example.com"]},
+                headers={"Authorization": f"Bearer {cluster.token}",
+                         "Idempotency-Key": f"request-{n}"},
+                trust_env=False,
+                timeout=60,
+            )  # fmt: skip
+        except httpx.TransportError:
+            time.sleep(0.2)
+            continue
+        if answer.status_code == 409 and "still running" in answer.text:
+            time.sleep(1)
+            continue
+        assert answer.status_code == 202, answer.text
+        return
+    raise AssertionError(f"request {n}: no node answered")
+
+
+def _ca_orders(cluster: Cluster, tmp_path: Path) -> list[str]:
+    """Every order of the account at Pebble but the invalid ones (its `orders` list, RFC
+    8555 7.1.2.1; one page: Pebble is started with PEBBLE_WFE_ORDERS_PER_PAGE)."""
+    key_file = tmp_path / "account.pem"
+    cluster.cli("account", "export-key", "main", "--out", str(key_file))
+    assert cluster.cli.pebble is not None
+    peek = cluster.cli.pebble, cluster.account_uri, key_file
+    account = post_as_get(*peek, cluster.account_uri)
+    orders: list[str] = post_as_get(*peek, account["orders"])["orders"]
+    return orders
+
+
+def test_three_nodes_issue_each_certificate_once_though_one_is_killed(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    for n in range(3):
+        cluster.start_node(n, tmp_path)
+    cluster.wait_up()
+    alive = [0, 1, 2]
+
+    def valid() -> int:
+        return int(cluster.sql("SELECT count(*) FROM certificates WHERE status = 'valid'")[0][0])
+
+    def held_by_node1() -> int:
+        return int(
+            cluster.sql(
+                "SELECT count(*) FROM orders WHERE lease_owner LIKE 'node1:%' "
+                "AND state NOT IN ('valid', 'failed')"
+            )[0][0]
+        )
+
+    held = 0
+    with ThreadPoolExecutor(6) as pool:
+        posted = pool.map(lambda n: _request(cluster, n, alive), range(CERTIFICATES))
+        # Mid-run, while requests still come: node 1 dies holding orders.
+        deadline = time.monotonic() + 120
+        while (held := held_by_node1()) == 0 or valid() < 20:
+            assert time.monotonic() < deadline, "node 1 takes no orders"
+            time.sleep(0.05)
+        alive.remove(1)
+        os.kill(cluster.nodes[1].pid, signal.SIGKILL)
+        cluster.nodes[1].wait()
+        list(posted)
+    deadline = time.monotonic() + 300
+    while valid() < CERTIFICATES:
+        assert time.monotonic() < deadline, (
+            f"{valid()} of {CERTIFICATES} valid; the nodes' logs:\n"
+            + "\n".join(log.read_text()[-2000:] for log in cluster.logs)
+        )
+        time.sleep(0.5)
+
+    # Each certificate: one order, valid; nothing left leased or waiting.
+    per_cert = cluster.sql(
+        "SELECT certificate_id, count(*), min(state), max(state) FROM orders "
+        "GROUP BY certificate_id"
+    )
+    assert len(per_cert) == CERTIFICATES  # none twice: retried requests were recognised
+    assert {(row[1], row[2], row[3]) for row in per_cert} == {(1, "valid", "valid")}
+    assert cluster.sql("SELECT count(*) FROM orders WHERE lease_owner IS NOT NULL")[0][0] == 0
+    assert held > 0  # the killed node held orders: what this test is about
+    # At the CA: exactly as many orders as certificates, the ones the store names.
+    urls = {str(row[0]).rpartition("/")[2] for row in cluster.sql("SELECT order_url FROM orders")}
+    at_ca = {url.rpartition("/")[2] for url in _ca_orders(cluster, tmp_path)}
+    assert at_ca == urls and len(at_ca) == CERTIFICATES
+
+
+RENEWALS = 30
+
+
+def test_three_schedulers_renew_each_due_certificate_once_and_mail_once(
+    cluster: Cluster, tmp_path: Path, smtp: SmtpServer
+) -> None:
+    smtp.clear()
+    cluster.cli.env.update(smtp.env())
+    names = [f"due-{n:02d}.example.com" for n in range(RENEWALS)]
+    cluster.cli("cert", "request", *names[:1], "--wait")
+    cluster.cli("cert", "request", "--from", "-", input="\n".join(names[1:]) + "\n")
+    queued = json.loads(cluster.cli("cert", "list", "--json").stdout)
+    assert len(queued) == RENEWALS  # the first issued, the rest queued: the nodes issue them
+    for n in range(3):
+        cluster.start_node(n, tmp_path)
+    cluster.wait_up()
+
+    def count(statement: str) -> int:
+        return int(cluster.sql(statement)[0][0])
+
+    deadline = time.monotonic() + 180
+    while count("SELECT count(*) FROM certificates WHERE status = 'valid'") < RENEWALS:
+        assert time.monotonic() < deadline, "the nodes do not issue"
+        time.sleep(0.5)
+    # Time passes for the store: every certificate is due, and the first nears its end.
+    cluster.sql("UPDATE certificates SET renew_at = now() - interval '1 minute'")
+    deadline = time.monotonic() + 180
+    while count("SELECT count(*) FROM orders WHERE purpose = 'renew' AND state = 'valid'") < (
+        RENEWALS
+    ):
+        assert time.monotonic() < deadline, "the nodes do not renew"
+        time.sleep(0.5)
+    time.sleep(3)  # three more ticks of every scheduler: nothing renewed twice
+    renewals = cluster.sql(
+        "SELECT certificate_id, count(*) FROM orders WHERE purpose = 'renew' "
+        "GROUP BY certificate_id"
+    )
+    assert len(renewals) == RENEWALS and {row[1] for row in renewals} == {1}
+
+    cluster.sql(
+        "UPDATE certificates SET not_after = now() + interval '2 days 12 hours' WHERE id = 1"
+    )
+    wait_deadline = time.monotonic() + 120
+    while not smtp.mails():
+        assert time.monotonic() < wait_deadline, "no expiry mail"
+        time.sleep(0.5)
+    time.sleep(5)  # every node has looked again (their expiry looks are a minute apart)
+    assert [str(m["Subject"]) for _, m in smtp.mails()] == [
+        "[certbroker] certificate 1 due-00.example.com expires in 2 day(s)"
+    ]
