@@ -28,7 +28,13 @@ from certbroker.crypto.keys import (
     private_key_to_pem,
 )
 from certbroker.crypto.sealing import Sealer
-from certbroker.domain.errors import AcmeProblem, AwaitingDns, PermanentError, TransientError
+from certbroker.domain.errors import (
+    AcmeProblem,
+    AwaitingDns,
+    CAError,
+    PermanentError,
+    TransientError,
+)
 from certbroker.domain.keys import KeyPolicy, KeyType
 from certbroker.domain.limits import VALIDATION_WINDOW, validation_allowed_at
 from certbroker.domain.models import (
@@ -233,7 +239,11 @@ class OrderRun:
         started, until = self.order.started_at, self.order.lease_until
         if started is None or until is None or started >= until - lease():
             return None  # taken for the first time: nobody ordered it yet
-        urls = self.ca.account_orders()[-ORPHAN_LOOK_BACK:]
+        try:
+            urls = self.ca.account_orders()[-ORPHAN_LOOK_BACK:]
+        except CAError as exc:  # a CA whose list is missing or broken: order as usual
+            log.debug("order %d: the account's orders could not be listed: %s", self.order.id, exc)
+            return None
         known = self.repo.known_order_urls(urls)
         for url in reversed(urls):
             if url in known:
