@@ -297,5 +297,12 @@ class DnsStore(StoreBase):
         new challenges; the records a person was shown are forgotten."""
         values = {"state": OrderState.QUEUED.value, "order_url": None, "error_message": None}
         with self._write() as conn:
+            # Kept, so a worker looking for an order its dead holder made at the CA
+            # (OrderRun._orphan) never takes this one back.
+            conn.execute(
+                update(orders)
+                .where(and_(orders.c.id == order_id, orders.c.order_url.is_not(None)))
+                .values(abandoned_url=orders.c.order_url)
+            )
             self._update_held(conn, order_id, owner, now, now + timedelta(minutes=2), values)
             conn.execute(delete(dns_records).where(dns_records.c.order_id == order_id))

@@ -388,16 +388,17 @@ class Repository(
         return self.get_order(order_id)
 
     def known_order_urls(self, urls: list[str]) -> set[str]:
-        """Those of `urls` an order here names."""
+        """Those of `urls` an order here names, or gave up (`cert verify --new-challenge`)."""
         if not urls:
             return set()
+        o = orders.c
         with self._read() as conn:
-            return {
-                str(r.order_url)
-                for r in conn.execute(
-                    select(orders.c.order_url).where(orders.c.order_url.in_(urls))
+            rows = conn.execute(
+                select(o.order_url, o.abandoned_url).where(
+                    or_(o.order_url.in_(urls), o.abandoned_url.in_(urls))
                 )
-            }
+            )
+            return {str(url) for row in rows for url in row if url in urls}
 
     def get_order(self, order_id: int) -> Order:
         with self._read() as conn:

@@ -163,6 +163,8 @@ orders = Table(
     Column("certificate_id", Integer, ForeignKey("certificates.id"), nullable=False),
     Column("state", String(20), nullable=False),
     Column("order_url", Text, nullable=True),
+    # The order URL a person gave up (`cert verify --new-challenge`), never resumed.
+    Column("abandoned_url", Text, nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
     Column("error", Text, nullable=True),
     Column("error_message", Text, nullable=True),
