@@ -17,6 +17,7 @@ REQUIRED=(
     "chromium:chromium"
     "nginx:nginx"
     "sshd:openssh-server"
+    "systemd-analyze:systemd"
 )
 # PowerDNS loads its SQLite backend from this module (package pdns-backend-sqlite3).
 GSQLITE3_GLOB="/usr/lib/*/pdns/libgsqlite3backend.so"
