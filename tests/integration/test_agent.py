@@ -238,8 +238,11 @@ def test_restarting_the_agent_and_the_broker_orders_and_installs_nothing_again(
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # the agent reconnects and says hello again
         time.sleep(0.5)
+    # The agent's pauses between tries double while the broker is away (up to 60 s, with
+    # jitter up to 1.5 times that): a slow restart of the broker can mean a long pause.
     wait_until("gw-b connected again", lambda: "connected to the broker" in
-               gw.log().rsplit("connecting again", 1)[-1], serve=site.serve)  # fmt: skip
+               gw.log().rsplit("connecting again", 1)[-1], serve=site.serve,
+               timeout=120)  # fmt: skip
     assert len(site.cli.json("cert", "show", str(cert_id))["attempts"]) == orders
     assert gw.path("reloads").read_text() == reloads
     assert gw.path("tls/www/fullchain.pem").stat().st_mtime_ns == mtime
