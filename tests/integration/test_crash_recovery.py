@@ -228,7 +228,7 @@ def test_serve_answers_http01_for_a_cli_on_the_same_store(cli: Cli) -> None:
     cli.register()
     serve = _serve(cli)
     try:
-        time.sleep(1.0)
+        _read_until(serve, "certbroker serving")  # its responder holds the port
         assert serve.poll() is None
         result = cli("cert", "request", "shared.example.com", "--wait")
         assert "answering HTTP-01" not in result.stderr
