@@ -113,15 +113,18 @@ class NotifyStore(StoreBase):
             )
             if not rows:
                 return []
-            newer = {
-                (r.names, r.id): r.not_after
-                for r in conn.execute(
-                    select(_C.id, _C.names, _C.not_after).where(
+            # The latest not-after of a valid certificate for each of these names.
+            latest: dict[str, datetime] = {
+                names: not_after
+                for names, not_after in conn.execute(
+                    select(_C.names, func.max(_C.not_after))
+                    .where(
                         and_(
                             _C.status == CertificateStatus.VALID.value,
                             _C.names.in_({r.names for r in rows}),
                         )
                     )
+                    .group_by(_C.names)
                 )
             }
             warned: dict[tuple[int, datetime], list[int]] = {}
@@ -133,11 +136,7 @@ class NotifyStore(StoreBase):
                 warned.setdefault((w.certificate_id, w.not_after), []).append(w.threshold)
         found = []
         for r in rows:
-            replaced = any(
-                names == r.names and other != r.id and not_after > r.not_after
-                for (names, other), not_after in newer.items()
-            )
-            if not replaced:
+            if latest[r.names] <= r.not_after:  # else a newer one replaced it
                 found.append(
                     ExpiryCandidate(
                         r.id,
