@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from certbroker.services.agents import AgentService
     from certbroker.services.audit import AuditService
     from certbroker.services.browsing import Browsing
+    from certbroker.services.budgets import BudgetService
     from certbroker.services.certificates import CertificateService
     from certbroker.services.clients import ClientService
     from certbroker.services.deploy import DeployService
@@ -183,6 +184,11 @@ class Broker:
         from certbroker.services.audit import AuditService
 
         return AuditService(self.ctx)
+
+    @property
+    def budgets(self) -> BudgetService:
+        """Rate-limit budgets per CA (the ones every order is counted against)."""
+        return self.issuance.budgets
 
     @cached_property
     def browsing(self) -> Browsing:

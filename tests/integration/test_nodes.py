@@ -277,3 +277,60 @@ def test_three_schedulers_renew_each_due_certificate_once_and_mail_once(
     assert [str(m["Subject"]) for _, m in smtp.mails()] == [
         "[certbroker] certificate 1 due-00.example.com expires in 2 day(s)"
     ]
+
+
+BUDGET, WINDOW, REQUESTED = 10, 20, 25  # orders, seconds, certificates
+
+
+def test_a_budget_of_ten_orders_keeps_the_rest_queued_on_every_node(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """25 requests through three nodes with a budget of 10 new orders per 20 s: Pebble
+    sees at most 10 in any 20 s, the other 15 wait in the queue (saying so) and go out as
+    the window opens, and every certificate is issued from its one order."""
+    set_it = cluster.cli("budget", "set", "main", "--orders-per-account", f"{BUDGET}/{WINDOW}s")
+    assert f"new orders per account {BUDGET}/{WINDOW}s" in set_it.stdout
+    key_file = tmp_path / "account.pem"
+    cluster.cli("account", "export-key", "main", "--out", str(key_file))
+    assert cluster.cli.pebble is not None
+    peek = cluster.cli.pebble, cluster.account_uri, key_file
+    orders_url = post_as_get(*peek, cluster.account_uri)["orders"]
+    for n in range(3):
+        cluster.start_node(n, tmp_path)
+    cluster.wait_up()
+
+    def valid() -> int:
+        return int(cluster.sql("SELECT count(*) FROM certificates WHERE status = 'valid'")[0][0])
+
+    first_seen: dict[str, float] = {}  # Pebble's orders, when this test first saw each
+    with ThreadPoolExecutor(5) as pool:
+        list(pool.map(lambda n: _request(cluster, n, [0, 1, 2]), range(REQUESTED)))
+    deadline = time.monotonic() + 6 * WINDOW + 60
+    while valid() < REQUESTED or len(first_seen) < REQUESTED:
+        for url in post_as_get(*peek, orders_url)["orders"]:
+            first_seen.setdefault(url, time.monotonic())
+        assert time.monotonic() < deadline, f"{valid()} of {REQUESTED} valid"
+        time.sleep(0.3)
+
+    # At most BUDGET orders reached the CA in any window (less the look's own delay).
+    seen = sorted(first_seen.values())
+    for i, start in enumerate(seen):
+        assert sum(1 for t in seen[i:] if t < start + WINDOW - 3) <= BUDGET, seen
+    # The other 15 waited in the queue, and said so, and none was refused or tried twice.
+    waited = cluster.sql(
+        "SELECT count(DISTINCT certificate_id) FROM events WHERE kind = 'held-back' "
+        "AND message LIKE 'rate-limit budget: account ''main''%'"
+    )[0][0]
+    assert waited >= REQUESTED - BUDGET
+    per_cert = cluster.sql("SELECT certificate_id, count(*), min(state) FROM orders "
+                           "GROUP BY certificate_id")  # fmt: skip
+    assert {(row[1], row[2]) for row in per_cert} == {(1, "valid")}
+    assert (
+        cluster.sql("SELECT count(*) FROM events WHERE kind IN ('failed', 'attempt-failed')")[0][0]
+        == 0
+    )
+    assert len(first_seen) == REQUESTED
+    # `budget show` tells what was used.
+    shown = json.loads(cluster.cli("budget", "show", "--json").stdout)
+    ours = next(ca for ca in shown["cas"] if ca["orders_per_account"] == f"{BUDGET}/{WINDOW}s")
+    assert [s["name"] for s in ours["scopes"] if s["scope"].startswith("account:")] == ["main"]

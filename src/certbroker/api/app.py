@@ -16,6 +16,7 @@ from certbroker.api import (
     agent,
     agent_poll,
     audit,
+    budgets,
     certificates,
     devices,
     health,
@@ -68,6 +69,7 @@ def create_app(broker: Broker, workers_problems: Callable[[], list[str]] | None 
     app.include_router(webhooks.router, prefix=API)
     app.include_router(audit.router, prefix=API)
     app.include_router(notify.router, prefix=API)
+    app.include_router(budgets.router, prefix=API)
     app.include_router(trust.router)
     app.include_router(health.router)
     _bearer_in_openapi(app)

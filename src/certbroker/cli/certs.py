@@ -334,7 +334,10 @@ def _print_details(data: dict[str, Any]) -> None:
         if attempt["order_url"]:
             line += f" {attempt['order_url']}"
         console.print(escape(line))
-        if attempt["error"]:
+        if attempt["error"] and attempt.get("next_run_at"):  # queued: why it waits
+            waits = f"waits until {_when(attempt['next_run_at'])}"
+            console.print(f"    [yellow]{escape(waits)}:[/] {escape(attempt['error'])}")
+        elif attempt["error"]:
             console.print(f"    [red]error:[/] {escape(attempt['error'])}")
         problem = attempt.get("problem")
         if problem:

@@ -42,6 +42,10 @@ class Commands(LazyGroup):
         "cert": Lazy(
             "certbroker.cli.certs:app", "Certificates: request, list, show, export, revoke, delete."
         ),
+        "budget": Lazy(
+            "certbroker.cli.budgets_cmd:app",
+            "Rate-limit budgets per CA: show what is used, set them (orders held, not refused).",
+        ),
         "dns": Lazy(
             "certbroker.cli.dns_cmd:app",
             "DNS accounts for dns-01: add, list, show, test, delete; default zones.",

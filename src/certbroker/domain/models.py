@@ -280,6 +280,10 @@ class Order:
             "updated_at": self.updated_at.isoformat(),
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            # A queued order's next turn (a retry, or held back by a rate-limit budget).
+            "next_run_at": (
+                self.next_run_at.isoformat() if self.next_run_at and self.state.active else None
+            ),
             "error": self.error_message,
             "problem": self.error.to_json() if self.error else None,
         }

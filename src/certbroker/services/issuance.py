@@ -40,6 +40,7 @@ from certbroker.domain.models import (
 from certbroker.domain.renewal import emergency_point
 from certbroker.domain.retry import heals_by_itself, next_try, what_a_person_must_change
 from certbroker.ports import ChallengeSolver, Progress
+from certbroker.services.budgets import BudgetService
 from certbroker.services.common import ServiceContext, no_progress
 from certbroker.services.leases import Leases, lease
 from certbroker.services.order_run import HeldBack, OrderRun, RunContext
@@ -85,6 +86,7 @@ class IssuanceService:
         self.order_timeout = order_timeout
         self.retry_attempts = retry_attempts
         self.validation_cap = validation_cap  # failed validations per name and hour
+        self.budgets = BudgetService(ctx)
         self.sleep = sleep
 
     def _run_context(self) -> RunContext:
@@ -99,6 +101,7 @@ class IssuanceService:
             order_timeout=self.order_timeout,
             retry_attempts=self.retry_attempts,
             validation_cap=self.validation_cap,
+            budgets=self.budgets,
         )
 
     @contextlib.contextmanager
@@ -166,12 +169,24 @@ class IssuanceService:
                 self.repo.hold(order_id, owner, self.ctx.clock(), exc.until, str(exc))
             return RunResult(Outcome.RETRY, self.repo.get_order(order_id), str(exc))
         except TransientError as exc:
+            if exc.problem is not None and exc.problem.code == "rateLimited":
+                self._rate_limited(order, exc)
             return self._transient(order_id, owner, exc)
         except (PermanentError, CAError) as exc:
             message = self._explain(exc, order)
             self._fail(order_id, owner, message, exc.problem)
             return RunResult(Outcome.FAILED, self.repo.get_order(order_id), message)
         return RunResult(Outcome.ISSUED, self.repo.get_order(order_id))
+
+    def _rate_limited(self, order: Order, exc: TransientError) -> None:
+        """The CA's rateLimited holds what it names on every node, not only this order."""
+        assert exc.problem is not None
+        cert = self.repo.get_certificate(order.certificate_id)
+        account = self.repo.get_account(order.account_id or cert.account_id)
+        try:
+            self.budgets.rate_limited(account, cert, exc.problem, exc.retry_after)
+        except Exception:  # the order's own retry waits for the CA either way
+            log.exception("order %d: recording the CA's rate limit failed", order.id)
 
     def _explain(self, exc: CAError, order: Order) -> str:
         """The CA's error, and what fixes it where certbroker knows."""

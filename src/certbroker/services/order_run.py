@@ -58,6 +58,7 @@ from certbroker.ports import (
     PendingChallenge,
     Progress,
 )
+from certbroker.services.budgets import BudgetService
 from certbroker.services.common import Clock, fault
 from certbroker.services.leases import lease
 from certbroker.services.planning import RenewalPlanner
@@ -91,6 +92,7 @@ class RunContext:
     order_timeout: float  # seconds the CA may take to validate or issue
     retry_attempts: int  # attempts an order gets, counted across resumes
     validation_cap: int  # failed validations per name and hour before we hold back
+    budgets: BudgetService  # rate-limit budgets: count new orders, or say to wait
 
 
 def split_chain(fullchain: str) -> tuple[str, str]:
@@ -262,6 +264,9 @@ class OrderRun:
         return None
 
     def _new_order(self) -> OrderInfo:
+        wait = self.run.budgets.spend(self.account, self.cert, self.order)
+        if wait is not None:
+            raise HeldBack(wait.until, wait.message)
         self.progress(f"ordering {', '.join(self.cert.names)}")
         replaces = self.run.planner.replaces(self.ca, self.cert, self.order)
         info = self.ca.new_order(self.cert.names, replaces=replaces, profile=self.cert.profile)

@@ -38,6 +38,7 @@ from certbroker.domain.models import (
 from certbroker.store.access import AccessStore, mark_idempotent_work
 from certbroker.store.agents import AgentStore
 from certbroker.store.audit import AuditStore
+from certbroker.store.budgets import BudgetStore
 from certbroker.store.clients import ClientStore
 from certbroker.store.dns import DnsStore
 from certbroker.store.events import add_event
@@ -110,6 +111,7 @@ class Repository(
     NotifyStore,
     AuditStore,
     WebhookStore,
+    BudgetStore,
 ):
     """Typed storage; renewal, history and arrival of certificates in store/renewals.py."""
 

@@ -639,3 +639,26 @@ webhook_deliveries = Table(
     Index("ix_webhook_deliveries_due", "state", "next_try_at"),
     Index("ix_webhook_deliveries_webhook", "webhook_id", "id"),
 )
+
+# Rate-limit budgets (migration 0025): one row per new order sent to a CA for each scope it
+# counts against ("account:ID", "domain:example.com"), and the CA's own word (a rateLimited
+# answer's Retry-After) holding a scope until a time.
+budget_spends = Table(
+    "budget_spends",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ca", String(300), nullable=False),  # the CA's directory URL
+    Column("scope", String(300), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("order_id", Integer, nullable=True),
+    Index("ix_budget_spends_scope", "ca", "scope", "at"),
+)
+
+budget_blocks = Table(
+    "budget_blocks",
+    metadata,
+    Column("ca", String(300), primary_key=True),
+    Column("scope", String(300), primary_key=True),
+    Column("until", UTCDateTime, nullable=False),
+    Column("reason", Text, nullable=False),
+)
