@@ -9,7 +9,7 @@ import base64
 import json
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from tests.conftest import Cli, make_cli
+from tests.support.acme_peek import CaOrders
 from tests.support.pebble import PebbleServer
 from tests.support.serve import api_url, start_api, stop_serve, wait_until
 
@@ -33,6 +34,7 @@ class Site:
     cli: Cli
     serve: subprocess.Popen[str]
     tokens: dict[str, str]
+    _orders: CaOrders | None = field(default=None, init=False, repr=False)
 
     def as_(self, who: str) -> httpx.Client:
         return httpx.Client(
@@ -44,6 +46,14 @@ class Site:
 
     def certificates(self) -> int:
         return len(self.cli.json("cert", "list"))
+
+    def ca_orders(self) -> int:
+        """How many orders the broker's account ("main") has at Pebble, asked of Pebble
+        (those Pebble lists: all but the invalid ones)."""
+        if self._orders is None:
+            key_file = self.cli.data_dir.parent / "main-account-key.pem"
+            self._orders = CaOrders.of(self.cli, key_file)
+        return self._orders.count()
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +83,22 @@ def make_csr(key: Any, names: list[str]) -> str:
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([]))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=True)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+
+
+def with_an_ip_address(key: Any) -> str:
+    """A CSR naming an IP address beside a DNS name: the CA would refuse the CSR after the
+    order was made, so it is refused first."""
+    import ipaddress
+
+    names = [x509.DNSName("ip.dev.example.com"), x509.IPAddress(ipaddress.ip_address("192.0.2.7"))]
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .sign(key, hashes.SHA256())
         .public_bytes(serialization.Encoding.PEM)
         .decode()
@@ -127,6 +153,8 @@ def test_a_device_gets_a_chain_for_its_own_key(site: Site) -> None:
 
 
 def test_names_off_the_list_and_bad_csrs_are_refused_before_any_order(site: Site) -> None:
+    """Each refused with its reason, and Pebble sees no order for any of them; a good
+    CSR sent last, as base64 DER, is ordered and issued (and shows the count moves)."""
     key = ec.generate_private_key(ec.SECP256R1())
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
     broken = bytearray(
@@ -144,15 +172,88 @@ def test_names_off_the_list_and_bad_csrs_are_refused_before_any_order(site: Site
         (base64.b64encode(bytes(broken)).decode(), 422, "signature does not verify"),
         (make_csr(key, [f"n{i}.dev.example.com" for i in range(101)]), 422, "101 names"),
         (make_csr(key, ["*.dev.example.com"]), 422, "wildcard"),
+        (make_csr(key, ["ok.dev.example.com", "bad_name!.dev.example.com"]), 422,
+         "'bad_name!' in 'bad_name!.dev.example.com' contains an underscore"),
+        (with_an_ip_address(key), 422, "IPAddress entries; only DNS names"),
     ]  # fmt: skip
-    before = site.certificates()
+    before, ordered = site.certificates(), site.ca_orders()
     with site.as_("gw") as gw:
         for csr, status, words in cases:
             answer = gw.post("/api/v1/csr", json={"csr": csr})
             assert answer.status_code == status, (words, answer.text)
             assert answer.headers["content-type"] == "application/problem+json"
             assert words in answer.json()["detail"], (words, answer.json())
-    assert site.certificates() == before  # nothing stored, so nothing ordered
+        assert site.certificates() == before  # nothing stored ...
+        assert site.ca_orders() == ordered  # ... and nothing ordered at the CA
+
+        # A good CSR as base64 DER (no PEM armour): issued for the device's key. Being
+        # queued after the refused ones, it also shows none of them was ordered late.
+        device = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        der = x509.load_pem_x509_csr(make_csr(device, ["der.dev.example.com"]).encode())
+        posted = gw.post("/api/v1/csr", json={
+            "csr": base64.b64encode(der.public_bytes(serialization.Encoding.DER)).decode()
+        })  # fmt: skip
+        assert posted.status_code == 202, posted.text
+        req_id = posted.json()["id"]
+
+        def state() -> dict[str, Any]:
+            answer: dict[str, Any] = gw.get(f"/api/v1/csr/{req_id}").json()
+            return answer
+
+        wait_until("the DER CSR's certificate", lambda: state()["state"] == "valid",
+                   serve=site.serve)  # fmt: skip
+        leaf = x509.load_pem_x509_certificates(state()["chain"].encode())[0]
+    assert spki(leaf.public_key()) == spki(device.public_key())
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["der.dev.example.com"]
+    assert site.certificates() == before + 1
+    assert site.ca_orders() == ordered + 1  # the DER one's, and that one only
+
+
+def test_extensions_a_csr_requests_are_not_granted(site: Site) -> None:
+    """A device asking to be a CA (basicConstraints CA:TRUE, keyCertSign) gets a plain
+    leaf: the broker takes only the names and the key, and the CA (Pebble here) builds
+    the certificate from its own profile."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    signs_certificates = x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+        encipher_only=False, decipher_only=False,
+    )  # fmt: skip
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("ca.dev.example.com")]),
+                       critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(signs_certificates, critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    with site.as_("gw") as gw:
+        posted = gw.post(
+            "/api/v1/csr", json={"csr": csr.public_bytes(serialization.Encoding.PEM).decode()}
+        )
+        assert posted.status_code == 202, posted.text
+        req_id = posted.json()["id"]
+
+        def state() -> dict[str, Any]:
+            answer: dict[str, Any] = gw.get(f"/api/v1/csr/{req_id}").json()
+            return answer
+
+        wait_until("the certificate", lambda: state()["state"] == "valid", serve=site.serve)
+        leaf = x509.load_pem_x509_certificates(state()["chain"].encode())[0]
+    assert spki(leaf.public_key()) == spki(key.public_key())
+    constraints = extension(leaf, x509.BasicConstraints)
+    assert constraints is None or constraints.ca is False  # absent: not a CA either
+    usage = extension(leaf, x509.KeyUsage)
+    assert usage is None or not (usage.key_cert_sign or usage.crl_sign)
+
+
+def extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> Any:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
 
 
 def test_a_disabled_client_is_refused(site: Site) -> None:
@@ -173,7 +274,7 @@ def test_names_off_the_list_wait_for_an_admin_where_the_policy_says_approve(
     site: Site,
 ) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    before = site.certificates()
+    before, ordered = site.certificates(), site.ca_orders()
     with site.as_("asks") as asks, site.as_("admin") as admin, site.as_("operator") as operator:
         first = asks.post(
             "/api/v1/csr", json={"csr": make_csr(key, ["kiosk.elsewhere.example.com"])}
@@ -184,7 +285,8 @@ def test_names_off_the_list_wait_for_an_admin_where_the_policy_says_approve(
         for answer in (first, second):
             assert answer.status_code == 202, answer.text
             assert answer.json()["state"] == "awaiting-approval"
-        assert site.certificates() == before  # nothing ordered while it waits
+        assert site.certificates() == before  # nothing stored ...
+        assert site.ca_orders() == ordered  # ... nor ordered while they wait
 
         waiting = site.cli.json("approvals", "list")
         assert [w["names"] for w in waiting] == [
@@ -194,26 +296,34 @@ def test_names_off_the_list_wait_for_an_admin_where_the_policy_says_approve(
         assert operator.get("/api/v1/approvals").status_code == 403  # an admin decides
         assert len(admin.get("/api/v1/approvals").json()) == 2
 
-        site.cli("approvals", "approve", str(first.json()["id"]))
-        denied = admin.post(
-            f"/api/v1/approvals/{second.json()['id']}/deny", json={"reason": "not ours"}
-        )
-        assert denied.status_code == 200 and denied.json()["state"] == "denied"
-
-        def approved_state() -> str:
-            return str(asks.get(f"/api/v1/csr/{first.json()['id']}").json()["state"])
-
-        wait_until("the approved certificate", lambda: approved_state() == "valid",
-                   serve=site.serve)  # fmt: skip
+        # One denied on the CLI, the other approved through the API.
+        site.cli("approvals", "deny", str(second.json()["id"]), "--reason", "not ours")
         shown = asks.get(f"/api/v1/csr/{second.json()['id']}").json()
         assert shown["state"] == "denied" and shown["reason"] == "not ours"
+        approved = admin.post(f"/api/v1/approvals/{first.json()['id']}/approve")
+        assert approved.status_code == 200, approved.text
+        assert approved.json()["state"] in ("pending", "valid")
+
+        def approved_state() -> dict[str, Any]:
+            answer: dict[str, Any] = asks.get(f"/api/v1/csr/{first.json()['id']}").json()
+            return answer
+
+        wait_until("the approved certificate", lambda: approved_state()["state"] == "valid",
+                   serve=site.serve)  # fmt: skip
+        leaf = x509.load_pem_x509_certificates(approved_state()["chain"].encode())[0]
+        assert spki(leaf.public_key()) == spki(key.public_key())
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sans.get_values_for_type(x509.DNSName) == ["kiosk.elsewhere.example.com"]
         # A denial is final; so is an approval.
-        again = site.cli("approvals", "approve", str(second.json()["id"]), check=False)
-        assert again.returncode == 2 and "decided already (denied)" in again.stderr
-        twice = admin.post(f"/api/v1/approvals/{first.json()['id']}/approve")
-        assert twice.status_code == 422 and "decided already (accepted)" in twice.text
+        again = admin.post(f"/api/v1/approvals/{second.json()['id']}/approve")
+        assert again.status_code == 422 and "decided already (denied)" in again.text
+        twice = site.cli("approvals", "deny", str(first.json()["id"]), "--reason", "late",
+                         check=False)  # fmt: skip
+        assert twice.returncode == 2 and "decided already (accepted)" in twice.stderr
+        assert asks.get(f"/api/v1/csr/{first.json()['id']}").json()["state"] == "valid"
         assert site.cli.json("approvals", "list") == []
-    assert site.certificates() == before + 1  # the approved one only
+    assert site.certificates() == before + 1  # the approved one only ...
+    assert site.ca_orders() == ordered + 1  # ... and one order for it at the CA
 
 
 def test_a_device_holds_one_websocket_and_is_pushed_its_chain(site: Site) -> None:
@@ -225,7 +335,7 @@ def test_a_device_holds_one_websocket_and_is_pushed_its_chain(site: Site) -> Non
         connect(url, additional_headers={"Authorization": "Bearer cbc_not-a-token"})
     assert refused.value.response.status_code == 403
     key = ec.generate_private_key(ec.SECP384R1())
-    before = site.certificates()
+    before, ordered = site.certificates(), site.ca_orders()
     with connect(
         url, additional_headers={"Authorization": f"Bearer {site.tokens['gw']}"},
         open_timeout=10,
@@ -238,6 +348,7 @@ def test_a_device_holds_one_websocket_and_is_pushed_its_chain(site: Site) -> Non
         socket.send(b"\x00binary")
         assert json.loads(socket.recv(timeout=30))["error"]["status"] == 400
         assert site.certificates() == before
+        assert site.ca_orders() == ordered  # the refused one was not ordered
 
         socket.send(json.dumps({"csr": make_csr(key, ["ws.dev.example.com"])}))
         states = []
@@ -246,6 +357,7 @@ def test_a_device_holds_one_websocket_and_is_pushed_its_chain(site: Site) -> Non
     assert states[0]["state"] == "pending" and states[-1]["state"] == "valid"
     leaf = x509.load_pem_x509_certificates(states[-1]["chain"].encode())[0]
     assert spki(leaf.public_key()) == spki(key.public_key())
+    assert site.ca_orders() == ordered + 1  # the accepted one's only
 
 
 def test_admins_manage_clients_through_the_api(site: Site) -> None:
@@ -258,6 +370,11 @@ def test_admins_manage_clients_through_the_api(site: Site) -> None:
         token = made.json()["token"]
         assert token.startswith("cbc_")
         assert all("token" not in c for c in admin.get("/api/v1/clients").json())
+        shown = admin.get("/api/v1/clients/lb1")
+        assert shown.status_code == 200, shown.text
+        assert shown.json()["name"] == "lb1" and shown.json()["allow"] == ["lb1.example.org"]
+        assert "token" not in shown.json() and token not in shown.text
+        assert operator.get("/api/v1/clients/lb1").status_code == 403
 
         def post_csr(secret: str, name: str) -> httpx.Response:
             return httpx.post(

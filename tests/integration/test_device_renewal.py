@@ -169,7 +169,16 @@ def test_the_scheduler_leaves_the_device_to_renew_and_tells_it_when(site: Site) 
 
     url = api_url(site.cli).replace("http://", "ws://") + "/api/v1/csr/ws"
     headers = {"Authorization": f"Bearer {site.tokens['gw']}"}
-    with connect(url, additional_headers=headers, open_timeout=10) as socket:
+    theirs = {"Authorization": f"Bearer {site.tokens['other']}"}
+    with (
+        connect(url, additional_headers=headers, open_timeout=10) as socket,
+        connect(url, additional_headers=theirs, open_timeout=10) as bystander,
+    ):
+        # Another client's socket, open all along, is told nothing of gw's: it looks for
+        # due renewals on connecting, before it reads, so an answer to its own message
+        # comes after anything it were told.
+        bystander.send("not json")
+        assert json.loads(bystander.recv(timeout=30))["error"]["status"] == 400
         told = json.loads(socket.recv(timeout=30))
         assert told["renew"]["certificate_id"] == mine["certificate_id"]
         assert told["renew"]["names"] == ["r2.dev.example.com"]
@@ -178,6 +187,9 @@ def test_the_scheduler_leaves_the_device_to_renew_and_tells_it_when(site: Site) 
         states = [json.loads(socket.recv(timeout=120))]
         while states[-1]["state"] not in ("valid", "failed"):
             states.append(json.loads(socket.recv(timeout=120)))
+        # ... nor any of the states gw's socket was sent meanwhile.
+        bystander.send("not json")
+        assert json.loads(bystander.recv(timeout=30))["error"]["status"] == 400
     assert states[0]["state"] == "pending" and states[-1]["state"] == "valid"
     assert states[-1]["certificate_id"] == mine["certificate_id"]
     assert spki(leaf_of(states[-1]).public_key()) == spki(fresh.public_key())
@@ -205,15 +217,22 @@ def test_a_client_orders_with_its_own_account(site: Site) -> None:
 
 def test_a_client_sees_only_its_own_certificates_and_requests(site: Site) -> None:
     ours = obtain(site, "gw", new_key(), ["mine.dev.example.com"])
-    theirs = obtain(site, "other", new_key(), ["theirs.dev.example.com"])
+    # Another client's CSR for the very names gw has a certificate for: a certificate
+    # of its own, not a renewal of gw's.
+    theirs = obtain(site, "other", new_key(), ["mine.dev.example.com"])
+    assert theirs["certificate_id"] != ours["certificate_id"]
+    assert theirs["serial"] != ours["serial"]
     with site.as_("gw") as gw, site.as_("other") as other:
         listed = gw.get("/api/v1/client/certificates").json()
         ids = [c["certificate_id"] for c in listed]
         assert ours["certificate_id"] in ids and theirs["certificate_id"] not in ids
         assert all("chain" not in c or c["chain"] is None for c in listed)
         one = gw.get(f"/api/v1/client/certificates/{ours['certificate_id']}")
-        assert one.status_code == 200 and one.json()["serial"] == ours["serial"]
+        assert one.status_code == 200 and one.json()["serial"] == ours["serial"]  # unchanged
         assert leaf_of(one.json()).serial_number == leaf_of(ours).serial_number
+        assert gw.get(f"/api/v1/csr/{ours['id']}").json()["state"] == "valid"  # not superseded
+        their_ids = [c["certificate_id"] for c in other.get("/api/v1/client/certificates").json()]
+        assert theirs["certificate_id"] in their_ids and ours["certificate_id"] not in their_ids
         assert gw.get(f"/api/v1/client/certificates/{theirs['certificate_id']}").status_code == 404
         assert other.get(f"/api/v1/csr/{ours['id']}").status_code == 404
         assert ours["id"] not in [r["id"] for r in other.get("/api/v1/csr").json()]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from acme import client, messages
@@ -11,6 +12,9 @@ from acme import client, messages
 from certbroker.crypto.jwk import jwk_for
 from certbroker.crypto.keys import load_private_key
 from tests.support.pebble import PebbleServer
+
+if TYPE_CHECKING:
+    from tests.conftest import Cli
 
 
 def post_as_get(pebble: PebbleServer, account_uri: str, key_file: Path, url: str) -> Any:
@@ -39,3 +43,58 @@ def deactivate_authorizations(
         net.post(url, messages.UpdateAuthorization(status=messages.STATUS_DEACTIVATED),
                  new_nonce_url=nonce)  # fmt: skip
     return len(order["authorizations"])
+
+
+@dataclass
+class CaOrders:
+    """The orders one of the broker's accounts has at Pebble, as Pebble lists them (its
+    `orders` URL, RFC 8555 7.1.2.1): to check that something was, or was not, ordered."""
+
+    pebble: PebbleServer
+    account_uri: str
+    key_file: Path
+
+    @classmethod
+    def of(cls, cli: Cli, key_file: Path, account: str = "main") -> CaOrders:
+        """Export the account's key (`account export-key`) and find its URI."""
+        assert cli.pebble is not None
+        cli("account", "export-key", account, "--out", str(key_file))
+        [uri] = [a["uri"] for a in cli.json("account", "list") if a["name"] == account]
+        return cls(cli.pebble, uri, key_file)
+
+    def urls(self) -> list[str]:
+        """Every order's URL, oldest first, across all pages (Pebble shows 3 a page by
+        default and links the next with `Link: rel="next"`). Pebble leaves out the
+        orders that are invalid (failed validation, or expired) when it lists them."""
+        key = load_private_key(self.key_file.read_bytes())
+        jwk, alg = jwk_for(key)
+        net = client.ClientNetwork(key=jwk, alg=alg, verify_ssl=str(self.pebble.ca_bundle))  # type: ignore[arg-type]
+        net.account = messages.RegistrationResource(
+            uri=self.account_uri, body=messages.Registration()
+        )
+        directory = requests.get(
+            self.pebble.directory_url, verify=str(self.pebble.ca_bundle), timeout=10
+        ).json()
+
+        def post(url: str) -> requests.Response:
+            for _ in range(5):  # Pebble rejects 5 % of good nonces; acme retries once only
+                try:
+                    return net.post(url, None, new_nonce_url=directory["newNonce"])
+                except messages.Error as error:
+                    if error.code != "badNonce":
+                        raise
+            raise AssertionError(f"Pebble refused five nonces in a row for {url}")
+
+        found: list[str] = []
+        url: str | None = post(self.account_uri).json()["orders"]  # the account's list
+        seen: set[str] = set()
+        while url is not None:
+            assert url not in seen, f"Pebble's order pages loop at {url}"
+            seen.add(url)
+            page = post(url)
+            found += page.json()["orders"]
+            url = page.links.get("next", {}).get("url")
+        return found
+
+    def count(self) -> int:
+        return len(self.urls())

@@ -39,7 +39,7 @@ def test_names_and_the_public_key_are_taken_and_requested_extensions_ignored() -
     made = csr(
         key,
         ["gw1.example.com", "GW1.example.com", "alt.example.com"],
-        cn="ignored",
+        cn="gw1.example.com",
         extra=x509.BasicConstraints(ca=True, path_length=None),  # asks to be a CA: ignored
     )
     pem = made.public_bytes(serialization.Encoding.PEM)
@@ -98,3 +98,32 @@ def test_a_broken_signature_garbage_and_too_many_names_are_refused() -> None:
         read_device_csr(csr(key, names).public_bytes(serialization.Encoding.PEM))
     with pytest.raises(UsageError, match="names no DNS name"):
         read_device_csr(csr(key, []).public_bytes(serialization.Encoding.PEM))
+
+
+def test_names_the_ca_would_refuse_to_match_are_refused_here() -> None:
+    """The CSR goes to the CA as the device signed it, so an entry the order cannot hold
+    (an IP address, an e-mail) or a common name outside the DNS names would fail at the
+    CA after an order was made; they are refused before anything is stored."""
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    with_ip = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("gw1.example.com"), x509.IPAddress(ipaddress.ip_address("192.0.2.7"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    with pytest.raises(UsageError, match="IPAddress entries; only DNS names"):
+        read_device_csr(with_ip.public_bytes(serialization.Encoding.PEM))
+    stray_cn = csr(key, ["gw1.example.com"], cn="other.example.com")
+    with pytest.raises(UsageError, match=r"common name 'other\.example\.com' is not among"):
+        read_device_csr(stray_cn.public_bytes(serialization.Encoding.PEM))
+    fine = read_device_csr(
+        csr(key, ["gw1.example.com"], cn="GW1.example.com").public_bytes(serialization.Encoding.PEM)
+    )
+    assert fine.names == ["gw1.example.com"]

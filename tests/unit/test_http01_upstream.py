@@ -281,6 +281,25 @@ def test_a_dead_upstream_gives_502() -> None:
         server.stop()
 
 
+def test_an_upstream_that_never_accepts_gives_502() -> None:
+    """Its accept queue is full (backlog 0, one connection waiting, never accepted), so
+    a further connect hangs in the SYN stage: only the connect timeout ends it."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            server = bind_responder(
+                "127.0.0.1", 0, _lookup({}),
+                upstream=Upstream("127.0.0.1", port, connect_timeout=0.2, read_timeout=60),
+            ).start()  # fmt: skip
+            try:
+                status, _, _, body = _ask(server.port, "GET", "/.well-known/acme-challenge/x")
+                assert (status, body) == (502, b"upstream unreachable\n")
+            finally:
+                server.stop()
+
+
 def test_a_slow_upstream_gives_504(broker: Responder, upstream: UpstreamServer) -> None:
     status, _, _, body = _ask(broker.port, "GET", "/slow")
     assert (status, body) == (504, b"upstream timed out\n")

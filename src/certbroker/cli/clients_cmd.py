@@ -83,8 +83,9 @@ def add(
     account: Account = None,
     renewal: RenewalOption = None,
 ) -> None:
-    """Add a client. Its token is printed once, alone on the last line; only a hash of it
-    is kept."""
+    """Add a client; its token is printed once, alone on the last line.
+
+    Only a hash of the token is kept: a lost token is replaced with `rotate-token`."""
     from certbroker.domain.clients import ClientPolicy, Renewal
 
     state: State = ctx.obj
@@ -216,8 +217,9 @@ def set_(
 
 @app.command("rotate-token")
 def rotate_token(ctx: typer.Context, name: Name) -> None:
-    """Give a client a new token; the old one stops working at once. The new token is
-    printed once, alone on the last line."""
+    """Give a client a new token; the old one stops working at once.
+
+    The new token is printed once, alone on the last line."""
     state: State = ctx.obj
     client, secret = state.broker.clients.rotate_token(name)
     say(f"client {client.name}: new token (the old one no longer works):")

@@ -79,12 +79,26 @@ def _names(csr: x509.CertificateSigningRequest) -> list[str]:
     try:
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         found = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+        others = [n for n in san if not isinstance(n, x509.DNSName)]
     except x509.ExtensionNotFound:
-        found = []
+        found, others = [], []
     except ValueError:
         raise UsageError("csr: its extensions cannot be read") from None
+    if others:
+        # The CSR goes to the CA as signed: a name the order does not hold fails there.
+        kinds = sorted({type(n).__name__ for n in others})
+        raise UsageError(
+            f"csr: its subjectAltName holds {', '.join(kinds)} entries; only DNS names can "
+            "be certified here: make the CSR again with DNS names alone"
+        )
+    common = [str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if not found:  # an old-style CSR: the common name alone
-        found = [str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        found = common
+    elif any(c.lower() not in [f.lower() for f in found] for c in common):
+        raise UsageError(
+            f"csr: its common name {common[0]!r} is not among its subjectAltName DNS names; "
+            "the CA would refuse it: add it to the subjectAltName, or leave the common name out"
+        )
     unique: list[str] = []
     for name in found:
         if name.lower() not in [u.lower() for u in unique]:
