@@ -8,6 +8,7 @@ issuance machinery (docs/benchmarks.md, start-up).
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certbroker.domain.dns import RFC2136, DnsAccountConfig, parse_servers
+from certbroker.domain.errors import UsageError
 from certbroker.domain.models import ChallengeType
 from certbroker.ports import (
     CertificateAuthority,
@@ -374,6 +376,62 @@ def store_schema(settings: Settings, *, upgrade: bool) -> tuple[str | None, str,
         return current_revision(engine), HEAD_REVISION, where
     finally:
         engine.dispose()
+
+
+def store_url(given: str) -> str:
+    """A database URL as `db copy` takes it: a URL, or the path of a SQLite file."""
+    if "://" in given:
+        return given
+    return f"sqlite:///{Path(given).expanduser().resolve()}"
+
+
+def copy_store(
+    source_url: str, target_url: str, progress: Callable[[str], None] = lambda _: None
+) -> tuple[dict[str, int], str, str]:
+    """`certbroker db copy`: every row of one store into another, empty one (made or
+    brought to this schema first). Returns the rows per table and both places."""
+    from certbroker.store.copy import copy_store as copy_rows
+    from certbroker.store.copy import where
+
+    source, target = make_engine(store_url(source_url)), make_engine(store_url(target_url))
+    try:
+        if where(source) == where(target):
+            raise UsageError("--from and --to name the same store")
+        return copy_rows(source, target, progress), where(source), where(target)
+    finally:
+        source.dispose()
+        target.dispose()
+
+
+def backup_store(settings: Settings, out: Path) -> dict[str, int]:
+    """`certbroker backup`: the configured store, as one consistent snapshot, into a new
+    SQLite file (mode 0600; secrets stay sealed under the same master key)."""
+    out = out.expanduser().resolve()
+    if out.exists() or Path(f"{out}-wal").exists():
+        raise UsageError(f"{out} exists already; backup writes a new file, choose another --out")
+    if not out.parent.is_dir():
+        raise UsageError(f"{out.parent} is not a directory; create it first")
+    umask = os.umask(0o077)  # the file and SQLite's companions: the owner's alone
+    try:
+        counts, _, _ = copy_store(settings.effective_database_url, str(out))
+    except BaseException:
+        for leftover in (out, Path(f"{out}-wal"), Path(f"{out}-shm")):
+            leftover.unlink(missing_ok=True)
+        raise
+    finally:
+        os.umask(umask)
+        Path(f"{out}-writelock").unlink(missing_ok=True)
+    return counts
+
+
+def restore_store(settings: Settings, backup: Path) -> dict[str, int]:
+    """`certbroker restore`: a backup file into the configured store, which must be empty."""
+    backup = backup.expanduser().resolve()
+    if not backup.is_file():
+        raise UsageError(f"{backup} is not a file; give the file `certbroker backup` wrote")
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    counts, _, _ = copy_store(str(backup), settings.effective_database_url)
+    return counts
 
 
 def build(settings: Settings) -> Broker:

@@ -46,6 +46,8 @@ TOP_LEVEL = [
     "token",
     "config",
     "db",
+    "backup",
+    "restore",
     "log-level",
 ]
 COMMAND_MODULES = [

@@ -56,7 +56,7 @@ class Commands(LazyGroup):
         ),
         "alarms": Lazy(
             "certbroker.cli.events_cmd:alarms_app",
-            "Active alarms: certificates whose issuance or renewal keeps failing.",
+            "Active alarms: failing certificates, push targets and gateway agents.",
         ),
         "notify": Lazy(
             "certbroker.cli.notify_cmd:app",
@@ -100,7 +100,18 @@ class Commands(LazyGroup):
             "API tokens for scripts and tools: create, list, revoke.",
         ),
         "config": Lazy("certbroker.cli.config_cmd:app", "Show the effective configuration."),
-        "db": Lazy("certbroker.cli.db_cmd:app", "The store's schema: status, upgrade."),
+        "db": Lazy(
+            "certbroker.cli.db_cmd:app",
+            "The store: schema status, upgrade; copy into an empty store.",
+        ),
+        "backup": Lazy(
+            "certbroker.cli.db_cmd:backup",
+            "Back up the store into a new SQLite file, consistent while `serve` runs on it.",
+        ),
+        "restore": Lazy(
+            "certbroker.cli.db_cmd:restore",
+            "Restore a backup into the configured store, which must be empty.",
+        ),
         "log-level": Lazy(
             "certbroker.cli.log_level:log_level",
             "Show each component's log level, or change one at runtime.",
@@ -169,7 +180,9 @@ def serve(ctx: typer.Context) -> None:
 
     Ctrl-C or SIGTERM stops it. The API and console listen on CERTBROKER_LISTEN
     (default 127.0.0.1:8080). On the first start, user `admin` is made with
-    CERTBROKER_ADMIN_PASSWORD, or a generated password printed once."""
+    CERTBROKER_ADMIN_PASSWORD, or a generated password printed once. With
+    CERTBROKER_HTTP01_UPSTREAM=http://host:port the HTTP-01 responder forwards what it
+    does not answer to that web server (docs/reverse-proxy.md)."""
     from certbroker.cli.serve import run_serve
 
     run_serve(ctx.obj)
