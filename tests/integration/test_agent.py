@@ -7,6 +7,11 @@ each gateway's names live on: 127.0.0.2 for gw-a's, 127.0.0.3 for gw-b's."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pwd
+import re
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -19,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from certbroker.crypto.keys import key_matches_certificate, load_private_key
 from tests.conftest import Cli, make_cli
@@ -30,6 +36,9 @@ from tests.support.serve import api_url, start_api, stop_serve, wait_until
 
 ADDRESSES = {"gw-a": "127.0.0.2", "gw-b": "127.0.0.3"}
 ZONES = {"gw-a": "a.example.com", "gw-b": "b.example.com"}
+P12_PASSWORD = "shared-p12-secret"
+# As root, the agent gives the shared certificate's files to another user.
+OWNER = "nobody" if os.geteuid() == 0 else None
 
 
 @dataclass
@@ -129,6 +138,11 @@ def site(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleServer) -> Iter
 names = ["shared.{zone}"]
 cert_path = "tls/shared/fullchain.pem"
 key_path = "tls/shared/privkey.pem"
+pkcs12_path = "tls/shared/shared.p12"
+pkcs12_password = "{P12_PASSWORD}"
+mode = 0o640
+{f'owner = "{OWNER}"' if OWNER else ""}
+reload = "echo shared reloaded"
 key = "broker"
 
 [[certificate]]
@@ -196,10 +210,12 @@ def test_each_agent_answers_for_its_names_and_installs_its_own(site: Site) -> No
     assert sorted(n for c in shown for n in c["names"]).count("www.b.example.com") == 1
 
 
+SHARED = ("tls/shared/fullchain.pem", "tls/shared/privkey.pem", "tls/shared/shared.p12")
+
+
 def test_a_key_the_broker_holds_is_sent_with_its_certificate(site: Site) -> None:
     gw = site.gateways["gw-a"]
-    wait_until("the shared certificate", lambda: _installed(site, gw, "tls/shared/fullchain.pem",
-                                                           "tls/shared/privkey.pem"),
+    wait_until("the shared certificate", lambda: _installed(site, gw, *SHARED),
                serve=site.serve, timeout=120)  # fmt: skip
     leaf = _leaf(gw.path("tls/shared/fullchain.pem"))
     assert _names(leaf) == ["shared.a.example.com"]
@@ -207,8 +223,33 @@ def test_a_key_the_broker_holds_is_sent_with_its_certificate(site: Site) -> None
     assert key_matches_certificate(key, leaf)
     listed = [c for c in site.cli.json("cert", "list") if c["names"] == ["shared.a.example.com"]]
     assert len(listed) == 1
-    shown = site.cli.json("cert", "show", str(listed[0]["id"]))
+    cert_id = listed[0]["id"]
+    shown = site.cli.json("cert", "show", str(cert_id))
     assert shown["key_policy"] == "new"  # the broker made the key and holds it
+
+    # The formats, modes and owner its configuration asks for.
+    p12_key, p12_leaf, _chain = pkcs12.load_key_and_certificates(
+        gw.path("tls/shared/shared.p12").read_bytes(), P12_PASSWORD.encode()
+    )
+    assert p12_leaf is not None and p12_leaf.serial_number == leaf.serial_number
+    assert p12_key is not None and key_matches_certificate(p12_key, leaf)
+    with pytest.raises(ValueError):  # the password is needed
+        pkcs12.load_key_and_certificates(gw.path("tls/shared/shared.p12").read_bytes(), b"x")
+    for path, mode in zip(SHARED, (0o644, 0o640, 0o640), strict=True):
+        assert stat.S_IMODE(gw.path(path).stat().st_mode) == mode, path
+        if OWNER is not None:
+            assert gw.path(path).stat().st_uid == pwd.getpwnam(OWNER).pw_uid, path
+
+    # What the agent reported: the serial, its reload's exit status and output.
+    def reported() -> bool:
+        mine = [i for i in site.client("gw-a")["installations"] if i["certificate_id"] == cert_id]
+        return bool(mine) and mine[0]["serial"] == format(leaf.serial_number, "x")
+
+    wait_until("the shared certificate's report", reported, serve=site.serve)
+    (entry,) = [i for i in site.client("gw-a")["installations"] if i["certificate_id"] == cert_id]
+    assert entry["reload_status"] == 0
+    assert entry["output_tail"] == "shared reloaded\n"
+    assert entry["error"] is None and entry["alarm_since"] is None
 
 
 def _serial(gw: Gateway) -> int:
@@ -272,8 +313,130 @@ def test_a_failing_reload_puts_the_old_files_back_and_raises_the_alarm(site: Sit
         assert "reload command exited 1" in entry["error"]
         kinds = [e["kind"] for e in site.cli.json("events", "--cert", str(cert_id))]
         assert "install-failed" in kinds
+        _assert_alarm_shown(site, "install-failed", "gw-a", cert_id, "reload command exited 1")
     finally:
         gw.path("fail-reload").unlink()
+
+
+def _assert_alarm_shown(site: Site, kind: str, client: str, cert_id: int, error: str) -> None:
+    """The agent's alarm is in `certbroker alarms` (text and JSON), the API's list, the
+    console's alarms page, and counted on the dashboards."""
+    text = " ".join(site.cli("alarms").stdout.split())  # lines may wrap
+    assert f"{kind}: certificate {cert_id} (" in text and f"on client {client}'s agent" in text
+    assert error in text
+
+    def mine(alarms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [a for a in alarms if a["kind"] == kind and a["client"] == client
+                and a["certificate_id"] == cert_id]  # fmt: skip
+
+    (listed,) = mine(site.cli.json("alarms"))
+    assert error in listed["last_error"] and listed["since"] is not None
+    token = last_line(site.cli("token", "create", "--name", f"watch-{kind}-{cert_id}",
+                               "--role", "viewer").stdout)  # fmt: skip
+    with httpx.Client(base_url=api_url(site.cli), trust_env=False, timeout=60,
+                      headers={"Authorization": f"Bearer {token}"}) as api:  # fmt: skip
+        answer = api.get("/api/v1/alarms")
+        assert answer.status_code == 200, answer.text
+        (from_api,) = mine(answer.json())
+        assert error in from_api["last_error"]
+        assert api.get("/api/v1/dashboard").json()["alarms"] == len(answer.json())
+    with _console(site, f"watch{cert_id}") as console:
+        page = console.get("/alarms").text
+        assert kind in page and f"client {client}" in page
+        count = re.search(r'id="alarm-count">(\d+)<', console.get("/").text)
+        assert count and int(count.group(1)) == len(answer.json())
+
+
+@contextlib.contextmanager
+def _console(site: Site, name: str) -> Iterator[httpx.Client]:
+    """A viewer logged in to the console (the log-in form, as a browser sends it)."""
+    password = f"{name}-password-1"
+    site.cli("user", "add", name, "--role", "viewer", "--password-stdin", input=password + "\n")
+    with httpx.Client(base_url=api_url(site.cli), timeout=60, trust_env=False) as client:
+        form = client.get("/login")
+        login_token = re.search(r'name="login_token" value="([^"]+)"', form.text)
+        assert login_token, form.text
+        answer = client.post(
+            "/login",
+            data={"name": name, "password": password, "login_token": login_token.group(1)},
+        )
+        assert answer.status_code == 303, answer.text
+        yield client
+
+
+SERIAL = 2  # in what _record reads
+
+
+def _record(site: Site, cert_id: int) -> tuple[Any, ...]:
+    """What the broker's store holds of the certificate it hands out."""
+    with contextlib.closing(sqlite3.connect(site.cli.data_dir / "certbroker.db", timeout=30)) as db:
+        row = db.execute(
+            "SELECT cert_pem, chain_pem, serial, issuer, not_before, not_after, "
+            "fingerprint_sha256 FROM certificates WHERE id = ?",
+            (cert_id,),
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def _rewrite(site: Site, cert_id: int, values: tuple[Any, ...]) -> None:
+    with contextlib.closing(sqlite3.connect(site.cli.data_dir / "certbroker.db", timeout=30)) as db:
+        db.execute(
+            "UPDATE certificates SET cert_pem = ?, chain_pem = ?, serial = ?, issuer = ?, "
+            "not_before = ?, not_after = ?, fingerprint_sha256 = ? WHERE id = ?",
+            (*values, cert_id),
+        )
+        db.commit()
+
+
+def test_an_older_certificate_sent_again_is_refused_and_nothing_is_reloaded(
+    site: Site,
+) -> None:
+    gw = site.gateways["gw-b"]
+    wait_until("gw-b's certificate", lambda: _installed(site, gw, *WWW, "reloads"),
+               serve=site.serve, timeout=120)  # fmt: skip
+    cert_id = _cert_id(site, "www.b.example.com")
+    first = _serial(gw)
+    older = _record(site, cert_id)
+    assert older[SERIAL] == format(first, "x")
+
+    def reported(serial: int) -> bool:
+        mine = [i for i in site.client("gw-b")["installations"] if i["certificate_id"] == cert_id]
+        return bool(mine) and mine[0]["serial"] == format(serial, "x")
+
+    site.cli("cert", "renew", str(cert_id))
+    wait_until("the renewal installed", lambda: _serial(gw) != first, serve=site.serve,
+               timeout=120)  # fmt: skip
+    renewed = _serial(gw)
+    wait_until("its report", lambda: reported(renewed), serve=site.serve)
+    reloads = gw.path("reloads").read_text()
+    newer = _record(site, cert_id)
+
+    # The broker goes back in time (its record of the certificate is the first one
+    # again, as after restoring an old backup): a reconnecting agent is sent it.
+    _rewrite(site, cert_id, older)
+    try:
+        site.stop(gw)
+        site.start(gw)
+
+        def refused() -> bool:
+            mine = [i for i in site.client("gw-b")["installations"]
+                    if i["certificate_id"] == cert_id]  # fmt: skip
+            return bool(mine) and "older than the installed" in (mine[0]["error"] or "")
+
+        wait_until("the agent's refusal", refused, serve=site.serve, timeout=120)
+    finally:
+        _rewrite(site, cert_id, newer)
+    assert _serial(gw) == renewed  # the newer files stay
+    assert gw.path("reloads").read_text() == reloads  # nothing was reloaded
+    assert not gw.path("tls/www/fullchain.pem.previous").exists() or (
+        _leaf(gw.path("tls/www/fullchain.pem.previous")).serial_number == first
+    )
+    (entry,) = [i for i in site.client("gw-b")["installations"] if i["certificate_id"] == cert_id]
+    assert entry["serial"] == format(renewed, "x")  # the broker knows what is installed
+    assert (
+        f"refused: serial {format(first, 'x')} is older than the installed {format(renewed, 'x')}"
+    ) in entry["error"]
 
 
 def test_an_agent_and_the_broker_killed_mid_flight_order_the_certificate_once(

@@ -7,6 +7,8 @@ refused with nothing written."""
 from __future__ import annotations
 
 import hashlib
+import os
+import pwd
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
 from playwright.sync_api import Browser, expect
 
 from certbroker.crypto.keys import key_matches_certificate, load_private_key
@@ -92,6 +94,50 @@ def test_a_local_target_gets_the_certificate_and_every_renewal(cli: Cli, tmp_pat
     previous = web / "fullchain.pem.previous"
     assert _fingerprint(previous) == first["fingerprint_sha256"]  # the old one is kept
     assert _mode(web / "privkey.pem.previous") == 0o600
+
+
+def test_a_local_target_gets_every_format_with_its_modes_and_owner(
+    cli: Cli, tmp_path: Path
+) -> None:
+    _issued(cli, "formats.example.com")
+    web, password = tmp_path / "web", tmp_path / "p12-password"
+    web.mkdir()
+    password.write_text("p12-secret\n")
+    owner = ("--owner", "nobody") if os.geteuid() == 0 else ()
+    add = ("target", "add", "web", "--local", str(web), "--combined-file", "combined.pem",
+           "--pkcs12-file", "web.p12", "--pkcs12-password-file", str(password), *owner)  # fmt: skip
+    for option, bad in (("--key-mode", "999"), ("--cert-mode", "rw-r--r--")):
+        refused = cli(*add, option, bad, check=False)
+        assert refused.returncode == 2, refused.stderr
+        assert f"{option} {bad!r} is not a file mode in octal" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    assert "no targets" in cli("target", "list").stdout
+    cli(*add, "--key-mode", "640", "--cert-mode", "0444")
+    assert cli.json("target", "show", "web")["files"]["key_mode"] == "0640"
+    cli("target", "attach", "web", "1")
+    cli("deploy", "1", "--wait")
+
+    fullchain = web / "fullchain.pem"
+    assert _fingerprint(fullchain) == _show(cli)["fingerprint_sha256"]
+    leaf = x509.load_pem_x509_certificates(fullchain.read_bytes())[0]
+    key = load_private_key((web / "privkey.pem").read_bytes())
+    assert key_matches_certificate(key, leaf)
+    combined = (web / "combined.pem").read_bytes()
+    key_part, _, _ = combined.partition(b"-----BEGIN CERTIFICATE-----")
+    assert key_matches_certificate(load_private_key(key_part), leaf)  # the key first
+    chain = x509.load_pem_x509_certificates(fullchain.read_bytes())
+    assert x509.load_pem_x509_certificates(combined) == chain and len(chain) >= 2
+    p12_key, p12_leaf, p12_chain = pkcs12.load_key_and_certificates(
+        (web / "web.p12").read_bytes(), b"p12-secret"
+    )
+    assert p12_leaf == leaf and p12_key is not None and key_matches_certificate(p12_key, leaf)
+    assert p12_chain == chain[1:]
+    modes = {"fullchain.pem": 0o444, "privkey.pem": 0o640, "combined.pem": 0o640,
+             "web.p12": 0o640}  # fmt: skip
+    assert {p.name: _mode(p) for p in web.iterdir()} == modes
+    if owner:
+        nobody = pwd.getpwnam("nobody").pw_uid
+        assert {p.name: p.stat().st_uid for p in web.iterdir()} == dict.fromkeys(modes, nobody)
 
 
 def test_a_failing_reload_rolls_back_raises_an_alarm_and_is_retried_until_it_works(
@@ -193,6 +239,42 @@ def test_an_ssh_target_is_deployed_over_sftp_and_reloaded(
     assert identity_body not in cli("target", "show", "edge").stdout
     for db in cli.data_dir.glob("*.db"):
         assert identity_body.encode() not in db.read_bytes()
+
+
+def test_one_ssh_target_installs_on_every_one_of_its_hosts(
+    cli: Cli, sshd: Sshd, tmp_path: Path
+) -> None:
+    _issued(cli, "twice.example.com")
+    dest, reloads = tmp_path / "edge", tmp_path / "reloads"
+    dest.mkdir()
+    with run_sshd(tmp_path / "sshd2") as second:
+        second.let_in(sshd)  # one identity logs in to both
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text(sshd.known_hosts_line() + second.known_hosts_line())
+        no_known_hosts = cli("target", "add", "edge", "--ssh", sshd.login, "--ssh",
+                             second.login, "--identity", str(sshd.identity), "--path",
+                             str(dest), check=False)  # fmt: skip
+        assert no_known_hosts.returncode == 2
+        assert "--known-hosts" in no_known_hosts.stderr
+        # Both hosts share this machine's disk: each reload notes the port it came in on
+        # and what it found there, and each server's log shows an SFTP session.
+        reload = (f"echo \"${{SSH_CONNECTION##* }} $(sha256sum < {dest}/fullchain.pem)\""
+                  f" >> {reloads}")  # fmt: skip
+        cli("target", "add", "edge", "--ssh", sshd.login, "--ssh", second.login,
+            "--known-hosts", str(known_hosts), "--identity", str(sshd.identity),
+            "--path", str(dest), "--reload", reload)  # fmt: skip
+        assert len(cli.json("target", "show", "edge")["hosts"]) == 2
+        cli("target", "attach", "edge", "1")
+        cli("deploy", "1", "--wait")
+        shown = _show(cli)
+        assert _fingerprint(dest / "fullchain.pem") == shown["fingerprint_sha256"]
+        digest = hashlib.sha256((dest / "fullchain.pem").read_bytes()).hexdigest()
+        lines = sorted(reloads.read_text().split("\n")[:-1])
+        assert lines == sorted(f"{port} {digest}  -" for port in (sshd.port, second.port))
+        for server in (sshd, second):  # each was logged in to, given the files, reloaded
+            log = server.log()
+            assert "Starting session: subsystem 'sftp'" in log, log[-2000:]
+            assert "Starting session: command" in log, log[-2000:]
 
 
 def test_an_ssh_host_with_another_key_is_refused_and_nothing_is_written(
@@ -317,11 +399,14 @@ def test_targets_over_the_api_admins_add_operators_deploy(cli: Cli, tmp_path: Pa
             return httpx.Client(base_url=api_url(cli), trust_env=False, timeout=60,
                                 headers={"Authorization": f"Bearer {tokens[role]}"})  # fmt: skip
 
-        body = {"name": "web", "local": str(web), "reload": "echo reloaded"}
+        body = {"name": "web", "local": str(web), "reload": "echo reloaded", "key_mode": "640"}
         with as_("operator") as operator, as_("admin") as admin, as_("viewer") as viewer:
             assert operator.post("/api/v1/targets", json=body).status_code == 403
             bad = admin.post("/api/v1/targets", json={"name": "x", "ssh": ["root@h"]})
             assert bad.status_code == 422 and "--path" in bad.json()["detail"]
+            bad_mode = admin.post("/api/v1/targets", json={**body, "key_mode": "9"})
+            assert bad_mode.status_code == 422
+            assert "'9' is not a file mode in octal" in bad_mode.json()["detail"]
             made = admin.post("/api/v1/targets", json=body)
             assert made.status_code == 201, made.text
             assert [t["name"] for t in viewer.get("/api/v1/targets").json()] == ["web"]
@@ -338,6 +423,29 @@ def test_targets_over_the_api_admins_add_operators_deploy(cli: Cli, tmp_path: Pa
                        .startswith("-----BEGIN CERTIFICATE"), serve=serve)  # fmt: skip
             (shown,) = viewer.get("/api/v1/certificates/1/targets").json()
             assert shown["target"] == "web"
+            assert _mode(web / "privkey.pem") == 0o640 and _mode(web / "fullchain.pem") == 0o644
+
+            # A target that keeps failing: its alarm is in the API's list and counted.
+            broken = tmp_path / "broken"
+            broken.mkdir()
+            added = admin.post("/api/v1/targets", json={"name": "broken", "local": str(broken),
+                               "reload": "echo 'no such service' >&2; exit 3"})  # fmt: skip
+            assert added.status_code == 201, added.text
+            assert viewer.get("/api/v1/alarms").json() == []
+            operator.post("/api/v1/targets/broken/attach", json={"certificate_id": 1})
+
+            def alarms() -> list[dict[str, Any]]:
+                found: list[dict[str, Any]] = viewer.get("/api/v1/alarms").json()
+                return found
+
+            wait_until("the deployment's alarm", alarms, serve=serve)
+            (alarm,) = alarms()
+            assert alarm["kind"] == "deployment" and alarm["target"] == "broken"
+            assert alarm["certificate_id"] == 1 and alarm["names"] == ["api-push.example.com"]
+            assert "exited 3" in alarm["last_error"]
+            assert viewer.get("/api/v1/dashboard").json()["alarms"] == 1
+            assert admin.delete("/api/v1/targets/broken").status_code == 200
+            assert viewer.get("/api/v1/alarms").json() == []  # its alarm goes with it
             assert admin.delete("/api/v1/targets/web").status_code == 200
             assert viewer.get("/api/v1/targets").json() == []
     finally:

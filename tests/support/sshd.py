@@ -33,6 +33,14 @@ class Sshd:
     def known_hosts_line(self) -> str:
         return f"[127.0.0.1]:{self.port} {self.host_public_key}\n"
 
+    def log(self) -> str:
+        return (self.work / "sshd.log").read_text(errors="replace")
+
+    def let_in(self, other: Sshd) -> None:
+        """Also let in whoever logs in to `other` (its identity)."""
+        with (self.work / "authorized_keys").open("a") as keys:
+            keys.write("\n" + (other.work / "authorized_keys").read_text())
+
 
 def _key(path: Path) -> asyncssh.SSHKey:
     key = asyncssh.generate_private_key("ssh-ed25519")

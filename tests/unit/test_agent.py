@@ -1,8 +1,9 @@
 """The gateway agent's own rules, without a broker: its configuration answered line by
 line, a delivery older than what is installed refused (a replay or a stale broker), a
-renewed certificate held until `install_days_before_expiry`, a restart that finds it
-installed already says so instead of installing again. (tests/integration/test_agent.py
-runs agents against a broker and Pebble.)"""
+renewed certificate held until `install_days_before_expiry` and installed when its time
+comes, a restart that finds it installed already says so instead of installing again,
+the edge answering only its tokens, and the help showing `[[certificate]]`.
+(tests/integration/test_agent.py runs agents against a broker and Pebble.)"""
 
 from __future__ import annotations
 
@@ -219,3 +220,99 @@ def test_a_token_others_may_read_is_warned_about(
     with caplog.at_level("WARNING", logger="certbroker.agent"):
         assert load_config(write(tmp_path, text)).token == TOKEN
     assert caplog.text == ""
+
+
+def test_a_held_certificate_is_installed_once_its_time_comes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from certbroker.agent import runner
+    from certbroker.crypto.keys import private_key_to_pem
+
+    agent = _agent(tmp_path)  # install_days_before_expiry = 30
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls/privkey.pem.next").write_bytes(private_key_to_pem(key))  # its CSR's key
+    now = datetime.now(UTC)
+    _installed(agent, now - timedelta(days=1))  # 89 days left
+    message = _delivery("0f", now) | {"chain": _self_signed(key, "gw1.example.com", now)}
+    run(agent._on(message))
+    run(agent.install_waiting(now))  # its time has not come: still held
+    assert agent.sent == [] and not (tmp_path / "tls/fullchain.pem").exists()
+
+    later = now + timedelta(days=60)  # the installed one has 29 days left
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Later:
+            return cls.fromtimestamp(later.timestamp(), tz)
+
+    monkeypatch.setattr(runner, "datetime", Later)
+    restarted = Recording(load_config(write(tmp_path, GOOD)))  # from the state file
+    run(restarted.install_waiting(later))
+    assert (tmp_path / "tls/fullchain.pem").read_text() == message["chain"]
+    assert stat_mode(tmp_path / "tls/privkey.pem") == 0o600
+    (report,) = restarted.sent
+    assert report["ok"] is True and report["serial"] == "0f"
+    held = AgentState.load(agent.config.state_file).of("gw1.example.com")
+    assert held.serial == "0f" and held.waiting is None
+
+
+def test_the_edge_answers_only_the_tokens_it_was_given(tmp_path: Path) -> None:
+    from certbroker.agent.edge import EdgeResponder
+    from tests.support.ports import free_port
+
+    async def ask(port: int, request: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        return answer
+
+    answers: dict[str, bytes] = {}
+
+    async def scenario() -> None:
+        edge = EdgeResponder("127.0.0.1", free_port())
+        edge.tokens = {"tok-1": "tok-1.thumbprint"}
+        await edge.start()
+        try:
+            for label, path in (
+                ("known", "/.well-known/acme-challenge/tok-1"),
+                ("unknown", "/.well-known/acme-challenge/tok-2"),
+                ("outside", "/tok-1"),
+                ("elsewhere", "/.well-known/other/tok-1"),
+                ("prefix only", "/.well-known/acme-challenge/"),
+            ):
+                request = f"GET {path} HTTP/1.1\r\nHost: gw1.example.com\r\n\r\n".encode()
+                answers[label] = await ask(edge.port, request)
+        finally:
+            await edge.stop()
+
+    run(scenario())
+    assert answers["known"].startswith(b"HTTP/1.1 200 ")
+    assert answers["known"].endswith(b"\r\n\r\ntok-1.thumbprint")
+    for label in ("unknown", "outside", "elsewhere", "prefix only"):
+        assert answers[label].startswith(b"HTTP/1.1 404 "), (label, answers[label])
+        assert b"tok-1.thumbprint" not in answers[label]
+
+
+def _help(tmp_path: Path, command: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBROKER_")}
+    env |= {"CERTBROKER_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "certbroker", command, "--help"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return " ".join(shown.stdout.replace("│", " ").split())
+
+
+def test_the_agents_help_shows_its_certificate_tables(tmp_path: Path) -> None:
+    assert "http01_listen, [[certificate]] tables" in _help(tmp_path, "agent")
+    alarms = _help(tmp_path, "alarms")  # the agents' alarms are among them
+    assert "push targets" in alarms and "gateway agents" in alarms and "drift" in alarms

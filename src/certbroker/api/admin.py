@@ -324,8 +324,11 @@ def list_events(
 
 @router.get("/alarms", tags=["events"], response_model=list[dict[str, Any]])
 def list_alarms(principal: Reader, broker: BrokerDep) -> list[dict[str, Any]]:
-    """Certificates whose issuance or renewal keeps failing."""
-    return [a for a in broker.certificates.alarms() if principal.may_see(a["names"])]
+    """Every alarm raised now, oldest first, each with its `kind`: `certificate` (its
+    issuance or renewal keeps failing), `deployment` (a push target, `target`, keeps
+    failing), `install-failed` or `drift` (a gateway agent, `client`, could not install
+    it or still serves a replaced serial)."""
+    return [a for a in broker.browsing.alarms() if principal.may_see(a["names"])]
 
 
 @router.get("/dashboard", tags=["events"], response_model=dict[str, Any])

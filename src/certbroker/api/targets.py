@@ -39,6 +39,12 @@ class TargetBody(BaseModel):
     pkcs12_file: Short | None = None
     pkcs12_password: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     owner: Short | None = None
+    key_mode: Short | None = Field(
+        None, description="Mode of the files holding the key, octal (default 600; e.g. 640)."
+    )
+    cert_mode: Short | None = Field(
+        None, description="Mode of the certificate file, octal (default 644)."
+    )
     reload: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
     verify: Short | None = Field(None, description="host:port serving the certificate (TLS).")
 
@@ -76,6 +82,8 @@ def add_target(body: TargetBody, _p: Admin, broker: BrokerDep) -> dict[str, Any]
         pkcs12_file=body.pkcs12_file,
         pkcs12_password=body.pkcs12_password,
         owner=body.owner,
+        key_mode=body.key_mode,
+        cert_mode=body.cert_mode,
         reload=body.reload,
         verify=body.verify,
     )

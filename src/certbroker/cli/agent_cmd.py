@@ -17,7 +17,8 @@ def agent(
         typer.Option(
             "--config",
             metavar="FILE",
-            help="The agent's TOML file: broker, token, http01_listen, [[certificate]] tables "
+            # Rich markup would take "[certificate]" for a style: escaped, it shows.
+            help="The agent's TOML file: broker, token, http01_listen, [\\[certificate]] tables "
             "(docs/agent.md).",
         ),
     ],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -41,55 +41,63 @@ def alarms(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Active alarms: certificates whose issuance or renewal keeps failing.
+    """Active alarms: failing certificates, push targets and gateway agents.
 
-    An alarm clears itself when the next attempt succeeds (`cert renew ID` tries now);
-    a push target that keeps failing is listed too (`deploy ID` tries it now).
-    `alarms ack ID --until 3d --reason …` mutes one until then.
+    A certificate whose issuance or renewal keeps failing (`certificate`), a push target
+    that keeps failing (`deployment`), a gateway agent that could not install a
+    certificate (`install-failed`) or still serves a replaced one (`drift`); each says
+    its kind, and its target or client.
+
+    A certificate's alarm clears itself when the next attempt succeeds (`cert renew ID`
+    tries now); a push target's when a deploy works (`deploy ID` tries it now); an
+    agent's when it reports an install. `alarms ack ID --until 3d --reason …` mutes a
+    certificate's alarm until then.
     """
     if ctx.invoked_subcommand is not None:
         return
     state: State = ctx.obj
-    found = state.broker.certificates.alarms()
-    deployments = state.broker.deploy.alarms()
+    found = state.broker.browsing.alarms()
     if as_json:
-        print_json(found + [{"kind": "deployment", **d} for d in deployments])
+        print_json(found)
         return
-    if not found and not deployments:
+    if not found:
         console.print("no active alarms")
         return
-    for d in deployments:
-        console.print(
-            escape(
-                f"certificate {d['certificate_id']} to target {d['target']}: deploying "
-                f"serial {d['serial']} failing since {d['alarm_since'][:19].replace('T', ' ')}: "
-                f"{d['last_error']}"
-                + (
-                    f" (next try {d['next_try_at'][:19].replace('T', ' ')})"
-                    if d["next_try_at"]
-                    else ""
-                )
-            )
-        )
     for alarm in found:
-        ack = alarm["acknowledged"]
-        console.print(
-            escape(
-                f"certificate {alarm['certificate_id']} ({', '.join(alarm['names'])}): "
-                f"failing since {alarm['since'][:19].replace('T', ' ')}: {alarm['last_error']}"
-                + (
-                    f" (next try {alarm['next_try_at'][:19].replace('T', ' ')})"
-                    if alarm["next_try_at"]
-                    else ""
-                )
-                + (
-                    f" [acknowledged by {ack['by']} until {ack['until'][:16].replace('T', ' ')}:"
-                    f" {ack['reason']}]"
-                    if ack
-                    else ""
-                )
-            )
+        console.print(escape(_alarm_line(alarm)))
+
+
+def _when(text: str | None) -> str:
+    return (text or "?")[:19].replace("T", " ")
+
+
+def _alarm_line(alarm: dict[str, Any]) -> str:
+    """One alarm in one line: what kind, which certificate, which target or client."""
+    cert = f"certificate {alarm['certificate_id']} ({', '.join(alarm['names'])})"
+    next_try = f" (next try {_when(alarm['next_try_at'])})" if alarm["next_try_at"] else ""
+    kind = alarm["kind"]
+    if kind == "deployment":
+        return (
+            f"deployment: {cert} to target {alarm['target']}: deploying serial "
+            f"{alarm['serial']} failing since {_when(alarm['since'])}: {alarm['last_error']}"
+            + next_try
         )
+    if kind in ("install-failed", "drift"):
+        return (
+            f"{kind}: {cert} on client {alarm['client']}'s agent since "
+            f"{_when(alarm['since'])}: {alarm['last_error']}"
+        )
+    ack = alarm["acknowledged"]
+    return (
+        f"{cert}: failing since {_when(alarm['since'])}: {alarm['last_error']}"
+        + next_try
+        + (
+            f" [acknowledged by {ack['by']} until {ack['until'][:16].replace('T', ' ')}:"
+            f" {ack['reason']}]"
+            if ack
+            else ""
+        )
+    )
 
 
 @alarms_app.command("ack")

@@ -71,7 +71,9 @@ def add(
     ] = None,
     key_file: Annotated[
         str | None,
-        typer.Option(metavar="NAME", help="The private key, mode 0600 (default privkey.pem)."),
+        typer.Option(
+            metavar="NAME", help="The private key, mode --key-mode (default privkey.pem)."
+        ),
     ] = None,
     combined_file: Annotated[
         str | None,
@@ -88,6 +90,19 @@ def add(
     owner: Annotated[
         str | None,
         typer.Option(metavar="USER[:GROUP]", help="Who owns the files (needs root there)."),
+    ] = None,
+    key_mode: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MODE",
+            help="The mode of the files holding the key, in octal (default 600; e.g. 640).",
+        ),
+    ] = None,
+    cert_mode: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MODE", help="The mode of the certificate file, in octal (default 644)."
+        ),
     ] = None,
     reload: Annotated[
         str | None,
@@ -120,6 +135,8 @@ def add(
         pkcs12_file=pkcs12_file,
         pkcs12_password_file=pkcs12_password_file,
         owner=owner,
+        key_mode=key_mode,
+        cert_mode=cert_mode,
         reload=reload,
         verify=verify,
     )

@@ -15,6 +15,7 @@ from certbroker.domain.access import names_allowed
 from certbroker.domain.errors import NotFoundError, UsageError
 from certbroker.domain.listing import NAME_KEY_LENGTH, SORTS, PageQuery
 from certbroker.domain.models import Certificate, CertificateStatus
+from certbroker.services.certificates import acknowledgement
 from certbroker.services.common import ServiceContext
 
 MAX_PAGE = 500
@@ -146,7 +147,7 @@ class Browsing:
             "counts": self.repo.count_certificates_by_status(now),
             "expiring_7_days": self.repo.count_expiring(now, timedelta(days=7)),
             "expiring_30_days": self.repo.count_expiring(now, timedelta(days=30)),
-            "alarms": len(self.repo.certificates_in_alarm()),
+            "alarms": len(self.alarms()),
             "timeline": [
                 {
                     "id": c.id,
@@ -159,6 +160,65 @@ class Browsing:
             "timeline_days": TIMELINE_DAYS,
             "recent_events": [e.to_json() for e in self.repo.list_events(limit=10)],
         }
+
+    def alarms(self) -> list[dict[str, Any]]:
+        """Every alarm raised now, the oldest first, one row each, whatever raised it
+        (`kind`): a certificate whose issuance or renewal keeps failing (`certificate`),
+        a push target that keeps failing (`deployment`, with its `target`), an agent
+        that could not install (`install-failed`) or still serves a replaced serial
+        (`drift`), both with their `client`. What `certbroker alarms`, the console's
+        alarms page and dashboard and the API show."""
+        found: list[dict[str, Any]] = []
+        for cert in self.repo.certificates_in_alarm():
+            found.append(
+                _alarm(
+                    "certificate",
+                    cert,
+                    cert.alarm_since,
+                    cert.alarm_message,
+                    next_try_at=cert.next_try_at,
+                    serial=cert.serial,
+                )
+                | {"acknowledged": acknowledgement(cert)}
+            )
+        certs: dict[int, Certificate | None] = {}
+
+        def cert_of(cert_id: int) -> Certificate | None:
+            if cert_id not in certs:
+                try:
+                    certs[cert_id] = self.repo.get_certificate(cert_id)
+                except NotFoundError:
+                    certs[cert_id] = None
+            return certs[cert_id]
+
+        for d in self.repo.failing_deployments():
+            of = cert_of(d.certificate_id)
+            if of is not None:
+                found.append(
+                    _alarm(
+                        "deployment",
+                        of,
+                        d.alarm_since,
+                        d.last_error,
+                        next_try_at=d.next_try_at,
+                        serial=d.serial,
+                    )
+                    | {"target": d.target_name, "deployment_id": d.id, "attempts": d.attempts}
+                )
+        for inst, client in self.repo.installations_in_alarm():
+            of = cert_of(inst.certificate_id)
+            if of is not None:
+                kind = "drift" if (inst.error or "").startswith("drift:") else "install-failed"
+                found.append(  # `serial`: what it should serve; `installed_serial`: what it does
+                    _alarm(kind, of, inst.alarm_since, inst.error, serial=of.serial)
+                    | {
+                        "client": client,
+                        "client_id": inst.client_id,
+                        "installed_serial": inst.serial,
+                    }
+                )
+        found.sort(key=lambda a: a["since"] or "")
+        return found
 
     def visible_ids(self, limit_to: Sequence[str], ids: set[int | None]) -> set[int]:
         """Which of these certificates a caller limited to `limit_to` may see."""
@@ -205,3 +265,28 @@ class Browsing:
             if order
             else [],
         }
+
+
+def _alarm(
+    kind: str,
+    cert: Certificate,
+    since: datetime | None,
+    error: str | None,
+    *,
+    next_try_at: datetime | None = None,
+    serial: str | None = None,
+) -> dict[str, Any]:
+    """The fields every kind of alarm has (the ones a kind lacks are None)."""
+    return {
+        "kind": kind,
+        "certificate_id": cert.id,
+        "names": list(cert.names),
+        "since": since.isoformat() if since else None,
+        "last_error": error,
+        "next_try_at": next_try_at.isoformat() if next_try_at else None,
+        "serial": serial,
+        "disabled": cert.disabled,
+        "acknowledged": None,
+        "target": None,
+        "client": None,
+    }

@@ -146,20 +146,6 @@ class CertificateService:
         )
         return data
 
-    def alarms(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "certificate_id": cert.id,
-                "names": list(cert.names),
-                "since": cert.alarm_since.isoformat() if cert.alarm_since else None,
-                "last_error": cert.alarm_message,
-                "next_try_at": cert.next_try_at.isoformat() if cert.next_try_at else None,
-                "disabled": cert.disabled,
-                "acknowledged": acknowledgement(cert),
-            }
-            for cert in self.repo.certificates_in_alarm()
-        ]
-
     def events(
         self, cert_id: int | None = None, since: datetime | None = None, limit: int | None = None
     ) -> list[Event]:

@@ -22,6 +22,8 @@ from certbroker.domain.errors import CertbrokerError, LeaseLost, UsageError
 from certbroker.domain.keys import ExportFormat, KeyPolicy
 from certbroker.domain.models import Certificate
 from certbroker.domain.targets import (
+    DEFAULT_CERT_MODE,
+    DEFAULT_KEY_MODE,
     DEPLOY_RETRY_FIRST,
     LOCAL,
     SSH,
@@ -30,6 +32,7 @@ from certbroker.domain.targets import (
     Target,
     TargetFiles,
     check_file_name,
+    check_mode,
     check_owner,
     check_target_name,
     deploy_retry_delay,
@@ -93,6 +96,8 @@ class DeployService:
         pkcs12_file: str | None = None,
         pkcs12_password_file: Path | None = None,
         owner: str | None = None,
+        key_mode: str | None = None,
+        cert_mode: str | None = None,
         reload: str | None = None,
         verify: str | None = None,
         known_hosts: str | None = None,
@@ -139,6 +144,8 @@ class DeployService:
             else None,
             pkcs12_file=check_file_name(pkcs12_file, "--pkcs12-file") if pkcs12_file else None,
             owner=check_owner(owner) if owner else None,
+            key_mode=check_mode(key_mode, "--key-mode") if key_mode else DEFAULT_KEY_MODE,
+            cert_mode=check_mode(cert_mode, "--cert-mode") if cert_mode else DEFAULT_CERT_MODE,
         )
         names = files.names()
         if len(set(names)) != len(names):
@@ -293,9 +300,6 @@ class DeployService:
                 {"target": t.name, "where": t.where(), "deployment": d.to_json() if d else None}
             )
         return found
-
-    def alarms(self) -> list[dict[str, Any]]:
-        return [d.to_json() for d in self.repo.failing_deployments()]
 
     # -- running deployments ---------------------------------------------------------------
 

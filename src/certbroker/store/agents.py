@@ -161,6 +161,19 @@ class AgentStore(StoreBase):
             )
             return [_installation(r) for r in rows]
 
+    def installations_in_alarm(self) -> list[tuple[Installation, str]]:
+        """(installation, its client's name) of every agent install with an alarm: a
+        failed install, or drift; the oldest alarm first."""
+        i = installations.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(installations, clients.c.name.label("client_name"))
+                .join(clients, clients.c.id == i.client_id)
+                .where(i.alarm_since.is_not(None))
+                .order_by(i.alarm_since, i.id)
+            )
+            return [(_installation(r), str(r.client_name)) for r in rows]
+
     def subscribers(self, cert_ids: Sequence[int]) -> dict[int, set[int]]:
         """certificate -> the clients whose agents install it."""
         found: dict[int, set[int]] = {}

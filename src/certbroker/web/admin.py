@@ -373,7 +373,7 @@ def events(request: Request, certificate: str = "", since: str = "") -> Response
 def alarms(request: Request) -> Response:
     person = who(request)
     person.require(Action.READ)
-    return render(request, person, "alarms.html", alarms=person.broker.certificates.alarms())
+    return render(request, person, "alarms.html", alarms=person.broker.browsing.alarms())
 
 
 # -- settings -----------------------------------------------------------------------------------
