@@ -41,6 +41,9 @@ class Settings:
     log_level: str = "info"
     log_levels: str = ""  # per component: "acme=debug,scheduler=warning" (certbroker.logs)
     master_key: str = field(default="", repr=False)  # empty: <data_dir>/master.key
+    # A second key this process opens with, and seals with once `rotate-master-key` makes
+    # it current: given to every node before a rotation, so they go on serving through it.
+    master_key_next: str = field(default="", repr=False)
     # The first start's `admin` password; empty: a generated one, printed once.
     admin_password: str = field(default="", repr=False)
     # A bearer token `/metrics` asks for; empty: it answers anyone who reaches it.
@@ -73,7 +76,9 @@ class Settings:
     mail_retry_first: float = 60.0  # seconds before a failed mail's first retry
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
-    SECRET_KEYS = ("master_key", "admin_password", "metrics_token", "smtp_password")
+    SECRET_KEYS = (
+        "master_key", "master_key_next", "admin_password", "metrics_token", "smtp_password"
+    )  # fmt: skip
 
     @property
     def effective_database_url(self) -> str:
@@ -135,6 +140,7 @@ _FIELD_TYPES: dict[str, type] = {
     "log_level": str,
     "log_levels": str,
     "master_key": str,
+    "master_key_next": str,
     "admin_password": str,
     "metrics_token": str,
     "order_timeout": float,

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from certbroker.services.devices import DeviceService
     from certbroker.services.dns import DnsService, DnsSettings
     from certbroker.services.issuance import IssuanceService
+    from certbroker.services.master_key import MasterKeyService
     from certbroker.services.metrics import MetricsService
     from certbroker.services.notify import MailDefaults, NotifyService
     from certbroker.services.planning import RenewalPlanner
@@ -191,6 +192,13 @@ class Broker:
     def budgets(self) -> BudgetService:
         """Rate-limit budgets per CA (the ones every order is counted against)."""
         return self.issuance.budgets
+
+    @cached_property
+    def master_key(self) -> MasterKeyService:
+        """Rotating the master key of the store's secrets."""
+        from certbroker.services.master_key import MasterKeyService
+
+        return MasterKeyService(self.ctx, self.settings.data_dir, bool(self.settings.master_key))
 
     @cached_property
     def browsing(self) -> Browsing:
@@ -443,7 +451,9 @@ def build(settings: Settings) -> Broker:
     engine = make_engine(settings.effective_database_url)
     migrate(engine)
     repo = Repository(engine)
-    sealer = open_sealer(settings.data_dir, settings.master_key, repo, utcnow)
+    sealer = open_sealer(
+        settings.data_dir, settings.master_key, repo, utcnow, settings.master_key_next
+    )
     from certbroker.services.metrics import RequestDurations
 
     clients = CAClients(settings.data_dir / "ca-bundles", RequestDurations(repo))

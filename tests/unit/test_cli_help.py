@@ -48,6 +48,7 @@ TOP_LEVEL = [
     "db",
     "backup",
     "restore",
+    "rotate-master-key",
     "log-level",
 ]
 COMMAND_MODULES = [

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from certbroker.crypto.sealing import Sealer, new_master_key
-from certbroker.domain.errors import ConfigError
+from certbroker.domain.errors import ConfigError, UsageError
 from certbroker.domain.models import AccountStatus
 from certbroker.services.master_key import CHECK_SETTING, open_sealer
 from certbroker.store.db import make_engine, migrate
@@ -108,3 +108,36 @@ def test_a_push_targets_ssh_identity_alone_is_checked_too(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="is not the one"):
         _open(data, repo, env=new_master_key().decode())
     _open(data, repo, env=right.decode())
+
+
+def test_nodes_given_the_next_key_go_on_through_a_rotation_and_others_are_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several nodes with CERTBROKER_MASTER_KEY (no key files): one given the next key
+    beforehand opens and seals through the rotation; one not given it is refused to seal,
+    saying what to do, rather than sealing a secret the others cannot open."""
+    from certbroker.services.master_key import rotate
+
+    monkeypatch.setattr(Sealer, "CURRENT_TTL", 0.0)
+    repo, data = _store(tmp_path), tmp_path / "data"
+    old, new = new_master_key(), new_master_key()
+    first = open_sealer(data, old.decode(), repo, lambda: NOW)
+    _seal_an_account_key(repo, first)
+    ready = open_sealer(data, old.decode(), repo, lambda: NOW, new.decode())
+    unready = open_sealer(data, old.decode(), repo, lambda: NOW)
+    assert ready.seal(b"x") and first.opens_with(old, ready.seal(b"before"))
+
+    rotator = open_sealer(data, old.decode(), repo, lambda: NOW, new.decode())
+    assert rotate(repo, rotator, new, lambda: NOW, key_dir=None, settle=0) == 1
+    sealed = repo.account_key_sealed(1)
+    assert rotator.opens_with(new, sealed) and not rotator.opens_with(old, sealed)
+    assert ready.unseal(sealed) == b"the account key"
+    assert ready.opens_with(new, ready.seal(b"after"))  # seals with the current key now
+    with pytest.raises(ConfigError, match="CERTBROKER_MASTER_KEY_NEXT"):
+        unready.seal(b"after")
+    # A node restarted with the new key alone opens the store; one with the old is refused.
+    assert open_sealer(data, new.decode(), repo, lambda: NOW).unseal(sealed) == b"the account key"
+    with pytest.raises(ConfigError, match="not the one"):
+        open_sealer(data, old.decode(), repo, lambda: NOW)
+    with pytest.raises(UsageError, match="current one"):
+        rotate(repo, rotator, new, lambda: NOW, key_dir=None, settle=0)

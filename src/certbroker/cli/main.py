@@ -112,6 +112,10 @@ class Commands(LazyGroup):
             "certbroker.cli.db_cmd:restore",
             "Restore a backup into the configured store, which must be empty.",
         ),
+        "rotate-master-key": Lazy(
+            "certbroker.cli.config_cmd:rotate_master_key",
+            "Re-seal every secret of the store with a new master key while `serve` runs.",
+        ),
         "log-level": Lazy(
             "certbroker.cli.log_level:log_level",
             "Show each component's log level, or change one at runtime.",

@@ -14,6 +14,9 @@ import contextlib
 import hashlib
 import hmac
 import os
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,45 +28,149 @@ if TYPE_CHECKING:
 MASTER_KEY_FILE = "master.key"
 
 
-class Sealer:
-    """Seals and unseals secrets (private keys, DNS credentials) with the master key."""
+def _valid(master_key: bytes) -> bytes:
+    try:
+        valid = len(base64.urlsafe_b64decode(master_key)) == 32
+    except (binascii.Error, ValueError, TypeError):
+        valid = False
+    if not valid:
+        raise ConfigError(
+            "the master key is not a valid key (32 url-safe base64 bytes); "
+            "generate one with `certbroker config new-master-key`"
+        )
+    return master_key
 
-    def __init__(self, master_key: bytes) -> None:
+
+class Sealer:
+    """Seals and unseals secrets (private keys, DNS credentials) with the master key.
+
+    A process may know more than one key while the master key is rotated
+    (services/master_key.py): it opens a secret sealed with any of them, and seals with
+    the one the store names as current (`current`: the store's check value, asked at
+    most every CURRENT_TTL seconds). Where the keys come from files (`key_dir`), a secret
+    no known key opens, or a current key not among them, makes it read the files again:
+    `rotate-master-key` on the same machine is picked up by a running `serve`.
+    """
+
+    CURRENT_TTL = 5.0
+
+    def __init__(
+        self,
+        master_key: bytes,
+        others: Sequence[bytes] = (),
+        *,
+        current: Callable[[], str | None] | None = None,
+        key_dir: Path | None = None,
+    ) -> None:
         # Checked now, as Fernet would; Fernet itself (and the cipher modules it loads)
         # is made on first use, which commands that read no secret (cert list) never pay.
-        try:
-            valid = len(base64.urlsafe_b64decode(master_key)) == 32
-        except (binascii.Error, ValueError, TypeError):
-            valid = False
-        if not valid:
-            raise ConfigError(
-                "the master key is not a valid key (32 url-safe base64 bytes); "
-                "generate one with `certbroker config new-master-key`"
-            )
-        self._key = master_key
-        self._made: Fernet | None = None
+        self._keys = [_valid(master_key)]
+        self._keys += [_valid(k) for k in others if k != master_key]
+        self._sealing = master_key
+        self._current = current
+        self._key_dir = key_dir
+        self._checked_at = float("-inf")
+        self._lock = threading.Lock()
+        self._fernets: dict[bytes, Fernet] = {}
 
     @property
-    def _fernet(self) -> Fernet:
-        if self._made is None:
+    def keys(self) -> list[bytes]:
+        return list(self._keys)
+
+    def _fernet(self, key: bytes) -> Fernet:
+        made = self._fernets.get(key)
+        if made is None:
             from cryptography.fernet import Fernet
 
-            self._made = Fernet(self._key)
-        return self._made
+            made = self._fernets[key] = Fernet(key)
+        return made
+
+    def _reread(self) -> bool:
+        """Keys from the files again (a rotation on this machine); True when one is new."""
+        if self._key_dir is None:
+            return False
+        found = [_valid(k) for k in read_key_files(self._key_dir) if k not in self._keys]
+        self._keys = self._keys + found  # a new list: other threads may be reading this one
+        return bool(found)
+
+    def sealing_key(self) -> bytes:
+        """The key new secrets are sealed with: the one the store names as current."""
+        if self._current is None:
+            return self._sealing
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked_at < self.CURRENT_TTL:
+                return self._sealing
+            wanted = self._current()
+            self._checked_at = now
+            if wanted is None:
+                return self._sealing
+            for attempt in range(2):
+                for key in self._keys:
+                    if key_check(key) == wanted:
+                        self._sealing = key
+                        return key
+                if attempt == 0 and not self._reread():
+                    break
+            raise ConfigError(
+                "the store's secrets are now sealed with a master key this process was not "
+                "given (it was rotated); restart it with the new key in "
+                "CERTBROKER_MASTER_KEY (or CERTBROKER_MASTER_KEY_NEXT)"
+            )
+
+    def learn(self, key: bytes) -> None:
+        """One more key this process opens with (and may seal with, once current)."""
+        if key not in self._keys:
+            self._keys = [*self._keys, _valid(key)]
 
     def seal(self, secret: bytes) -> bytes:
-        return self._fernet.encrypt(secret)
+        return self._fernet(self.sealing_key()).encrypt(secret)
+
+    def seal_with(self, key: bytes, secret: bytes) -> bytes:
+        return self._fernet(key).encrypt(secret)
+
+    def opens_with(self, key: bytes, sealed: bytes) -> bool:
+        from cryptography.fernet import InvalidToken
+
+        try:
+            self._fernet(key).decrypt(sealed)
+        except InvalidToken:
+            return False
+        return True
 
     def unseal(self, sealed: bytes) -> bytes:
         from cryptography.fernet import InvalidToken
 
+        for attempt in range(2):
+            keys = [self._sealing, *(k for k in self._keys if k != self._sealing)]
+            for key in keys:
+                try:
+                    return self._fernet(key).decrypt(sealed)
+                except InvalidToken:
+                    continue
+            if attempt == 0 and not self._reread():
+                break
+        raise CertbrokerError(
+            "a stored secret cannot be decrypted with this master key; "
+            "start certbroker with the master key the store was created with"
+        )
+
+
+NEXT_KEY_FILE = "master.key.next"  # written by rotate-master-key before it re-seals
+PREVIOUS_KEY_FILE = "master.key.previous"  # the key before the last rotation
+
+
+def read_key_files(data_dir: Path) -> list[bytes]:
+    """The keys in <data_dir>/master.key, master.key.next and master.key.previous."""
+    found = []
+    for name in (MASTER_KEY_FILE, NEXT_KEY_FILE, PREVIOUS_KEY_FILE):
         try:
-            return self._fernet.decrypt(sealed)
-        except InvalidToken:
-            raise CertbrokerError(
-                "a stored secret cannot be decrypted with this master key; "
-                "start certbroker with the master key the store was created with"
-            ) from None
+            key = (data_dir / name).read_bytes().strip()
+        except FileNotFoundError:
+            continue
+        if key:
+            found.append(key)
+    return found
 
 
 def new_master_key() -> bytes:
@@ -101,6 +208,20 @@ def create_master_key(data_dir: Path) -> bytes:
     finally:
         tmp.unlink(missing_ok=True)
     return path.read_bytes().strip()
+
+
+def write_key_file(path: Path, key: bytes) -> None:
+    """A key file, mode 0600 from the start, written whole or not at all."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def key_check(master_key: bytes) -> str:

@@ -69,6 +69,7 @@ from certbroker.store.schema import (
     targets,
     webhooks,
 )
+from certbroker.store.sealed import SealedStore
 from certbroker.store.targets import TargetStore
 from certbroker.store.webhooks import WebhookStore
 
@@ -112,6 +113,7 @@ class Repository(
     AuditStore,
     WebhookStore,
     BudgetStore,
+    SealedStore,
 ):
     """Typed storage; renewal, history and arrival of certificates in store/renewals.py."""
 
