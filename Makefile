@@ -53,6 +53,7 @@ bench: install
 	bash scripts/ensure-bench-deps.sh
 	$(BIN)/python bench/issuance.py $(if $(QUICK),--quick) $(BENCH_ARGS)
 	$(BIN)/python bench/scheduler.py $(if $(QUICK),--quick) $(SCHEDULER_ARGS)
+	$(BIN)/python bench/scheduler.py --postgres $(if $(QUICK),--quick) $(SCHEDULER_ARGS)
 	$(BIN)/python bench/dns01.py $(if $(QUICK),--quick,--write)
 	$(BIN)/python bench/startup.py $(if $(QUICK),--quick)
 	$(BIN)/python bench/responder.py $(if $(QUICK),--quick)
@@ -60,6 +61,7 @@ bench: install
 	$(BIN)/python bench/api.py $(if $(QUICK),--quick,--write)
 	$(BIN)/python bench/devices.py $(if $(QUICK),--quick,--write)
 	$(BIN)/python bench/agents.py $(if $(QUICK),--quick,--write)
+	$(BIN)/python bench/nodes.py $(if $(QUICK),--quick,--write)
 	$(BIN)/python bench/summary.py $(if $(QUICK),--no-write)
 
 clean:

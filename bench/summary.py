@@ -46,11 +46,13 @@ ORDER = (
     "startup",
     "responder",
     "scheduler",
+    "scheduler-postgres",
     "dns01",
     "heal",
     "api",
     "devices",
     "agents",
+    "nodes",
 )
 CPU_FIGURE = ": CPU per certificate"  # bench/issuance.py: "issuance, MODE, KEY: CPU per ..."
 CB_CLI_TARGET = ("always-valid", "ec-p256")  # where issue 11 sets cb-cli <= certbot

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.pebble import PebbleServer, start_pebble
 from tests.support.ports import free_port
-from tests.support.postgres import PostgresServer, start_postgres
+from tests.support.postgres import PostgresServer, shared_postgres
 
 # Where the certbroker processes the tests start keep their bytecode (shared by workers).
 PYCACHE = os.path.join(tempfile.gettempdir(), f"certbroker-tests-pycache-{os.getuid()}")
@@ -113,13 +113,10 @@ def make_cli(data_dir: Path, pebble: PebbleServer | None) -> Cli:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    """A throwaway PostgreSQL cluster per test session (per xdist worker); each test that
-    wants one takes a database of its own (`postgres.new_database()`)."""
-    server = start_postgres()
-    try:
+    """One throwaway PostgreSQL cluster per test run, shared by the xdist workers; each
+    test that wants one takes a database of its own (`postgres.new_database()`)."""
+    with shared_postgres(os.environ.get("PYTEST_XDIST_TESTRUNUID")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

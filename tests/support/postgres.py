@@ -7,6 +7,9 @@ names a server to use instead.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import pwd
 import secrets
@@ -15,7 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,3 +141,69 @@ def start_postgres() -> PostgresServer:
             server.stop()
             raise RuntimeError(f"PostgreSQL did not start: {log_path.read_text()[-2000:]}")
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def shared_postgres(run_id: str | None) -> Iterator[PostgresServer]:
+    """One cluster for every xdist worker of a test run (`run_id`: xdist's
+    PYTEST_XDIST_TESTRUNUID, the same in each worker): the first worker that needs it
+    starts it, the last one done stops it, counted in a small file under a lock. Without
+    a run ID (no xdist), or with CERTBROKER_TEST_DATABASE_URL, a server of its own."""
+    if not run_id or os.environ.get(URL_ENV):
+        server = start_postgres()
+        try:
+            yield server
+        finally:
+            server.stop()
+        return
+    state = Path(tempfile.gettempdir()) / f"certbroker-pg-{run_id}.json"
+    with _locked(state):
+        if state.exists():
+            info = json.loads(state.read_text())
+            info["users"] += 1
+        else:
+            started = start_postgres()
+            assert started.process is not None
+            info = {"url": started.admin_url, "pid": started.process.pid,
+                    "workdir": str(started.workdir), "users": 1}  # fmt: skip
+        state.write_text(json.dumps(info))
+    try:
+        yield PostgresServer(info["url"])
+    finally:
+        with _locked(state):
+            info = json.loads(state.read_text())
+            info["users"] -= 1
+            if info["users"] > 0:
+                state.write_text(json.dumps(info))
+            else:
+                _stop_by_pid(int(info["pid"]))
+                shutil.rmtree(info["workdir"], ignore_errors=True)
+                state.unlink()
+
+
+@contextlib.contextmanager
+def _locked(state: Path) -> Iterator[None]:
+    with open(state.with_suffix(".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _stop_by_pid(pid: int) -> None:
+    """PostgreSQL's fast shutdown for a server another process may have started: wait
+    until it is gone (or only a zombie its parent has yet to reap), else kill it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            return
+        if state == "Z":
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
