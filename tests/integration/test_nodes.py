@@ -2,8 +2,9 @@
 API of any node are issued once each, also when a node is SIGKILLed half-way; the orders
 it held are resumed by the others once its leases expire, and none stays leased.
 
-Pebble runs in always-valid mode: the nodes share no HTTP-01 port here (a load balancer
-would give them one), and what is under test is who orders what, not validation.
+Pebble runs in always-valid mode: the nodes share no HTTP-01 port here, and what is under
+test is who orders what, not validation (test_nodes_balanced.py puts nginx in front of
+the nodes' responders and lets Pebble validate through it).
 """
 
 from __future__ import annotations
@@ -11,100 +12,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
-from certbroker.store.db import make_engine
-from tests.conftest import Cli, make_cli
 from tests.support.acme_peek import post_as_get
-from tests.support.pebble import PebbleServer, start_pebble
+from tests.support.nodes import Cluster, start_cluster
+from tests.support.pebble import start_pebble
 from tests.support.ports import free_port
 from tests.support.postgres import PostgresServer
 from tests.support.smtp import SmtpServer
 
 CERTIFICATES = 200
-LEASE_SECONDS = "10"  # a dead node's orders are taken over after this
-
-
-@dataclass
-class Cluster:
-    cli: Cli
-    url: str  # the store
-    token: str
-    account_uri: str
-    nodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    apis: list[str] = field(default_factory=list)
-    logs: list[Path] = field(default_factory=list)
-
-    def start_node(self, n: int, work: Path) -> None:
-        port = free_port()
-        env = {
-            **self.cli.env,
-            "CERTBROKER_DATA_DIR": str(work / f"node{n}"),
-            "CERTBROKER_LISTEN": f"127.0.0.1:{port}",
-            "CERTBROKER_HTTP01_PORT": str(free_port()),
-            "CERTBROKER_WORKER_PROCESSES": "1",
-            "CERTBROKER_WORKERS": "4",
-            "CERTBROKER_LEASE_SECONDS": LEASE_SECONDS,
-            # Names of their own: one host here, so the dead node's PID would otherwise
-            # give it away at once; across hosts its leases must run out.
-            "CERTBROKER_NODE_NAME": f"node{n}",
-            "CERTBROKER_SCHEDULER_INTERVAL": "1",
-        }
-        log = work / f"node{n}.log"
-        with log.open("wb") as out:
-            self.nodes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "certbroker", "serve"],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        self.apis.append(f"http://127.0.0.1:{port}")
-        self.logs.append(log)
-
-    def wait_up(self) -> None:
-        deadline = time.monotonic() + 60
-        for api, node, log in zip(self.apis, self.nodes, self.logs, strict=True):
-            while True:
-                try:
-                    if httpx.get(api + "/readyz", trust_env=False, timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if node.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"node did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.2)
-
-    def sql(self, statement: str, **params: Any) -> list[Any]:
-        engine = make_engine(self.url)
-        try:
-            with engine.begin() as conn:
-                result = conn.execute(text(statement), params)
-                return list(result) if result.returns_rows else []
-        finally:
-            engine.dispose()
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            if node.poll() is None:
-                node.send_signal(signal.SIGTERM)
-        for node in self.nodes:
-            try:
-                node.wait(60)
-            except subprocess.TimeoutExpired:
-                node.kill()
 
 
 @pytest.fixture
@@ -113,22 +36,7 @@ def cluster(tmp_path: Path, postgres: PostgresServer) -> Iterator[Cluster]:
         tmp_path / "pebble", http_port=free_port(), always_valid=True,
         env={"PEBBLE_WFE_ORDERS_PER_PAGE": str(CERTIFICATES * 10)},
     ) as pebble:  # fmt: skip
-        yield from _cluster(tmp_path, postgres, pebble)
-
-
-def _cluster(tmp_path: Path, postgres: PostgresServer, pebble: PebbleServer) -> Iterator[Cluster]:
-    cli = make_cli(tmp_path / "cli", pebble)
-    url = postgres.new_database()
-    cli.env["CERTBROKER_DATABASE_URL"] = url
-    cli.env["CERTBROKER_MASTER_KEY"] = cli("config", "new-master-key").stdout.strip()
-    cli("db", "upgrade")
-    account = cli.register()
-    token = cli("token", "create", "--name", "load", "--role", "operator").stdout.split()[-1]
-    found = Cluster(cli, url, token, account["uri"])
-    try:
-        yield found
-    finally:
-        found.stop()
+        yield from start_cluster(tmp_path, postgres, pebble)
 
 
 def _request(cluster: Cluster, n: int, alive: list[int]) -> None:

@@ -1,0 +1,104 @@
+"""Three `serve` nodes on one PostgreSQL behind a load balancer (real nginx, round robin
+over the nodes' HTTP-01 responders), with Pebble validating for real through it: a
+validation request reaches whichever node nginx picks, not the one working on the order,
+and every node answers every pending challenge from the store."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.nginx import http_preamble, nginx_binary, run_nginx, user_directive
+from tests.support.nodes import Cluster, start_cluster
+from tests.support.pebble import PebbleServer
+from tests.support.ports import free_port
+from tests.support.postgres import PostgresServer
+
+NODES, CERTIFICATES = 3, 12
+
+BALANCER = """\
+worker_processes 1;
+{user}
+error_log {work}/error.log warn;
+events {{
+    worker_connections 256;
+}}
+http {{
+    log_format upstream '$status $upstream_addr $request_uri';
+    access_log {work}/access.log upstream;
+{preamble}
+    upstream certbroker_http01 {{
+{servers}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location /.well-known/acme-challenge/ {{
+            proxy_pass http://certbroker_http01;
+            proxy_set_header Host $host;
+        }}
+    }}
+}}
+"""
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres: PostgresServer, pebble: PebbleServer) -> Iterator[Cluster]:
+    yield from start_cluster(tmp_path, postgres, pebble)
+
+
+def test_pebble_validates_through_a_load_balancer_whichever_node_answers(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    http01_ports = [free_port() for _ in range(NODES)]
+    for n, port in enumerate(http01_ports):
+        cluster.start_node(n, tmp_path, CERTBROKER_HTTP01_PORT=str(port))
+    cluster.wait_up()
+    work = tmp_path / "nginx"
+    assert cluster.cli.pebble is not None
+    balancer_port = cluster.cli.pebble.http_port  # where Pebble validates
+    conf = BALANCER.format(
+        user=user_directive(), work=work, preamble=http_preamble(work), port=balancer_port,
+        servers="\n".join(f"        server 127.0.0.1:{p};" for p in http01_ports),
+    )  # fmt: skip
+    work.mkdir()
+    with run_nginx(nginx_binary("load-balancer"), work, balancer_port, conf):
+
+        def request(k: int) -> None:
+            answer = httpx.post(
+                cluster.apis[k % NODES] + "/api/v1/certificates",
+                json={"names": [f"balanced-{k:02d}.example.com"]},
+                headers={"Authorization": f"Bearer {cluster.token}"},
+                trust_env=False,
+                timeout=60,
+            )
+            assert answer.status_code == 202, answer.text
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(request, range(CERTIFICATES)))
+        deadline = time.monotonic() + 240
+        while (
+            valid := cluster.sql("SELECT count(*) FROM certificates WHERE status = 'valid'")[0][0]
+        ) < CERTIFICATES:
+            assert time.monotonic() < deadline, (
+                f"{valid} of {CERTIFICATES} valid; nginx saw:\n"
+                + (work / "access.log").read_text()[-3000:]
+            )
+            time.sleep(0.5)
+
+    # Pebble's validations went to every node, and every one was answered (200).
+    seen = [line.split() for line in (work / "access.log").read_text().splitlines()]
+    validations = [(status, re.sub(r".*:", "", upstream)) for status, upstream, _ in seen]
+    assert all(status == "200" for status, _ in validations), validations
+    by_node = Counter(port for _, port in validations)
+    assert set(by_node) == {str(p) for p in http01_ports}, by_node
+    assert sum(by_node.values()) >= CERTIFICATES
+    # Each certificate from one order, which one node worked on.
+    per_cert = cluster.sql("SELECT certificate_id, count(*) FROM orders GROUP BY certificate_id")
+    assert {row[1] for row in per_cert} == {1} and len(per_cert) == CERTIFICATES
