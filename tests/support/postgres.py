@@ -179,6 +179,7 @@ def shared_postgres(run_id: str | None) -> Iterator[PostgresServer]:
                 _stop_by_pid(int(info["pid"]))
                 shutil.rmtree(info["workdir"], ignore_errors=True)
                 state.unlink()
+                state.with_suffix(".lock").unlink()  # under its lock, the last user
 
 
 @contextlib.contextmanager
