@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select, update
 
 from certbroker.domain import budgets as rules
+from certbroker.domain.audit import AuditQuery
 from certbroker.domain.budgets import Budget
 from certbroker.domain.errors import AcmeProblem, TransientError, UsageError
 from certbroker.domain.models import OrderState
@@ -95,6 +96,13 @@ def test_lets_encrypt_budgets_are_built_in_and_settings_win_field_by_field(
     assert str(kept.orders_per_account) == "100/3h" and str(kept.certificates_per_domain) == "50/7d"
     _, back = broker.issuance.budgets.set(rules.LETS_ENCRYPT, {"orders_per_account": None})
     assert str(back.orders_per_account) == "300/3h"
+    # Who changed a budget, and from what to what, is in the audit log.
+    changes = broker.repo.audit_entries(AuditQuery(action="settings.budgets"), 10,
+                                        newest_first=False)  # fmt: skip
+    assert [e.details for e in changes if e.details] == [
+        {"orders_per_account": ["300/3h", "100/3h"]},
+        {"orders_per_account": ["100/3h", "300/3h"]},
+    ]
 
 
 def run(broker: Broker, names: list[str], **options: Any) -> tuple[int, Outcome, str]:

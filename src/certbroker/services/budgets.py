@@ -27,6 +27,7 @@ from certbroker.domain import budgets as rules
 from certbroker.domain.budgets import CaBudgets
 from certbroker.domain.errors import AcmeProblem, UsageError
 from certbroker.domain.models import Account, Certificate, Order, OrderPurpose
+from certbroker.services import audit
 from certbroker.services.common import ServiceContext
 from certbroker.store.budgets import Check, Held
 
@@ -88,6 +89,8 @@ class BudgetService:
                     "account's name; `certbroker account list` shows both"
                 )
             url = account.directory_url.rstrip("/")
+        if not changes:
+            return url, self.for_ca(url)
         unknown = set(changes) - set(rules.FIELDS)
         if unknown:
             raise UsageError(
@@ -107,8 +110,11 @@ class BudgetService:
             overrides[url] = mine
         else:
             overrides.pop(url, None)
+        before = self.for_ca(url).to_json()
         self.repo.set_setting(SETTING, json.dumps(overrides, sort_keys=True), self.ctx.clock())
-        return url, self.for_ca(url)
+        after = self.for_ca(url)
+        audit.record(self.ctx, "settings.budgets", "ca", url, audit.diff(before, after.to_json()))
+        return url, after
 
     # -- before a new order -------------------------------------------------------------------
 

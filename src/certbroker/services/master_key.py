@@ -29,6 +29,7 @@ from certbroker.crypto.sealing import (
     write_key_file,
 )
 from certbroker.domain.errors import CertbrokerError, ConfigError, UsageError
+from certbroker.services import audit
 from certbroker.services.common import Clock, ServiceContext
 from certbroker.store.repository import Repository
 from certbroker.store.sealed import SEALED
@@ -180,4 +181,6 @@ class MasterKeyService:
             new_key = new_master_key()
         count = rotate(self.ctx.repo, self.ctx.sealer, new_key, self.ctx.clock,
                        key_dir=self.key_dir, progress=progress)  # fmt: skip
+        audit.record(self.ctx, "master-key.rotate", "store", None,
+                     {"resealed": count, "key_made_here": made})  # fmt: skip
         return count, made
