@@ -182,5 +182,5 @@ class MasterKeyService:
         count = rotate(self.ctx.repo, self.ctx.sealer, new_key, self.ctx.clock,
                        key_dir=self.key_dir, progress=progress)  # fmt: skip
         audit.record(self.ctx, "master-key.rotate", "store", None,
-                     {"resealed": count, "key_made_here": made})  # fmt: skip
+                     {"values_reencrypted": count, "made_here": made})  # fmt: skip
         return count, made
