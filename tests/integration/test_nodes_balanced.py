@@ -2,12 +2,15 @@
 over the nodes' HTTP-01 responders), with Pebble validating for real through it: a
 validation request reaches whichever node nginx picks, not the one working on the order,
 and every node answers every pending challenge from the store. Devices holding a
-websocket to one node get their chains whichever node worked on the order."""
+websocket to one node get their chains, and a gateway agent connected to one node answers
+the tokens and installs the certificates, whichever node worked on the order."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,11 +24,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from websockets.sync.client import connect
 
+from certbroker.crypto.keys import key_matches_certificate, load_private_key
 from tests.support.nginx import http_preamble, nginx_binary, run_nginx, user_directive
 from tests.support.nodes import Cluster, start_cluster
 from tests.support.pebble import PebbleServer
 from tests.support.ports import free_port
 from tests.support.postgres import PostgresServer
+from tests.support.processes import terminate
 
 NODES, CERTIFICATES, DEVICES = 3, 12, 9
 
@@ -156,3 +161,67 @@ def test_pebble_validates_through_a_load_balancer_whichever_node_answers(
         if issued_by[orders_of[json.dumps([f"d{k}.devices.example.com"])]] != k % NODES
     ]  # fmt: skip
     assert elsewhere, issued_by
+
+
+AGENT_ADDRESS = "127.0.0.5"  # where Pebble looks for the agent's names
+AGENT_CERTIFICATES = 4
+
+
+def test_an_agent_on_one_node_answers_and_installs_what_any_node_obtains(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A gateway agent holds its websocket to node 0 alone; its certificates' orders are
+    taken by whichever node's worker comes first, and the tokens it must answer, and the
+    certificates it installs, reach it through node 0 from the store. (Were they handed
+    over only inside the node working on the order, all four would have to be node 0's:
+    one run in 81.)"""
+    for n in range(NODES):
+        cluster.start_node(n, tmp_path)
+    cluster.wait_up()
+    pebble = cluster.cli.pebble
+    assert pebble is not None and pebble.challtestsrv_url is not None
+    names = [f"edge-{k}.agents.example.com" for k in range(AGENT_CERTIFICATES)]
+    for name in names:
+        pointed = httpx.post(pebble.challtestsrv_url + "/add-a", trust_env=False,
+                             json={"host": name + ".", "addresses": [AGENT_ADDRESS]})  # fmt: skip
+        assert pointed.status_code == 200, pointed.text
+    added = cluster.cli("client", "add", "edge", "--allow", "*.agents.example.com")
+    gateway = tmp_path / "gateway"
+    gateway.mkdir()
+    (gateway / "token").write_text(added.stdout.strip().splitlines()[-1] + "\n")
+    tables = "".join(
+        f'\n[[certificate]]\nnames = ["{name}"]\ncert_path = "tls/{k}/fullchain.pem"\n'
+        f'key_path = "tls/{k}/privkey.pem"\n'
+        for k, name in enumerate(names)
+    )
+    config = gateway / "agent.toml"
+    config.write_text(
+        f'broker = "{cluster.apis[0]}"\ntoken_file = "token"\n'
+        f'http01_listen = "{AGENT_ADDRESS}:{pebble.http_port}"\n'
+        f'state_file = "state/agent.json"\n{tables}'
+    )
+    with (gateway / "agent.log").open("w") as log:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "certbroker", "agent", "--config", str(config)],
+            env=cluster.cli.env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        files = [gateway / "tls" / str(k) / "privkey.pem" for k in range(AGENT_CERTIFICATES)]
+        while not all(f.exists() for f in files):
+            assert agent.poll() is None and time.monotonic() < deadline, (
+                gateway / "agent.log"
+            ).read_text()[-3000:]
+            time.sleep(0.3)
+    finally:
+        terminate(agent)
+    for k, name in enumerate(names):
+        leaf = x509.load_pem_x509_certificates(
+            (gateway / "tls" / str(k) / "fullchain.pem").read_bytes()
+        )[0]
+        key = load_private_key((gateway / "tls" / str(k) / "privkey.pem").read_bytes())
+        assert key_matches_certificate(key, leaf)
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == [name]
+    per_cert = cluster.sql("SELECT certificate_id, count(*) FROM orders GROUP BY certificate_id")
+    assert {row[1] for row in per_cert} == {1} and len(per_cert) == AGENT_CERTIFICATES
