@@ -32,7 +32,7 @@ from tests.integration.test_device_csr import last_line
 from tests.support.pebble import PebbleServer
 from tests.support.ports import free_port
 from tests.support.processes import terminate
-from tests.support.serve import api_url, start_api, stop_serve, wait_until
+from tests.support.serve import api_url, console_session, start_api, stop_serve, wait_until
 
 ADDRESSES = {"gw-a": "127.0.0.2", "gw-b": "127.0.0.3"}
 ZONES = {"gw-a": "a.example.com", "gw-b": "b.example.com"}
@@ -349,18 +349,10 @@ def _assert_alarm_shown(site: Site, kind: str, client: str, cert_id: int, error:
 
 @contextlib.contextmanager
 def _console(site: Site, name: str) -> Iterator[httpx.Client]:
-    """A viewer logged in to the console (the log-in form, as a browser sends it)."""
+    """A viewer logged in to the console."""
     password = f"{name}-password-1"
     site.cli("user", "add", name, "--role", "viewer", "--password-stdin", input=password + "\n")
-    with httpx.Client(base_url=api_url(site.cli), timeout=60, trust_env=False) as client:
-        form = client.get("/login")
-        login_token = re.search(r'name="login_token" value="([^"]+)"', form.text)
-        assert login_token, form.text
-        answer = client.post(
-            "/login",
-            data={"name": name, "password": password, "login_token": login_token.group(1)},
-        )
-        assert answer.status_code == 303, answer.text
+    with console_session(api_url(site.cli), name, password) as client:
         yield client
 
 

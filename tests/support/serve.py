@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+import httpx
 
 from tests.conftest import Cli
 
@@ -71,3 +74,22 @@ def start_api(cli: Cli, **env: str) -> subprocess.Popen[str]:
         print(stop_serve(serve))
         raise
     return serve
+
+
+@contextlib.contextmanager
+def console_session(base_url: str, name: str, password: str) -> Iterator[httpx.Client]:
+    """An HTTP client logged in to the console, through the log-in form as a browser
+    sends it (with its one-time log-in token)."""
+    import re
+
+    with httpx.Client(base_url=base_url, timeout=60, trust_env=False) as client:
+        form = client.get("/login")
+        login_token = re.search(r'name="login_token" value="([^"]+)"', form.text)
+        assert login_token, form.text
+        answer = client.post(
+            "/login",
+            data={"name": name, "password": password, "login_token": login_token.group(1)},
+        )
+        assert answer.status_code == 303, answer.text
+        assert "certbroker_session" in client.cookies
+        yield client

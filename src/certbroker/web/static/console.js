@@ -48,7 +48,11 @@
       var message = order && order.error ? order.error : "";
       error.textContent = message;
       error.hidden = !message;
-      error.className = order && order.state === "awaiting-dns" ? "note" : "problem";
+      // Waiting (for a person's DNS records, or queued until a budget or retry allows) is
+      // no problem yet.
+      var waiting = order && (order.state === "awaiting-dns" ||
+                              (order.state === "queued" && order.next_run_at));
+      error.className = waiting ? "note" : "problem";
     }
   }
 
