@@ -133,8 +133,10 @@ def test_nodes_given_the_next_key_go_on_through_a_rotation_and_others_are_told(
     assert rotator.opens_with(new, sealed) and not rotator.opens_with(old, sealed)
     assert ready.unseal(sealed) == b"the account key"
     assert ready.opens_with(new, ready.seal(b"after"))  # seals with the current key now
-    with pytest.raises(ConfigError, match="CERTBROKER_MASTER_KEY_NEXT"):
-        unready.seal(b"after")
+    unready.CURRENT_TTL = 60.0  # type: ignore[misc]  # a refusal is not remembered as an answer
+    for _ in range(2):  # and again: it never falls back to sealing with the old key
+        with pytest.raises(ConfigError, match="CERTBROKER_MASTER_KEY_NEXT"):
+            unready.seal(b"after")
     # A node restarted with the new key alone opens the store; one with the old is refused.
     assert open_sealer(data, new.decode(), repo, lambda: NOW).unseal(sealed) == b"the account key"
     with pytest.raises(ConfigError, match="not the one"):

@@ -102,16 +102,18 @@ class Sealer:
             if now - self._checked_at < self.CURRENT_TTL:
                 return self._sealing
             wanted = self._current()
-            self._checked_at = now
             if wanted is None:
+                self._checked_at = now
                 return self._sealing
             for attempt in range(2):
                 for key in self._keys:
                     if key_check(key) == wanted:
-                        self._sealing = key
+                        self._sealing, self._checked_at = key, now
                         return key
                 if attempt == 0 and not self._reread():
                     break
+            # Not remembered: every later seal asks again, and is refused again, until the
+            # process is given the key.
             raise ConfigError(
                 "the store's secrets are now sealed with a master key this process was not "
                 "given (it was rotated); restart it with the new key in "
