@@ -73,10 +73,6 @@ class Sealer:
         self._lock = threading.Lock()
         self._fernets: dict[bytes, Fernet] = {}
 
-    @property
-    def keys(self) -> list[bytes]:
-        return list(self._keys)
-
     def _fernet(self, key: bytes) -> Fernet:
         made = self._fernets.get(key)
         if made is None:

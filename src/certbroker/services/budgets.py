@@ -29,7 +29,7 @@ from certbroker.domain.errors import AcmeProblem, UsageError
 from certbroker.domain.models import Account, Certificate, Order, OrderPurpose
 from certbroker.services import audit
 from certbroker.services.common import ServiceContext
-from certbroker.store.budgets import Check, Held
+from certbroker.store.budgets import Check, Held, ScopeUse
 
 log = logging.getLogger("certbroker.budgets")
 
@@ -69,12 +69,16 @@ class BudgetService:
 
     def settings(self) -> list[dict[str, Any]]:
         """Every CA with a budget (built in, set, or in use by an account)."""
-        urls = set(rules.BUILT_IN) | set(self._overrides())
+        return [{"ca": url, **found.to_json(), "set_here": here}
+                for url, found, here in self._every_ca()]  # fmt: skip
+
+    def _every_ca(self) -> list[tuple[str, CaBudgets, bool]]:
+        """(directory URL, its budgets, set here) of every CA known, the settings read once."""
+        overrides = self._overrides()
+        urls = set(rules.BUILT_IN) | set(overrides)
         urls |= {a.directory_url.rstrip("/") for a in self.repo.list_accounts()}
-        return [
-            {"ca": url, **self.for_ca(url).to_json(), "set_here": url in self._overrides()}
-            for url in sorted(urls)
-        ]
+        return [(url, rules.effective(url, overrides.get(url, {})), url in overrides)
+                for url in sorted(urls)]  # fmt: skip
 
     def set(self, ca: str, changes: dict[str, str | None]) -> tuple[str, CaBudgets]:
         """Set budgets of one CA (its directory URL, or an account's name for its CA): a
@@ -200,16 +204,17 @@ class BudgetService:
         now = self.ctx.clock()
         names = {account_scope(a): a.name for a in self.repo.list_accounts()}
         out: list[dict[str, Any]] = []
-        for setting in self.settings():
-            ca = setting["ca"]
-            budgets = self.for_ca(ca)
+        used: dict[timedelta, list[ScopeUse]] = {}  # per window, over every CA: read once
+        for ca, budgets, here in self._every_ca():
             scopes = []
             for kind, budget in (
                 ("account", budgets.orders_per_account),
                 ("domain", budgets.certificates_per_domain),
             ):
                 window = budget.window if budget else timedelta(days=7)
-                for use in self.repo.budget_use(now - window, now):
+                if window not in used:
+                    used[window] = self.repo.budget_use(now - window, now)
+                for use in used[window]:
                     if use.ca != ca or not use.scope.startswith(kind + ":"):
                         continue
                     check = Check(use.scope, budget, issued_only=kind == "domain")
@@ -224,7 +229,7 @@ class BudgetService:
                             "full_until": opens.isoformat() if opens else None,
                         }
                     )
-            out.append({**setting, "scopes": scopes[:50]})
+            out.append({"ca": ca, **budgets.to_json(), "set_here": here, "scopes": scopes[:50]})
         holds = [
             {"ca": b.ca, "scope": b.scope, "until": b.until.isoformat(), "reason": b.reason}
             for b in self.repo.budget_blocks_now(now)
