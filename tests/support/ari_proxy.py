@@ -11,7 +11,10 @@ is rewritten to the proxy. On top:
 * each newOrder payload is decoded and recorded (`new_orders`), so a test can see
   `replaces` on the wire;
 * `down = True` makes the CA unreachable (connections closed unanswered), as in an
-  outage, until it is set back.
+  outage, until it is set back;
+* `distort(method, path, body)`, when set, may give another body for Pebble's answer (a
+  CA's surprise: a list where an object belongs, a field missing, a page that is no
+  JSON); None keeps Pebble's.
 
 It uses Pebble's own listener certificate (for 127.0.0.1), so clients trust it with the
 same CA bundle.
@@ -23,6 +26,7 @@ import base64
 import json
 import ssl
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -43,6 +47,7 @@ class AriProxy:
         self.asked: list[str] = []
         self.new_orders: list[dict[str, Any]] = []
         self.down = False
+        self.distort: Callable[[str, str, bytes], bytes | None] | None = None
         self.upstream = pebble.directory_url.rsplit("/", 1)[0]  # https://127.0.0.1:port
         self._session = requests.Session()
         self._session.verify = str(pebble.ca_bundle)
@@ -108,6 +113,8 @@ class AriProxy:
                         "shortlived": "six-day certificates",
                     }
                     content = json.dumps(directory).encode()
+                if proxy.distort is not None:
+                    content = proxy.distort(self.command, self.path, content) or content
                 passed = {
                     k: proxy._rewrite(v.encode()).decode()
                     for k, v in upstream.headers.items()

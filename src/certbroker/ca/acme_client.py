@@ -8,12 +8,12 @@ the CA's problem document.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -30,6 +30,17 @@ from josepy.interfaces import JSONDeSerializable
 from josepy.json_util import decode_b64jose, encode_b64jose
 
 from certbroker import __version__
+from certbroker.ca.answers import (
+    Answer,
+    BadAnswer,
+    NotJson,
+    account_of,
+    authorization_of,
+    directory_of,
+    order_of,
+    order_urls,
+    renewal_info_of,
+)
 from certbroker.crypto.jwk import jwk_for
 from certbroker.crypto.keys import PrivateKey, load_private_key
 from certbroker.domain.errors import (
@@ -42,7 +53,6 @@ from certbroker.domain.errors import (
 from certbroker.ports import (
     AccountInfo,
     AuthorizationInfo,
-    ChallengeInfo,
     OrderInfo,
     RenewalInfo,
     RequestTimer,
@@ -206,6 +216,11 @@ class AcmeCA:
                 if isinstance(status, int) and status >= 500:
                     raise TransientError(message) from None
                 raise PermanentError(message) from None
+            except NotJson as err:  # a proxy's or maintenance page: it passes
+                raise TransientError(f"the CA's answer to {what} is not ACME: {err}") from None
+            except BadAnswer as err:
+                message = f"the CA's answer to {what} is not valid ACME: {err}"
+                raise PermanentError(message) from None
             except (ValueError, KeyError, DeserializationError) as err:
                 raise PermanentError(
                     f"the CA's answer to {what} is not valid ACME ({_short(err)})"
@@ -237,12 +252,12 @@ class AcmeCA:
                     raise
                 raise _NotADirectory(f"it answered with the problem {err.code}") from None
             try:
-                data = response.json()
-            except ValueError:
+                answer = Answer.of(response, self.directory_url)
+            except NotJson:
                 raise _NotADirectory("it answered something that is not JSON") from None
-            if not isinstance(data, dict) or "newOrder" not in data:
+            if not isinstance(answer.value, dict) or "newOrder" not in answer.value:
                 raise _NotADirectory("its JSON has no newOrder")
-            return data
+            return directory_of(answer)
 
         try:
             data = self._call("send its directory", fetch)
@@ -281,14 +296,12 @@ class AcmeCA:
         return bool(meta.get("externalAccountRequired"))
 
     def _account_info(self, response: requests.Response, uri: str | None = None) -> AccountInfo:
-        body = response.json()
-        location = response.headers.get("Location") or uri or self.account_uri or ""
-        return AccountInfo(
-            uri=location,
-            status=str(body.get("status", "valid")),
-            contacts=tuple(body.get("contact") or ()),
-            terms_of_service=self.terms_of_service(),
-        )
+        answer = Answer.of(response, uri or response.url)
+        location = response.headers.get("Location") or uri or self.account_uri
+        if not location:
+            raise BadAnswer(answer.url, "a Location header naming the account", "none")
+        info = account_of(answer, location)
+        return dataclasses.replace(info, terms_of_service=self.terms_of_service())
 
     def register(
         self, emails: Sequence[str], agree_tos: bool, eab: tuple[str, str] | None
@@ -369,7 +382,11 @@ class AcmeCA:
         new_jwk, new_alg = jwk_for(new_key)
         url = self.directory().get("keyChange")
         if not url:
-            raise PermanentError("this CA does not support account key rollover (no keyChange)")
+            raise PermanentError(
+                f"the CA at {self.directory_url} does not offer account key rollover (its "
+                "directory names no keyChange); keep the current key, or register a new "
+                "account with the new key and move the certificates to it"
+            )
         inner_payload = json.dumps(
             {"account": uri, "oldKey": self.jwk.public_key().to_partial_json()}
         ).encode()
@@ -378,7 +395,22 @@ class AcmeCA:
             inner = acme_jws.JWS.sign(inner_payload, key=new_jwk, alg=new_alg, nonce=None, url=url)
             self.net.post(url, inner, new_nonce_url=self.directory()["newNonce"])
 
-        self._call("change the account key", do)
+        try:
+            self._call("change the account key", do)
+        except PermanentError as err:
+            # step-ca lists keyChange but answers it "not implemented" (as rejectedIdentifier).
+            problem = err.problem
+            unsupported = problem is not None and "not implemented" in problem.detail.lower()
+            raise PermanentError(
+                f"the CA at {self.directory_url} "
+                + (
+                    "does not support account key rollover"
+                    if unsupported
+                    else "refused the key change"
+                )
+                + f" ({problem or err}); the account keeps its current key, here and at the CA",
+                problem,
+            ) from None
         self.key = new_key
         self.jwk = new_jwk
         self.net.key = new_jwk
@@ -387,20 +419,11 @@ class AcmeCA:
     # -- orders --------------------------------------------------------------------------
 
     def _order_info(self, response: requests.Response, url: str | None = None) -> OrderInfo:
-        body = response.json()
-        error = body.get("error")
-        return OrderInfo(
-            url=response.headers.get("Location") or url or "",
-            status=str(body["status"]),
-            authorizations=tuple(body.get("authorizations") or ()),
-            finalize=str(body["finalize"]),
-            certificate=body.get("certificate"),
-            error=AcmeProblem.from_json(error) if isinstance(error, dict) else None,
-            retry_after=_retry_after(response),
-            identifiers=tuple(
-                str(i.get("value")) for i in body.get("identifiers") or () if isinstance(i, dict)
-            ),
-        )
+        answer = Answer.of(response, url or response.url)
+        location = response.headers.get("Location") or url
+        if not location:
+            raise BadAnswer(answer.url, "a Location header naming the new order", "none")
+        return order_of(answer, location, _retry_after(response))
 
     def supports_renewal_info(self) -> bool:
         return bool(self.directory().get("renewalInfo"))
@@ -410,18 +433,9 @@ class AcmeCA:
         base = str(self.directory()["renewalInfo"]).rstrip("/")
 
         def fetch() -> RenewalInfo:
-            response = self.net.get(f"{base}/{cert_id}")
-            body = response.json()
-            window = body["suggestedWindow"]
-            start = datetime.fromisoformat(str(window["start"]).replace("Z", "+00:00"))
-            end = datetime.fromisoformat(str(window["end"]).replace("Z", "+00:00"))
-            explanation = body.get("explanationURL")
-            return RenewalInfo(
-                start=start if start.tzinfo else start.replace(tzinfo=UTC),
-                end=end if end.tzinfo else end.replace(tzinfo=UTC),
-                retry_after=_retry_after(response),
-                explanation_url=str(explanation) if explanation else None,
-            )
+            url = f"{base}/{cert_id}"
+            response = self.net.get(url)
+            return renewal_info_of(Answer.of(response, url), _retry_after(response))
 
         return self._call("send renewal information", fetch)
 
@@ -448,18 +462,20 @@ class AcmeCA:
         return self._call("show the order", lambda: self._order_info(self._post_as_get(url), url))
 
     def account_orders(self) -> list[str]:
-        """The account's `orders` list, page after page (at most 50 pages)."""
+        """The account's `orders` list, page after page (at most 50 pages); none when the
+        account names no orders URL (Let's Encrypt)."""
 
         def fetch() -> list[str]:
             if not self.account_uri:
                 return []
-            url = self._post_as_get(self.account_uri).json().get("orders")
+            account = Answer.of(self._post_as_get(self.account_uri), self.account_uri)
+            url = account.optional_text("orders")
             found: list[str] = []
             for _ in range(50):
                 if not url:
                     break
-                response = self._post_as_get(str(url))
-                found += [str(u) for u in response.json().get("orders") or ()]
+                response = self._post_as_get(url)
+                found += order_urls(Answer.of(response, url))
                 url = response.links.get("next", {}).get("url")
             return found
 
@@ -468,29 +484,7 @@ class AcmeCA:
     def get_authorization(self, url: str) -> AuthorizationInfo:
         def do() -> AuthorizationInfo:
             response = self._post_as_get(url)
-            body = response.json()
-            chals = []
-            for ch in body.get("challenges") or ():
-                err = ch.get("error")
-                chals.append(
-                    ChallengeInfo(
-                        type=str(ch.get("type")),
-                        url=str(ch.get("url")),
-                        token=str(ch.get("token", "")),
-                        status=str(ch.get("status")),
-                        error=AcmeProblem.from_json(err) if isinstance(err, dict) else None,
-                    )
-                )
-            wildcard = bool(body.get("wildcard"))
-            ident = str(body["identifier"]["value"])
-            return AuthorizationInfo(
-                url=url,
-                identifier=f"*.{ident}" if wildcard else ident,
-                wildcard=wildcard,
-                status=str(body["status"]),
-                challenges=tuple(chals),
-                retry_after=_retry_after(response),
-            )
+            return authorization_of(Answer.of(response, url), url, _retry_after(response))
 
         return self._call("show the authorization", do)
 
@@ -513,7 +507,13 @@ class AcmeCA:
 
     def download_certificate(self, url: str) -> str:
         def do() -> str:
-            return self._post_as_get(url).text
+            text = self._post_as_get(url).text
+            try:
+                x509.load_pem_x509_certificates(text.encode())
+            except ValueError:
+                found = "an empty body" if not text.strip() else "something else"
+                raise BadAnswer(url, "a PEM certificate chain", found) from None
+            return text
 
         return self._call("send the certificate", do)
 
@@ -525,9 +525,13 @@ class AcmeCA:
             "certificate": encode_b64jose(cert.public_bytes(Encoding.DER)),
             "reason": reason,
         }
-        self._call(
-            "revoke the certificate", lambda: self._post(self.directory()["revokeCert"], payload)
-        )
+        url = self.directory().get("revokeCert")
+        if not url:
+            raise PermanentError(
+                f"the CA at {self.directory_url} does not offer revocation (its directory "
+                "names no revokeCert)"
+            )
+        self._call("revoke the certificate", lambda: self._post(url, payload))
 
 
 def _short(err: BaseException) -> str:

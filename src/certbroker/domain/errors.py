@@ -79,15 +79,21 @@ class AcmeProblem:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AcmeProblem:
+        """A problem document as a CA sent it, whatever its fields hold (it is only ever
+        shown to a person): a field of the wrong type is left out, never an error."""
         ident = data.get("identifier")
         if isinstance(ident, dict):
             ident = ident.get("value")
+        status = data.get("status")
+        subs = data.get("subproblems")
         return cls(
-            type=str(data.get("type", "about:blank")),
-            detail=str(data.get("detail", "")),
-            status=data.get("status"),
-            identifier=ident,
-            subproblems=tuple(cls.from_json(p) for p in data.get("subproblems") or ()),
+            type=str(data.get("type") or "about:blank"),
+            detail=str(data.get("detail") or ""),
+            status=status if isinstance(status, int) and not isinstance(status, bool) else None,
+            identifier=str(ident) if ident else None,
+            subproblems=tuple(cls.from_json(p) for p in subs if isinstance(p, dict))
+            if isinstance(subs, list)
+            else (),
         )
 
     def __str__(self) -> str:
