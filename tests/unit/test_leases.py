@@ -110,6 +110,28 @@ def test_started_at_is_when_a_worker_first_took_the_order(repo: Repository) -> N
     assert repo.get_order(_order(repo, owner="cli")).started_at == NOW  # --wait: at once
 
 
+def test_only_a_claim_from_a_holder_that_never_let_go_is_a_takeover(repo: Repository) -> None:
+    """`taken_over` decides whether a worker asks the CA for the account's orders (an
+    order a dead holder may have created there): not for a fresh order, nor for the
+    `--wait` process's own, nor after a failure let the order go; only when the holder
+    died or its lease ran out."""
+    until = NOW + timedelta(seconds=120)
+    _order(repo)
+    fresh = repo.claim_next("w1", NOW, until)
+    assert fresh is not None and not fresh.taken_over
+    cli = _order(repo, owner="cli")
+    assert repo.try_claim(cli, "cli", NOW, until, None)
+    assert not repo.get_order(cli).taken_over
+    repo.retry_later(cli, "cli", NOW, attempts=1, message="x", problem=None, next_run_at=NOW)
+    assert repo.try_claim(cli, "w2", NOW, until, None)
+    assert not repo.get_order(cli).taken_over  # let go after a failure: nothing to find
+    later = until + timedelta(seconds=1)
+    taken = repo.claim_next("w3", later, later + timedelta(seconds=120))  # w1's ran out
+    assert taken is not None and taken.id == fresh.id and taken.taken_over
+    assert repo.try_claim(cli, "w4", NOW, until, "w2")  # w2 died
+    assert repo.get_order(cli).taken_over
+
+
 def test_each_step_is_recorded_under_the_lease_only(repo: Repository) -> None:
     order_id = _order(repo, owner="w1")
     until = NOW + timedelta(seconds=120)

@@ -260,6 +260,9 @@ class Order:
     error_message: str | None = None
     finished_at: datetime | None = None
     started_at: datetime | None = None  # first taken by a worker; created_at is when queued
+    # Its holder took it from one that never let it go: that one may have created an
+    # order at the CA and died before recording it.
+    taken_over: bool = False
     purpose: OrderPurpose = OrderPurpose.ISSUE
     replaces: str | None = None  # the ARI certID sent with the new order
     account_id: int | None = None  # None: the certificate's first account

@@ -236,11 +236,13 @@ class OrderRun:
         """An order its previous holder created at the CA and died before recording: the
         newest of the account's orders (as the CA lists them) that no order here names,
         for exactly these names and still usable. Looked for only when this order was
-        started before and taken over; a CA that lists no orders (Let's Encrypt hands
-        back the pending order for the same names instead) is not asked twice."""
-        started, until = self.order.started_at, self.order.lease_until
-        if started is None or until is None or started >= until - lease():
-            return None  # taken for the first time: nobody ordered it yet
+        taken from a holder that never let it go (an order let go after a failure, a
+        hold or a wait has none to find): asking costs requests, and step-ca answers it
+        by forgetting the account's orders when none is pending, after which it refuses
+        the account's every new order. Best effort: a CA whose list is missing (Let's
+        Encrypt names none) or unreadable is ordered from as usual."""
+        if not self.order.taken_over:
+            return None
         try:
             urls = self.ca.account_orders()[-ORPHAN_LOOK_BACK:]
         except CAError as exc:  # a CA whose list is missing or broken: order as usual
@@ -250,7 +252,13 @@ class OrderRun:
         for url in reversed(urls):
             if url in known:
                 continue
-            info = self.ca.get_order(url)
+            try:
+                info = self.ca.get_order(url)
+            except CAError as exc:
+                log.debug(
+                    "order %d: the CA's order %s could not be read: %s", self.order.id, url, exc
+                )
+                continue
             usable = info.status in (AcmeStatus.PENDING, AcmeStatus.READY,
                                      AcmeStatus.PROCESSING, AcmeStatus.VALID)  # fmt: skip
             if usable and sorted(info.identifiers) == sorted(self.cert.names):

@@ -25,7 +25,7 @@ from certbroker.domain.errors import ConfigError
 # The newest migration (store/migrations/versions), known without importing Alembic, so
 # that a command on a current store does not (importing Alembic costs more than 0.1 s, on
 # top of SQLAlchemy). tests/unit/test_migrations.py holds it to Alembic's own head.
-HEAD_REVISION = "0025"
+HEAD_REVISION = "0026"
 MIGRATION_LOCK = 0x63657274  # PostgreSQL advisory lock held while the schema changes
 
 

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     and_,
     bindparam,
@@ -444,6 +445,7 @@ class Repository(
                     lease_owner=owner,
                     lease_until=until,
                     started_at=func.coalesce(orders.c.started_at, literal(now, UTCDateTime())),
+                    taken_over=_taken_from_another(owner),
                 )
             )
             return bool(result.rowcount)
@@ -497,6 +499,7 @@ class Repository(
                     lease_owner=owner,
                     lease_until=until,
                     started_at=func.coalesce(orders.c.started_at, literal(now, UTCDateTime())),
+                    taken_over=_taken_from_another(owner),
                 )
                 .returning(*orders.c)
             ).first()
@@ -746,3 +749,10 @@ class Repository(
     def delete_challenge(self, token: str) -> None:
         with self._write() as conn:
             conn.execute(delete(challenges).where(challenges.c.token == token))
+
+
+def _taken_from_another(owner: str) -> ColumnElement[bool]:
+    """In a claim's SET: whether the order still names another holder (SET expressions see
+    the row as it was). An order let go after a failure, a hold or a wait names none; a
+    holder that died, or whose lease ran out, is still named."""
+    return and_(orders.c.lease_owner.is_not(None), orders.c.lease_owner != owner)

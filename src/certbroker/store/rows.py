@@ -117,6 +117,7 @@ def order_row(row: Row[Any]) -> Order:
         error_message=row.error_message,
         finished_at=row.finished_at,
         started_at=row.started_at,
+        taken_over=bool(row.taken_over),
         purpose=OrderPurpose(row.purpose),
         replaces=row.replaces,
         account_id=row.account_id,

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    false,
     func,
     literal_column,
     text,
@@ -175,6 +176,8 @@ orders = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
     Column("started_at", UTCDateTime, nullable=True),  # first taken by a worker
+    # The holder took it from one that never let it go (migration 0026).
+    Column("taken_over", Boolean, nullable=False, server_default=false()),
     Column("purpose", String(20), nullable=False, server_default="issue"),  # issue | renew
     # A renewal's new private key, until the new certificate replaces the old one.
     Column("key_sealed", LargeBinary, nullable=True),
