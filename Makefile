@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 # Tests run in parallel, one Pebble per worker: the suite is CPU-bound (a certbroker process per
-# CLI call), so one worker per core, at most four.
+# CLI call), so one worker per core, at most four. `loadgroup`: tests marked with one
+# xdist_group run on one worker (the step-ca tests share one Caddy and HTTP-01 on port 80).
 TEST_WORKERS ?= auto
 
 .PHONY: install run test lint format demo bench screenshots clean
@@ -25,7 +26,7 @@ run: install
 ## Install what the tests need (Python packages into .venv, Debian packages such as pebble) and run them.
 test: install
 	bash scripts/ensure-test-deps.sh
-	$(BIN)/pytest -n $(TEST_WORKERS) --maxprocesses 4 $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadgroup $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests bench scripts

@@ -7,7 +7,8 @@
 set -euo pipefail
 
 # "binary:debian-package" pairs. The pebble package ships both pebble binaries; named and
-# pdns_server (DNS-01 tests) live in /usr/sbin.
+# pdns_server (DNS-01 tests) live in /usr/sbin. caddy is the second CA (step-ca's ACME
+# server, `acme_server`), run in a mount namespace of its own (unshare).
 REQUIRED=(
     "pebble:pebble"
     "pebble-challtestsrv:pebble"
@@ -18,6 +19,8 @@ REQUIRED=(
     "nginx:nginx"
     "sshd:openssh-server"
     "systemd-analyze:systemd"
+    "caddy:caddy"
+    "unshare:util-linux"
 )
 # PowerDNS loads its SQLite backend from this module (package pdns-backend-sqlite3).
 GSQLITE3_GLOB="/usr/lib/*/pdns/libgsqlite3backend.so"
