@@ -4,11 +4,14 @@ BIND 9 with a Pebble whose VA reads its records (DNS-01)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.conftest import Cli
+from tests.conftest import Cli, make_cli
+from tests.support.ari_proxy import AriProxy
 from tests.support.browser import launch
 from tests.support.dns_servers import BindServer, start_bind
 from tests.support.pebble import PebbleServer, start_pebble
@@ -67,6 +70,29 @@ def dns_pebble(
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def ari(pebble: PebbleServer) -> Iterator[AriProxy]:
+    """A proxy in front of Pebble that adds ARI and can distort answers (ari_proxy.py)."""
+    now = datetime.now(UTC)
+    proxy = AriProxy(pebble, (now + timedelta(days=10), now + timedelta(days=11))).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture
+def ari_cli(ari: AriProxy, pebble: PebbleServer, tmp_path: Path) -> Cli:
+    """A CLI with account `main` registered through `ari`."""
+    cli = make_cli(tmp_path / "data", pebble)
+    cli(
+        "account", "register", "--directory", ari.directory_url, "--email",
+        "ari@example.com", "--agree-tos", "--ca-bundle", str(pebble.ca_bundle),
+        "--name", "main",
+    )  # fmt: skip
+    return cli
 
 
 def add_account(

@@ -1,10 +1,10 @@
 """ARI (RFC 9773) end to end: Debian's Pebble 2.4 has no renewalInfo, so a proxy in front
-of it adds one (tests/support/ari_proxy.py) and serves the window each test chooses."""
+of it adds one (tests/support/ari_proxy.py; fixtures `ari` and `ari_cli` in conftest.py)
+and serves the window each test chooses."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,31 +12,10 @@ import pytest
 from cryptography import x509
 
 from certbroker.crypto.ari import ari_cert_id
-from tests.conftest import Cli, make_cli
+from tests.conftest import Cli
 from tests.support.ari_proxy import AriProxy
 from tests.support.pebble import PebbleServer
 from tests.support.serve import start_serve, stop_serve, wait_until
-
-
-@pytest.fixture
-def ari(pebble: PebbleServer) -> Iterator[AriProxy]:
-    now = datetime.now(UTC)
-    proxy = AriProxy(pebble, (now + timedelta(days=10), now + timedelta(days=11))).start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
-
-
-@pytest.fixture
-def ari_cli(ari: AriProxy, pebble: PebbleServer, tmp_path: Path) -> Cli:
-    cli = make_cli(tmp_path / "data", pebble)
-    cli(
-        "account", "register", "--directory", ari.directory_url, "--email",
-        "ari@example.com", "--agree-tos", "--ca-bundle", str(pebble.ca_bundle),
-        "--name", "main",
-    )  # fmt: skip
-    return cli
 
 
 def _leaf(cli: Cli, tmp_path: Path) -> x509.Certificate:

@@ -1,5 +1,5 @@
-"""Nothing a CA sends crashes certbroker. Pebble's answers pass through a proxy
-(tests/support/ari_proxy.py) that turns one of them into what a CA with a bug, a proxy
+"""Nothing a CA sends crashes certbroker. Pebble's answers pass through a proxy (`ari`,
+tests/support/ari_proxy.py) that turns one of them into what a CA with a bug, a proxy
 in the way or a newer protocol might send; certbroker says, in one line, which URL
 answered what where ACME expects what, and the order stops (or, for a page that is no
 JSON at all, is tried again) instead of ending in a traceback."""
@@ -7,8 +7,7 @@ JSON at all, is tried again) instead of ending in a traceback."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,27 +17,6 @@ from tests.support.ari_proxy import AriProxy
 from tests.support.pebble import PebbleServer
 
 Edit = Callable[[dict[str, object]], object]
-
-
-@pytest.fixture
-def proxy(pebble: PebbleServer) -> Iterator[AriProxy]:
-    now = datetime.now(UTC)
-    server = AriProxy(pebble, (now + timedelta(days=10), now + timedelta(days=11))).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def proxied(proxy: AriProxy, pebble: PebbleServer, tmp_path: Path) -> Cli:
-    cli = make_cli(tmp_path / "data", pebble)
-    cli(
-        "account", "register", "--directory", proxy.directory_url, "--email",
-        "surprise@example.com", "--agree-tos", "--ca-bundle", str(pebble.ca_bundle),
-        "--name", "main",
-    )  # fmt: skip
-    return cli
 
 
 def distort_json(proxy: AriProxy, path: str, edit: Edit) -> list[str]:
@@ -93,33 +71,33 @@ def one_line_error(stderr: str) -> str:
     ids=["order-list", "no-finalize", "status-number", "authz-list", "identifier", "chall", "url"],
 )
 def test_an_answer_of_the_wrong_shape_is_one_line_naming_the_url(
-    proxy: AriProxy, proxied: Cli, path: str, edit: Edit, expected: str
+    ari: AriProxy, ari_cli: Cli, path: str, edit: Edit, expected: str
 ) -> None:
-    seen = distort_json(proxy, path, edit)
-    failed = proxied("cert", "request", "shape.example.com", "--wait", check=False)
+    seen = distort_json(ari, path, edit)
+    failed = ari_cli("cert", "request", "shape.example.com", "--wait", check=False)
     assert seen, "the CA was never asked"
     assert failed.returncode == 1, failed.stderr
     line = one_line_error(failed.stderr)
     assert "is not valid ACME" in line and expected in line, line
-    assert f"{proxy.base}{path}" in line, line  # the URL that answered
-    shown = proxied.json("cert", "show", "1")
+    assert f"{ari.base}{path}" in line, line  # the URL that answered
+    shown = ari_cli.json("cert", "show", "1")
     assert shown["status"] == "failed"
     assert expected in shown["attempts"][-1]["error"]
 
 
-def test_a_certificate_that_is_no_pem_chain_is_refused(proxy: AriProxy, proxied: Cli) -> None:
+def test_a_certificate_that_is_no_pem_chain_is_refused(ari: AriProxy, ari_cli: Cli) -> None:
     def distort(method: str, at: str, body: bytes) -> bytes | None:
         return b"<html>Service Unavailable</html>" if at.startswith("/certZ/") else None
 
-    proxy.distort = distort
-    failed = proxied("cert", "request", "pem.example.com", "--wait", check=False)
+    ari.distort = distort
+    failed = ari_cli("cert", "request", "pem.example.com", "--wait", check=False)
     assert failed.returncode == 1
     line = one_line_error(failed.stderr)
-    assert f"{proxy.base}/certZ/" in line and "where ACME expects a PEM certificate chain" in line
-    assert proxied.json("cert", "list")[0]["status"] == "failed"
+    assert f"{ari.base}/certZ/" in line and "where ACME expects a PEM certificate chain" in line
+    assert ari_cli.json("cert", "list")[0]["status"] == "failed"
 
 
-def test_a_page_that_is_no_json_is_tried_again(proxy: AriProxy, proxied: Cli) -> None:
+def test_a_page_that_is_no_json_is_tried_again(ari: AriProxy, ari_cli: Cli) -> None:
     """A maintenance or proxy page instead of the order: it passes, so the order is tried
     again, and issued once the CA answers in JSON."""
     pages: list[str] = []
@@ -130,39 +108,39 @@ def test_a_page_that_is_no_json_is_tried_again(proxy: AriProxy, proxied: Cli) ->
             return b"<html><body>502 Bad Gateway</body></html>"
         return None
 
-    proxy.distort = distort
-    issued = proxied("cert", "request", "page.example.com", "--wait")
+    ari.distort = distort
+    issued = ari_cli("cert", "request", "page.example.com", "--wait")
     assert pages
-    assert f"the CA's answer to show the order is not ACME: {proxy.base}/my-order/" in issued.stderr
+    assert f"the CA's answer to show the order is not ACME: {ari.base}/my-order/" in issued.stderr
     assert "a body that is not JSON" in issued.stderr
-    assert proxied.json("cert", "show", "1")["status"] == "valid"
+    assert ari_cli.json("cert", "show", "1")["status"] == "valid"
 
 
 def test_a_directory_of_the_wrong_shape_is_refused_before_anything_is_stored(
-    proxy: AriProxy, pebble: PebbleServer, tmp_path: Path
+    ari: AriProxy, pebble: PebbleServer, tmp_path: Path
 ) -> None:
     cli = make_cli(tmp_path / "data", pebble)
-    distort_json(proxy, "/dir", replaced("newAccount", ["not", "a", "url"]))
+    distort_json(ari, "/dir", replaced("newAccount", ["not", "a", "url"]))
     failed = cli(
-        "account", "register", "--directory", proxy.directory_url, "--email",
+        "account", "register", "--directory", ari.directory_url, "--email",
         "dir@example.com", "--agree-tos", "--ca-bundle", str(pebble.ca_bundle),
         check=False,
     )  # fmt: skip
     assert failed.returncode == 1
     line = one_line_error(failed.stderr)
-    assert f"{proxy.directory_url} answered a list where ACME expects" in line
+    assert f"{ari.directory_url} answered a list where ACME expects" in line
     assert '"newAccount" as a string' in line
     assert cli.json("account", "list") == []
 
 
-def test_an_orders_list_that_cannot_be_read_is_passed_over(proxy: AriProxy, proxied: Cli) -> None:
+def test_an_orders_list_that_cannot_be_read_is_passed_over(ari: AriProxy, ari_cli: Cli) -> None:
     """The look for an order a dead process left is best effort: a CA whose account
     answer names its orders list wrongly is ordered from as usual."""
-    seen = distort_json(proxy, "/my-account/", replaced("orders", 42))
-    killed = proxied("cert", "request", "lost.example.com", "--wait", check=False,
+    seen = distort_json(ari, "/my-account/", replaced("orders", 42))
+    killed = ari_cli("cert", "request", "lost.example.com", "--wait", check=False,
                      env={"CERTBROKER_FAULT_KILL_AFTER": "order-created"})  # fmt: skip
     assert killed.returncode != 0
-    resumed = proxied("cert", "resume", "1")
+    resumed = ari_cli("cert", "resume", "1")
     assert seen  # the account was asked for its orders, and answered wrongly
     assert "Traceback" not in resumed.stderr
-    assert proxied.json("cert", "show", "1")["status"] == "valid"
+    assert ari_cli.json("cert", "show", "1")["status"] == "valid"

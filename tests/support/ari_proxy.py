@@ -12,9 +12,10 @@ is rewritten to the proxy. On top:
   `replaces` on the wire;
 * `down = True` makes the CA unreachable (connections closed unanswered), as in an
   outage, until it is set back;
-* `distort(method, path, body)`, when set, may give another body for Pebble's answer (a
-  CA's surprise: a list where an object belongs, a field missing, a page that is no
-  JSON); None keeps Pebble's.
+* `distort(method, path, body)`, when set, may give another body for Pebble's successful
+  answer (a CA's surprise: a list where an object belongs, a field missing, a page that is
+  no JSON); None keeps Pebble's. Problem documents (Pebble's 5 % of badNonce among them)
+  pass as they are.
 
 It uses Pebble's own listener certificate (for 127.0.0.1), so clients trust it with the
 same CA bundle.
@@ -113,7 +114,7 @@ class AriProxy:
                         "shortlived": "six-day certificates",
                     }
                     content = json.dumps(directory).encode()
-                if proxy.distort is not None:
+                if proxy.distort is not None and upstream.ok:
                     content = proxy.distort(self.command, self.path, content) or content
                 passed = {
                     k: proxy._rewrite(v.encode()).decode()
