@@ -130,6 +130,8 @@ def test_only_a_claim_from_a_holder_that_never_let_go_is_a_takeover(repo: Reposi
     assert taken is not None and taken.id == fresh.id and taken.taken_over
     assert repo.try_claim(cli, "w4", NOW, until, "w2")  # w2 died
     assert repo.get_order(cli).taken_over
+    own = repo.claim_next("w4", until, until + timedelta(seconds=120))  # its own ran out
+    assert own is not None and own.id == cli and own.taken_over
 
 
 def test_each_step_is_recorded_under_the_lease_only(repo: Repository) -> None:

@@ -445,7 +445,7 @@ class Repository(
                     lease_owner=owner,
                     lease_until=until,
                     started_at=func.coalesce(orders.c.started_at, literal(now, UTCDateTime())),
-                    taken_over=_taken_from_another(owner),
+                    taken_over=_taken_over(owner, now),
                 )
             )
             return bool(result.rowcount)
@@ -499,7 +499,7 @@ class Repository(
                     lease_owner=owner,
                     lease_until=until,
                     started_at=func.coalesce(orders.c.started_at, literal(now, UTCDateTime())),
-                    taken_over=_taken_from_another(owner),
+                    taken_over=_taken_over(owner, now),
                 )
                 .returning(*orders.c)
             ).first()
@@ -751,8 +751,13 @@ class Repository(
             conn.execute(delete(challenges).where(challenges.c.token == token))
 
 
-def _taken_from_another(owner: str) -> ColumnElement[bool]:
-    """In a claim's SET: whether the order still names another holder (SET expressions see
-    the row as it was). An order let go after a failure, a hold or a wait names none; a
-    holder that died, or whose lease ran out, is still named."""
-    return and_(orders.c.lease_owner.is_not(None), orders.c.lease_owner != owner)
+def _taken_over(owner: str, now: datetime) -> ColumnElement[bool]:
+    """In a claim's SET: whether the order was taken from a holder that never let it go
+    (SET expressions see the row as it was). An order let go after a failure, a hold or a
+    wait names no holder; one whose holder died, or whose lease ran out (a worker that lost
+    the database mid-step keeps its lease, and may claim the order again itself), still
+    names it. Re-claiming one's own live lease (`cert request --wait`) is no takeover."""
+    return and_(
+        orders.c.lease_owner.is_not(None),
+        or_(orders.c.lease_owner != owner, orders.c.lease_until <= now),
+    )
