@@ -23,10 +23,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("orders") as batch:
-        batch.add_column(
-            sa.Column("taken_over", sa.Boolean, nullable=False, server_default=sa.false())
-        )
+    # A plain ADD COLUMN (SQLite takes one with a constant default): a batch would rebuild
+    # `orders` from its reflection, which cannot read SQLite's expression index on
+    # `certificates` and says so on every new store.
+    op.add_column(
+        "orders", sa.Column("taken_over", sa.Boolean, nullable=False, server_default=sa.false())
+    )
 
 
 def downgrade() -> None:
