@@ -31,6 +31,7 @@ from certbroker.services.common import ServiceContext, utcnow
 from certbroker.services.master_key import open_sealer
 from certbroker.store.db import make_engine, migrate
 from certbroker.store.repository import Repository
+from certbroker.store.space import watch_space
 
 if TYPE_CHECKING:
     from certbroker.challenges.http01 import Responder
@@ -449,6 +450,7 @@ def build(settings: Settings) -> Broker:
     configure(settings.node_name, settings.lease_seconds)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(settings.effective_database_url)
+    watch_space(engine)  # from the first statement on, a full disk is StoreFull
     migrate(engine)
     repo = Repository(engine)
     sealer = open_sealer(

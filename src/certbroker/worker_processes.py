@@ -10,7 +10,8 @@ never work on the same order, exactly as with several nodes.
 Each is a fresh interpreter (`python -m certbroker.worker_processes`: no copied threads
 or database connections). The settings, master key included, reach it through a pipe on
 its stdin, never the command line or the environment. It says "ready" on stdout once the
-store is open, starts working on "go", and stops on SIGTERM or when its stdin closes.
+store is open (or, instead, "error: " and the one line why not, which serve shows as its
+own), starts working on "go", and stops on SIGTERM or when its stdin closes.
 On Linux the kernel also kills it when the process that started it ends (prctl
 PR_SET_PDEATHSIG), so a killed `serve` leaves nothing running; its orders are resumed
 by the next one.
@@ -81,13 +82,12 @@ class WorkerProcesses:
         self._slots = [self._spawn(n) for n in range(1, self.count + 1)]
         for slot in self._slots:
             assert slot.process.stdout is not None
-            if slot.process.stdout.readline() != READY:  # EOF: it ended
+            said = slot.process.stdout.readline()
+            if said != READY:  # its reason, or EOF: it ended
                 code = slot.process.wait()
                 self.stop(timeout=5.0)
-                raise CertbrokerError(
-                    f"worker process {slot.number} did not start (exit code {code}); "
-                    "see its messages above"
-                )
+                why = _reason(said) or f"exit code {code}; see its messages above"
+                raise CertbrokerError(f"worker process {slot.number} did not start: {why}")
         if go:
             self.release()
         return self
@@ -114,11 +114,13 @@ class WorkerProcesses:
             if due is None:
                 lived = now - slot.started
                 delay = 1.0 if lived > RESTART_DELAY_MAX else min(slot.delay * 2, RESTART_DELAY_MAX)
+                why = _last_words(slot.process)
                 log.error(
-                    "worker process %d (pid %d) ended with exit code %s; restarting in %.0f s",
+                    "worker process %d (pid %d) ended with exit code %s%s; restarting in %.0f s",
                     slot.number,
                     slot.process.pid,
                     slot.process.returncode,
+                    f" ({why})" if why else "",
                     delay,
                 )
                 self._restart_at[slot.number] = now + delay
@@ -158,6 +160,25 @@ def _send(pipe: IO[bytes] | None, data: bytes) -> None:
         pass  # it ended; check() restarts it
 
 
+def _reason(said: bytes) -> str:
+    """What a worker process said instead of "ready": its one line why, if it gave one."""
+    line = said.decode(errors="replace").strip()
+    return line.removeprefix("error: ") if line.startswith("error: ") else ""
+
+
+def _last_words(process: subprocess.Popen[bytes]) -> str:
+    """The reason a process that ended said on its way out (restarted ones start while
+    nobody reads them), without waiting for more."""
+    if process.stdout is None or process.stdout.closed:
+        return ""
+    os.set_blocking(process.stdout.fileno(), False)
+    try:
+        said = process.stdout.read() or b""
+    except OSError:
+        return ""
+    return next((_reason(line) for line in said.splitlines() if _reason(line)), "")
+
+
 def _close(process: subprocess.Popen[bytes]) -> None:
     for pipe in (process.stdin, process.stdout):
         if pipe is not None:
@@ -193,8 +214,15 @@ def main(argv: list[str]) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # serve stops us; a stray Ctrl-C does not
-    broker = build(settings)
-    LevelWatcher(settings.log_level, configured, broker.runtime.stored_log_levels).start()
+    try:
+        broker = build(settings)
+        LevelWatcher(settings.log_level, configured, broker.runtime.stored_log_levels).start()
+    except CertbrokerError as exc:
+        # One line, through the pipe, for serve to say as its own: a database that cannot
+        # be reached (or any other reason) is no traceback.
+        sys.stdout.buffer.write(b"error: " + " ".join(str(exc).split()).encode() + b"\n")
+        sys.stdout.buffer.flush()
+        sys.exit(exc.exit_code)
     sys.stdout.buffer.write(READY)
     sys.stdout.buffer.flush()
     if not go_now and sys.stdin.buffer.readline() != GO:

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.support.acme_peek import post_as_get
@@ -37,48 +36,6 @@ def cluster(tmp_path: Path, postgres: PostgresServer) -> Iterator[Cluster]:
         env={"PEBBLE_WFE_ORDERS_PER_PAGE": str(CERTIFICATES * 10)},
     ) as pebble:  # fmt: skip
         yield from start_cluster(tmp_path, postgres, pebble)
-
-
-def _request(cluster: Cluster, n: int, alive: list[int]) -> None:
-    """Request certificate n through a live node, as a client behind a load balancer
-    would: a node that drops the connection (it was killed) is left for the next one,
-    with the same Idempotency-Key; a key the dead node held answers 409 until its lease
-    runs out, then the retry takes it over."""
-    deadline = time.monotonic() + 120
-    attempt = 0
-    while time.monotonic() < deadline:
-        api = cluster.apis[alive[(n + attempt) % len(alive)]]
-        attempt += 1
-        try:
-            answer = httpx.post(
-                api + "/api/v1/certificates",
-                json={"names": [f"node-{n:03d}.example.com"]},
-                headers={"Authorization": f"Bearer {cluster.token}",
-                         "Idempotency-Key": f"request-{n}"},
-                trust_env=False,
-                timeout=60,
-            )  # fmt: skip
-        except httpx.TransportError:
-            time.sleep(0.2)
-            continue
-        if answer.status_code == 409 and "still running" in answer.text:
-            time.sleep(1)
-            continue
-        assert answer.status_code == 202, answer.text
-        return
-    raise AssertionError(f"request {n}: no node answered")
-
-
-def _ca_orders(cluster: Cluster, tmp_path: Path) -> list[str]:
-    """Every order of the account at Pebble but the invalid ones (its `orders` list, RFC
-    8555 7.1.2.1; one page: Pebble is started with PEBBLE_WFE_ORDERS_PER_PAGE)."""
-    key_file = tmp_path / "account.pem"
-    cluster.cli("account", "export-key", "main", "--out", str(key_file))
-    assert cluster.cli.pebble is not None
-    peek = cluster.cli.pebble, cluster.account_uri, key_file
-    account = post_as_get(*peek, cluster.account_uri)
-    orders: list[str] = post_as_get(*peek, account["orders"])["orders"]
-    return orders
 
 
 def test_three_nodes_issue_each_certificate_once_though_one_is_killed(
@@ -102,7 +59,7 @@ def test_three_nodes_issue_each_certificate_once_though_one_is_killed(
 
     held = 0
     with ThreadPoolExecutor(6) as pool:
-        posted = pool.map(lambda n: _request(cluster, n, alive), range(CERTIFICATES))
+        posted = pool.map(lambda n: cluster.request(n, alive), range(CERTIFICATES))
         # Mid-run, while requests still come: node 1 dies holding orders.
         deadline = time.monotonic() + 120
         while (held := held_by_node1()) == 0 or valid() < 20:
@@ -131,7 +88,7 @@ def test_three_nodes_issue_each_certificate_once_though_one_is_killed(
     assert held > 0  # the killed node held orders: what this test is about
     # At the CA: exactly as many orders as certificates, the ones the store names.
     urls = {str(row[0]).rpartition("/")[2] for row in cluster.sql("SELECT order_url FROM orders")}
-    at_ca = {url.rpartition("/")[2] for url in _ca_orders(cluster, tmp_path)}
+    at_ca = {url.rpartition("/")[2] for url in cluster.ca_orders(tmp_path)}
     assert at_ca == urls and len(at_ca) == CERTIFICATES
 
 
@@ -212,7 +169,7 @@ def test_a_budget_of_ten_orders_keeps_the_rest_queued_on_every_node(
 
     first_seen: dict[str, float] = {}  # Pebble's orders, when this test first saw each
     with ThreadPoolExecutor(5) as pool:
-        list(pool.map(lambda n: _request(cluster, n, [0, 1, 2]), range(REQUESTED)))
+        list(pool.map(lambda n: cluster.request(n, [0, 1, 2]), range(REQUESTED)))
     deadline = time.monotonic() + 6 * WINDOW + 60
     while valid() < REQUESTED or len(first_seen) < REQUESTED:
         for url in post_as_get(*peek, orders_url)["orders"]:

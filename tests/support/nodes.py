@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from certbroker.store.db import make_engine
 from tests.conftest import Cli, make_cli
+from tests.support.acme_peek import post_as_get
 from tests.support.pebble import PebbleServer
 from tests.support.ports import free_port
 from tests.support.postgres import PostgresServer
@@ -85,6 +86,50 @@ class Cluster:
                 return list(result) if result.returns_rows else []
         finally:
             engine.dispose()
+
+    def request(self, n: int, alive: list[int], prefix: str = "node") -> None:
+        """Request certificate n (`<prefix>-NNN.example.com`) through a live node, as a
+        client behind a load balancer would: a node that drops the connection (it was
+        killed) or answers 503 (its store is away) is left for the next one, with the same
+        Idempotency-Key; a key the dead node held answers 409 until its lease runs out,
+        then the retry takes it over."""
+        deadline = time.monotonic() + 120
+        attempt = 0
+        while time.monotonic() < deadline:
+            api = self.apis[alive[(n + attempt) % len(alive)]]
+            attempt += 1
+            try:
+                answer = httpx.post(
+                    api + "/api/v1/certificates",
+                    json={"names": [f"{prefix}-{n:03d}.example.com"]},
+                    headers={"Authorization": f"Bearer {self.token}",
+                             "Idempotency-Key": f"request-{n}"},
+                    trust_env=False,
+                    timeout=60,
+                )  # fmt: skip
+            except httpx.TransportError:
+                time.sleep(0.2)
+                continue
+            if answer.status_code == 503 or (
+                answer.status_code == 409 and "still running" in answer.text
+            ):
+                time.sleep(1)
+                continue
+            assert answer.status_code == 202, answer.text
+            return
+        raise AssertionError(f"request {n}: no node answered")
+
+    def ca_orders(self, work: Path) -> list[str]:
+        """Every order of the account at Pebble but the invalid ones (its `orders` list,
+        RFC 8555 7.1.2.1; one page: start Pebble with PEBBLE_WFE_ORDERS_PER_PAGE)."""
+        key_file = work / "account.pem"
+        if not key_file.exists():
+            self.cli("account", "export-key", "main", "--out", str(key_file))
+        assert self.cli.pebble is not None
+        peek = self.cli.pebble, self.account_uri, key_file
+        account = post_as_get(*peek, self.account_uri)
+        orders: list[str] = post_as_get(*peek, account["orders"])["orders"]
+        return orders
 
     def stop(self) -> None:
         for node in self.nodes:

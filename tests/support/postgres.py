@@ -3,6 +3,10 @@
 root: PostgreSQL refuses to run as root), on a free loopback port, with durability off
 (a test cluster dies with its directory). Stopped by PID. `CERTBROKER_TEST_DATABASE_URL`
 names a server to use instead.
+
+A cluster of a test's own can also crash (`crash`: PostgreSQL's immediate shutdown) and
+start again on the same data directory and port (`restart`), as a database server does
+when its host's supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.ports import free_port
 
 URL_ENV = "CERTBROKER_TEST_DATABASE_URL"
+# What the server's processes see of the environment: nothing of the tests'.
+_ENV = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 
 
 def postgres_bin() -> Path | None:
@@ -43,6 +49,7 @@ class PostgresServer:
     admin_url: str  # postgresql+psycopg://postgres@127.0.0.1:PORT/postgres
     process: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None  # removed when it stops
+    command: list[str] = field(default_factory=list)  # how `restart` starts it again
 
     def new_database(self, prefix: str = "cb") -> str:
         """A fresh, empty database; its SQLAlchemy URL."""
@@ -53,6 +60,25 @@ class PostgresServer:
             conn.execute(f'CREATE DATABASE "{name}"')  # a name made here, not input
         base, _, _ = self.admin_url.rpartition("/")
         return f"{base}/{name}"
+
+    def crash(self) -> None:
+        """PostgreSQL's immediate shutdown (SIGQUIT to the postmaster): every connection
+        is cut at once and nothing is checkpointed, as when the server crashes; the next
+        start recovers from the write-ahead log. Returns once the port is closed."""
+        if self.process is None:
+            raise RuntimeError("a server the tests did not start cannot be crashed")
+        os.kill(self.process.pid, signal.SIGQUIT)
+        self.process.wait(30)
+
+    def restart(self) -> None:
+        """Start the crashed (or stopped) cluster again: the same data directory and
+        port; returns once it accepts connections (after its crash recovery)."""
+        if self.workdir is None or not self.command:
+            raise RuntimeError("a server the tests did not start cannot be restarted")
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("the cluster is still running")
+        self.process = _launch(self.command, self.workdir)
+        _wait_ready(self)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -88,11 +114,15 @@ def _as_unprivileged(workdir: Path) -> tuple[Callable[[], None] | None, int | No
     return drop, nobody.pw_uid
 
 
-def start_postgres() -> PostgresServer:
+def start_postgres(
+    settings: Mapping[str, str] | None = None, parent: Path | None = None
+) -> PostgresServer:
     """A new cluster in a directory of its own (in memory, /dev/shm, where there is one:
     nothing it writes must last), answering on 127.0.0.1; or the configured server. The
     directory is removed when it stops. Not under pytest's temporary directories: those
-    are root's alone, and the cluster runs as `nobody`."""
+    are root's alone, and the cluster runs as `nobody`. `settings` override the server's
+    (`-c name=value`): durability is off unless they turn it on. `parent`: where the
+    directory goes instead (a small disk of the test's own; traversable by `nobody`)."""
     if os.environ.get(URL_ENV):
         return PostgresServer(os.environ[URL_ENV])
     bindir = postgres_bin()
@@ -101,45 +131,64 @@ def start_postgres() -> PostgresServer:
             f"PostgreSQL is not installed (Debian: apt-get install postgresql-15); or set {URL_ENV}"
         )
     shm = Path("/dev/shm")
-    workdir = Path(tempfile.mkdtemp(prefix="certbroker-pg-", dir=shm if shm.is_dir() else None))
+    place = parent or (shm if shm.is_dir() else None)
+    workdir = Path(tempfile.mkdtemp(prefix="certbroker-pg-", dir=place))
     workdir.chmod(0o755)
     data, sockets = workdir / "data", workdir / "sockets"
     sockets.mkdir(exist_ok=True)
-    log_path = workdir / "postgres.log"
-    log_path.touch()
+    (workdir / "postgres.log").touch()
     drop, _uid = _as_unprivileged(workdir)
-    env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
     done = subprocess.run(
         [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
          "-E", "UTF8", "--no-sync"],
-        cwd=workdir, env=env, preexec_fn=drop, capture_output=True, text=True, check=False,
+        cwd=workdir, env=_ENV, preexec_fn=drop, capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"initdb failed: {done.stderr or done.stdout}")
     port = free_port()
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={sockets}",
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=200", "-c", "shared_buffers=64MB"],
-            cwd=workdir, env=env, preexec_fn=drop, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    options = {
+        "listen_addresses": "127.0.0.1", "unix_socket_directories": str(sockets),
+        "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+        "max_connections": "200", "shared_buffers": "64MB", **(settings or {}),
+    }  # fmt: skip
+    command = [str(bindir / "postgres"), "-D", str(data), "-p", str(port)]
+    for name, value in options.items():
+        command += ["-c", f"{name}={value}"]
     server = PostgresServer(
-        f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", process, workdir
+        f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres",
+        _launch(command, workdir),
+        workdir,
+        command,
     )
+    _wait_ready(server)
+    return server
+
+
+def _launch(command: list[str], workdir: Path) -> subprocess.Popen[bytes]:
+    """The postmaster, as `nobody` when the tests run as root, logging to the workdir."""
+    drop, _uid = _as_unprivileged(workdir)
+    with (workdir / "postgres.log").open("ab") as log:
+        return subprocess.Popen(
+            command, cwd=workdir, env=_ENV, preexec_fn=drop, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def _wait_ready(server: PostgresServer) -> None:
+    """Until the server accepts connections; stopped, and an error, when it cannot."""
     import psycopg
 
+    assert server.process is not None and server.workdir is not None
     deadline = time.monotonic() + 60
     while True:
         try:
             with psycopg.connect(_libpq(server.admin_url), connect_timeout=2):
-                return server
+                return
         except psycopg.OperationalError:
             pass
-        if process.poll() is not None or time.monotonic() > deadline:
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            log = (server.workdir / "postgres.log").read_text()[-2000:]
             server.stop()
-            raise RuntimeError(f"PostgreSQL did not start: {log_path.read_text()[-2000:]}")
+            raise RuntimeError(f"PostgreSQL did not start: {log}")
         time.sleep(0.1)
 
 

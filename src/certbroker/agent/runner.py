@@ -114,6 +114,16 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
 
+    def _save(self) -> None:
+        """The state file, best effort: all it holds is in memory too, so a disk full for
+        a while costs only what a restart meanwhile would forget, never the install or
+        the report to the broker (the file there stays as it was: AgentState.save)."""
+        try:
+            self.state.save()
+        except OSError as exc:
+            log.error("agent: cannot save the state file %s: %s; kept in memory, saved at "
+                      "the next change", self.state.path, exc.strerror or exc)  # fmt: skip
+
     def _ssl(self) -> ssl.SSLContext | None:
         if not self.config.websocket_url.startswith("wss:"):
             return None
@@ -245,7 +255,7 @@ class Agent:
                 held = self.state.of(ref)
                 if held.certificate_id != answer["certificate_id"]:
                     held.certificate_id = answer["certificate_id"]
-                    self.state.save()
+                    self._save()
 
     async def _on(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -265,7 +275,7 @@ class Agent:
             cert = self._config_of(request.get("names", []), None)
             if cert is not None and request.get("certificate_id"):
                 self.state.of(cert.ref).certificate_id = request["certificate_id"]
-                self.state.save()
+                self._save()
         elif kind == "error":
             log.error("agent: the broker says: %s (%s)", message.get("detail"),
                       message.get("status"))  # fmt: skip
@@ -332,7 +342,7 @@ class Agent:
             return
         if self._held_back(cert, held):
             held.waiting = message
-            self.state.save()
+            self._save()
             log.info("agent: %s: serial %s held until %s day(s) before the installed one "
                      "expires", cert.ref, serial, cert.install_days_before_expiry)  # fmt: skip
             return
@@ -368,7 +378,7 @@ class Agent:
         pause = min(RETRY_FIRST * 2 ** (held.failures - 1), RETRY_MAX)
         held.retry_at = (datetime.now(UTC) + timedelta(seconds=pause)).isoformat()
         held.waiting = message
-        self.state.save()
+        self._save()
 
     async def _install(self, cert: CertificateConfig, held: Held, message: dict[str, Any]) -> None:
         try:
@@ -397,7 +407,7 @@ class Agent:
         held.not_after = message.get("not_after")
         held.waiting = None
         held.failures, held.retry_at = 0, None
-        self.state.save()
+        self._save()
         if waiting_key:
             next_key_path(cert).unlink(missing_ok=True)
         log.info("agent: %s: installed serial %s", cert.ref, held.serial)

@@ -44,14 +44,24 @@ class AgentState:
         return self.certificates.setdefault(ref, Held())
 
     def save(self) -> None:
-        """Atomically: a temporary file, fsync, rename; 0600 (it names the key's files)."""
+        """Atomically: a temporary file, fsync, rename; 0600 (it names the key's files).
+        OSError when it cannot be written (a full disk): the file as it was stays, and
+        no temporary file is left."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         data = {"certificates": {ref: asdict(h) for ref, h in self.certificates.items()}}
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, json.dumps(data, indent=1, sort_keys=True).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, self.path)
+            try:
+                # A nearly full disk takes part of a write without an error: write on
+                # until all is written (or the error comes), never rename a cut file.
+                view = memoryview(json.dumps(data, indent=1, sort_keys=True).encode())
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, self.path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise

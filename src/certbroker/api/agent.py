@@ -26,9 +26,10 @@ from certbroker.api.problems import status_of
 from certbroker.domain.agents import KeyMode
 from certbroker.domain.audit import ActorKind
 from certbroker.domain.clients import Client
-from certbroker.domain.errors import CertbrokerError, NotAuthenticated
+from certbroker.domain.errors import CertbrokerError, NotAuthenticated, StoreUnavailable
 from certbroker.services.agents import Wanted
 from certbroker.services.audit import act_as
+from certbroker.services.outage import store_outage
 from certbroker.wiring import Broker
 
 log = logging.getLogger("certbroker.api")
@@ -114,7 +115,15 @@ class Hub:
 
     async def _run(self) -> None:
         agents = self.broker.agents
-        cursor = await run_in_threadpool(agents.start_cursor)
+        cursor: int | None = None
+        while cursor is None:  # the store may be away as the first agent connects
+            try:
+                cursor = await run_in_threadpool(agents.start_cursor)
+            except StoreUnavailable as exc:
+                store_outage.lost(exc)
+                await asyncio.sleep(HUB_TICK)
+                if not self.connections:
+                    return
         loop = asyncio.get_running_loop()
         touched = loop.time()
         while self.connections:
@@ -139,6 +148,9 @@ class Hub:
                     touched = loop.time()
                     ids = sorted({c.client.id for c in self.connections})
                     await run_in_threadpool(agents.still_connected, ids)
+                store_outage.answered()
+            except StoreUnavailable as exc:  # one line for the outage; keep looking
+                store_outage.lost(exc)
             except Exception:  # the store may be away for a moment; keep looking
                 log.exception("agent hub: looking at the store failed")
             await asyncio.sleep(HUB_TICK)

@@ -18,10 +18,11 @@ from certbroker.api.auth import BrokerDep, Caller, Operator, Reader
 from certbroker.api.idempotency import idempotent
 from certbroker.api.problems import ERRORS
 from certbroker.domain.access import Action, Principal
-from certbroker.domain.errors import NotFoundError
+from certbroker.domain.errors import NotFoundError, StoreUnavailable
 from certbroker.domain.keys import ExportFormat, KeyPolicy, KeyType, RevocationReason
 from certbroker.domain.models import CertificateStatus, ChallengeType
 from certbroker.services.certificates import MEDIA_TYPES
+from certbroker.services.outage import store_outage
 from certbroker.wiring import Broker
 
 router = APIRouter(tags=["certificates"], responses=ERRORS)
@@ -427,6 +428,8 @@ def certificate_progress_stream(
             except NotFoundError:
                 yield 'event: done\ndata: {"deleted":true}\n\n'
                 return
+            except StoreUnavailable as exc:  # the stream stays open: heartbeats, then news
+                store_outage.lost(exc)
 
     return StreamingResponse(
         events(),

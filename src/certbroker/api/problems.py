@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.websockets import WebSocket
 
 from certbroker.domain.errors import (
     AccessDenied,
@@ -20,14 +22,18 @@ from certbroker.domain.errors import (
     NotAuthenticated,
     NotFoundError,
     PermanentError,
+    StoreFull,
+    StoreUnavailable,
     Throttled,
     TransientError,
     UsageError,
 )
+from certbroker.services.outage import store_outage
 
 log = logging.getLogger("certbroker.api")
 PROBLEM = "application/problem+json"
 TYPE_BASE = "https://certbroker.dev/problems/"
+STORE_RETRY_AFTER = 5  # seconds a client is asked to wait while the database is away
 
 TITLES = {
     400: "Bad request",
@@ -70,11 +76,12 @@ def problem(
     *,
     kind: str | None = None,
     headers: dict[str, str] | None = None,
+    title: str | None = None,
     **extra: Any,
 ) -> JSONResponse:
     body = {
         "type": TYPE_BASE + (kind or str(status)),
-        "title": TITLES.get(status, "Error"),
+        "title": title or TITLES.get(status, "Error"),
         "status": status,
         "detail": detail,
         **{k: v for k, v in extra.items() if v is not None},
@@ -98,9 +105,24 @@ def status_of(exc: CertbrokerError) -> tuple[int, str]:
         return 422, "invalid-request"
     if isinstance(exc, TransientError):
         return 503, "ca-unavailable"
+    if isinstance(exc, StoreFull):
+        return 503, "store-full"  # reads go on; writes once there is room
+    if isinstance(exc, StoreUnavailable):
+        return 503, "store-unavailable"
     if isinstance(exc, PermanentError):
         return 422, "ca-refused"  # the CA refused what the caller asked for
     return 500, "internal"
+
+
+async def _close(websocket: WebSocket, exc: CertbrokerError) -> None:
+    """A websocket whose handler failed: 1013 (try again later) while the database is
+    away, 1011 (an error) otherwise; refused when it was not yet accepted."""
+    if isinstance(exc, StoreUnavailable):
+        store_outage.lost(exc)
+    else:
+        log.error("websocket %s: %s", websocket.url.path, exc)
+    with contextlib.suppress(RuntimeError, OSError):  # it may be closed already
+        await websocket.close(code=1013 if isinstance(exc, StoreUnavailable) else 1011)
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -110,7 +132,10 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(CertbrokerError)
-    async def certbroker_error(request: Request, exc: CertbrokerError) -> JSONResponse:
+    async def certbroker_error(request: Request, exc: CertbrokerError) -> JSONResponse | None:
+        if isinstance(request, WebSocket):  # an agent's or device's connection: no page to
+            await _close(request, exc)  # answer with; closed, and it connects again
+            return None
         status, kind = status_of(exc)
         if status in (401, 403):  # a refused attempt: into the audit log
             await run_in_threadpool(
@@ -127,14 +152,24 @@ def install(app: FastAPI) -> None:
             headers["Retry-After"] = str(exc.retry_after)
         if isinstance(exc, TransientError) and exc.retry_after:
             headers["Retry-After"] = str(int(exc.retry_after))
-        ca_problem = getattr(exc, "problem", None)
-        if status >= 500:
+        title = None
+        if isinstance(exc, StoreUnavailable):
+            # Once a warning for the whole outage, not a line per request; a client (or a
+            # load balancer) tries again, here or on another node.
+            store_outage.lost(exc)
+            headers["Retry-After"] = str(STORE_RETRY_AFTER)
+            title = (
+                "The store is full" if isinstance(exc, StoreFull) else "The database is unavailable"
+            )
+        elif status >= 500:
             log.error("request failed: %s", exc)
+        ca_problem = getattr(exc, "problem", None)
         return problem(
             status,
             str(exc),
             kind=kind,
             headers=headers,
+            title=title,
             ca_problem=ca_problem.to_json() if ca_problem else None,
         )
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from certbroker.domain.errors import CertbrokerError
+from certbroker.domain.errors import CertbrokerError, StoreUnavailable
+from certbroker.services.outage import store_outage
 from certbroker.wiring import Broker
 
 log = logging.getLogger("certbroker.api")
@@ -102,6 +103,8 @@ class WebServer:
         if cert_id is not None:
             try:
                 self.tls = ConsoleTls(self.broker, int(cert_id))
+            except StoreUnavailable:
+                raise  # serve does not start (rather than on plain HTTP for want of a database)
             except CertbrokerError as exc:
                 log.error("the console stays on plain HTTP: %s", exc)
         # Bound here, so a taken port is one clear line before anything else starts.
@@ -146,6 +149,8 @@ class WebServer:
             try:
                 if self.tls.load():
                     log.info("console certificate %d renewed: now serving it", self.tls.cert_id)
+            except StoreUnavailable as exc:  # serving the one loaded before meanwhile
+                store_outage.lost(exc)
             except CertbrokerError as exc:
                 log.warning("console certificate: %s; serving the one loaded before", exc)
             except Exception:  # a store hiccup must not end the watcher

@@ -76,6 +76,8 @@ def _alarm_line(alarm: dict[str, Any]) -> str:
     cert = f"certificate {alarm['certificate_id']} ({', '.join(alarm['names'])})"
     next_try = f" (next try {_when(alarm['next_try_at'])})" if alarm["next_try_at"] else ""
     kind = alarm["kind"]
+    if kind == "store-full":  # no certificate: the store itself
+        return f"store-full: since {_when(alarm['since'])}: {alarm['last_error']}"
     if kind == "deployment":
         return (
             f"deployment: {cert} to target {alarm['target']}: deploying serial "

@@ -186,7 +186,11 @@ def serve(ctx: typer.Context) -> None:
     (default 127.0.0.1:8080). On the first start, user `admin` is made with
     CERTBROKER_ADMIN_PASSWORD, or a generated password printed once. With
     CERTBROKER_HTTP01_UPSTREAM=http://host:port the HTTP-01 responder forwards what it
-    does not answer to that web server (docs/reverse-proxy.md)."""
+    does not answer to that web server (docs/reverse-proxy.md).
+
+    A database it cannot reach while it starts ends it: exit 1, one line, for a
+    supervisor to start it again. Once it serves, it waits for the database to come
+    back (docs/operations.md, "When the database goes away")."""
     from certbroker.cli.serve import run_serve
 
     run_serve(ctx.obj)

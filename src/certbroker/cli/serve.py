@@ -1,4 +1,11 @@
-"""`certbroker serve`: the long-running broker."""
+"""`certbroker serve`: the long-running broker.
+
+A database that cannot be reached while serve starts (until its worker processes have
+opened the store) ends it: exit 1 and one line naming its host, port and the driver's
+reason, for the supervisor (systemd's `Restart=on-failure`) to start it again. Once it
+serves, an outage is waited out (services/outage.py): /readyz says 503 "database
+unreachable" meanwhile, and the work goes on when the database is back.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ log = logging.getLogger("certbroker.serve")
 
 def run_serve(state: State) -> None:
     from certbroker.logs import LevelWatcher, parse_levels
+    from certbroker.services.common import fault
     from certbroker.services.renewal import Scheduler
     from certbroker.services.workers import WorkerPool
     from certbroker.worker_processes import WorkerProcesses
@@ -28,6 +36,7 @@ def run_serve(state: State) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     broker = state.broker
+    fault("store-opened")  # crash tests: the database goes away while serve starts
     settings = state.settings
     LevelWatcher(
         settings.log_level,
@@ -54,7 +63,9 @@ def run_serve(state: State) -> None:
     responder = broker.bind_responder().start()
     try:
         processes = settings.effective_worker_processes
+        fault("processes-starting")
         others = WorkerProcesses(settings, processes - 1).start()
+        # Up: from here on a database outage is waited out, not the end of serve.
         pool = WorkerPool(broker.issuance, workers=settings.workers, label="p0")
         pool.start()
         running.update(pool=pool, others=others)

@@ -8,6 +8,7 @@ are 0600 from the moment they exist, so the key is never readable by others.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from certbroker.crypto.keys import PrivateKey, key_matches_certificate, load_private_key
-from certbroker.domain.errors import UsageError
+from certbroker.domain.errors import CertbrokerError, NoSpace, UsageError
 from certbroker.domain.keys import ExportFormat
 
 KEY_MODE = 0o600
@@ -125,7 +126,9 @@ def write_export(
     """Write `bundle` as `fmt` to `out` (a directory for pem, a file otherwise).
 
     Returns the files written. Raises UsageError, leaving nothing new behind, when the
-    format needs a key or password that is missing or `out` cannot be written.
+    format needs a key or password that is missing or `out` cannot be written; NoSpace
+    (exit 1: nothing about the request is wrong) when its disk is full, the files there
+    before left as they were.
     """
     rendered = render_export(bundle, fmt, password)
     if fmt is ExportFormat.PEM:
@@ -179,7 +182,7 @@ def _write_pem_dir(rendered: list[tuple[str, bytes, int]], out: Path) -> list[Pa
     files = [(out / name, data, mode) for name, data, mode in rendered]
     try:
         return _write_files(files)
-    except UsageError:
+    except CertbrokerError:
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()
@@ -210,6 +213,12 @@ def _write_files(files: list[tuple[Path, bytes, int]]) -> list[Path]:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         # Name the target, not the temporary file the user never asked for.
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(
+                f"cannot write {current}: no space left on its disk ({exc.strerror}); the "
+                "files there before are unchanged and nothing new was left; free space "
+                "there and export again"
+            ) from None
         raise UsageError(f"cannot write {current}: {exc.strerror or exc}") from None
     for directory in {target.parent for _, target in staged}:
         _fsync_dir(directory)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import hashlib
 import hmac
 import os
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certbroker.domain.errors import CertbrokerError, ConfigError
+from certbroker.domain.errors import CertbrokerError, ConfigError, NoSpace
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet
@@ -194,32 +195,49 @@ def create_master_key(data_dir: Path) -> bytes:
     path = data_dir / MASTER_KEY_FILE
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = data_dir / f".{MASTER_KEY_FILE}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(new_master_key() + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        # link() fails if another process created the key first; then theirs wins.
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(new_master_key() + b"\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            # link() fails if another process created the key first; then theirs wins.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise _no_space(path, exc) or exc from None
     return path.read_bytes().strip()
 
 
 def write_key_file(path: Path, key: bytes) -> None:
     """A key file, mode 0600 from the start, written whole or not at all."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(key + b"\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise _no_space(path, exc) or exc from None
+
+
+def _no_space(path: Path, exc: OSError) -> NoSpace | None:
+    """A key file that could not be written for lack of space, in one line (the
+    temporary file is gone, and nothing was put where the key belongs)."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return NoSpace(
+        f"cannot write the key file {path}: no space left on its disk ({exc.strerror}); "
+        f"nothing was written there; free space on {path.parent} and try again"
+    )
 
 
 def key_check(master_key: bytes) -> str:

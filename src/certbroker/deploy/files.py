@@ -182,7 +182,11 @@ def install_files(
         notes = _undo(done)
         result = InstallResult(paths, None, "; ".join(notes), rolled_back=True)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        # A failed write (a full disk) names no file; the file being written is the one.
+        failed = exc.filename if isinstance(exc, OSError) and exc.filename else None
+        if failed is None and isinstance(exc, OSError) and len(done) < len(files):
+            failed = files[len(done)].path
+        where = f" ({failed})" if failed else ""
         raise InstallFailed(
             f"writing the files failed: {reason}{where}; the old files are in place"
             + (f" ({'; '.join(notes)})" if notes else ""),

@@ -7,6 +7,7 @@ Every error a user can see says what was wrong and what to do. The CLI maps
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 
@@ -49,6 +50,20 @@ class Throttled(UsageError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class StoreUnavailable(CertbrokerError):
+    """The database cannot be reached: refused, gone mid-statement, starting up or
+    shutting down. Nothing about the request is wrong; the same call works once the
+    database answers again (`serve` waits; a command exits 1 with this one line)."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(
+            f"cannot reach the database at {where} ({reason}); check that it runs there "
+            "and that database_url (CERTBROKER_DATABASE_URL) names it"
+        )
+        self.where = where  # host:port, never the URL (it may hold a password)
+        self.reason = reason  # the driver's, in one line
 
 
 @dataclass(frozen=True)
@@ -152,3 +167,37 @@ class AwaitingDns(Exception):
             first=False,
             order_gone=True,
         )
+
+
+class StoreFull(StoreUnavailable):
+    """The store refused a write for lack of space: the disk holding SQLite's file, or
+    PostgreSQL's data directory, is full. The write's transaction was rolled back whole,
+    so nothing of it is stored and nothing stored before is lost, and the same call works
+    once there is room. A kind of StoreUnavailable (the store cannot take the write now),
+    so `serve` waits it out as it waits out a database that went away; reads go on.
+    `since`: when this process's writes started to be refused (store/space.py)."""
+
+    def __init__(
+        self, where: str, reason: str, since: datetime, *, advice: str, doing: str = ""
+    ) -> None:
+        CertbrokerError.__init__(
+            self,
+            (f"{doing}: " if doing else "")
+            + f"the store {where} is full ({reason}): the write was refused and rolled back, "
+            f"nothing stored before is lost; {advice}, and certbroker takes writes again as "
+            "soon as there is room",
+        )
+        self.where = where  # the SQLite file, or PostgreSQL's host:port/database
+        self.reason = reason  # the database's words
+        self.since = since
+        self.advice = advice
+
+    def doing(self, what: str) -> StoreFull:
+        """The same refusal, saying first what could not be done because of it."""
+        return StoreFull(self.where, self.reason, self.since, advice=self.advice, doing=what)
+
+
+class NoSpace(CertbrokerError):
+    """A file could not be written for lack of space (ENOSPC, or a disk quota): what was
+    at its path before is unchanged and no temporary file is left. Exit 1, not 2: nothing
+    about the request is wrong, and it works once there is room."""

@@ -340,6 +340,9 @@ class EventKind(StrEnum):
     INSTALL_FAILED = "install-failed"  # ... or not: the agent put the previous files back
     EXPIRING = "expiring"  # entered an expiry threshold (30, 14, 7, 3, 1 days left), once each
     ALARM_ACKNOWLEDGED = "alarm-acknowledged"  # a person muted the alarm until a date
+    # The store refused writes for lack of space for a while (recorded once it took writes
+    # again; no certificate): store/space.py
+    STORE_FULL = "store-full"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ secrets as SHA-256 (each is 256 random bits, so a slow hash adds nothing)."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from certbroker.domain.audit import ActorKind, Outcome
 from certbroker.domain.errors import (
     AccessDenied,
     NotAuthenticated,
+    StoreFull,
     Throttled,
     UsageError,
 )
@@ -192,7 +194,9 @@ class AccessService:
         if found is None or found.expires_at <= now or not found.user.enabled:
             raise NotAuthenticated("not logged in, or the session ended; log in again")
         if now - found.last_seen_at >= SESSION_TOUCH:
-            self.repo.extend_session(secret_digest(secret), now, now + SESSION_IDLE)
+            # Best effort: a store full for a while must not log everyone out of reading.
+            with contextlib.suppress(StoreFull):
+                self.repo.extend_session(secret_digest(secret), now, now + SESSION_IDLE)
         user = found.user
         principal = Principal(name=user.name, role=user.role, user_id=user.id)
         return Session(principal=principal, csrf_token=found.csrf_token)
@@ -268,7 +272,8 @@ class AccessService:
             raise NotAuthenticated(f"API token {token.name!r} was revoked")
         if not token.usable(now):
             raise NotAuthenticated(f"API token {token.name!r} expired; create a new one")
-        self.repo.touch_token(token, now, address)
+        with contextlib.suppress(StoreFull):  # its last use is a note: reading goes on
+            self.repo.touch_token(token, now, address)
         return Principal(name=token.name, role=token.role, names=token.names, token_id=token.id)
 
     # -- what a caller may do ------------------------------------------------------------

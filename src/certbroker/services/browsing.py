@@ -17,6 +17,7 @@ from certbroker.domain.listing import NAME_KEY_LENGTH, SORTS, PageQuery
 from certbroker.domain.models import Certificate, CertificateStatus
 from certbroker.services.certificates import acknowledgement
 from certbroker.services.common import ServiceContext
+from certbroker.store.space import Episode
 
 MAX_PAGE = 500
 TIMELINE_DAYS = 90
@@ -167,8 +168,15 @@ class Browsing:
         a push target that keeps failing (`deployment`, with its `target`), an agent
         that could not install (`install-failed`) or still serves a replaced serial
         (`drift`), both with their `client`. What `certbroker alarms`, the console's
-        alarms page and dashboard and the API show."""
+        alarms page and dashboard and the API show. And, while this process's writes are
+        refused for lack of space, the store's own (`store-full`, no certificate): it
+        cannot be written into the full store, so it lives in the process until a write
+        succeeds again, and then the `store-full` event records it."""
         found: list[dict[str, Any]] = []
+        self.repo.space.settle()  # room again? (a probe, while writes are being refused)
+        full = self.repo.space.full
+        if full is not None:
+            found.append(_store_full_alarm(self.repo.space.where, self.repo.space.advice, full))
         for cert in self.repo.certificates_in_alarm():
             found.append(
                 _alarm(
@@ -265,6 +273,25 @@ class Browsing:
             if order
             else [],
         }
+
+
+def _store_full_alarm(where: str, advice: str, full: Episode) -> dict[str, Any]:
+    return {
+        "kind": "store-full",
+        "certificate_id": None,
+        "names": [],
+        "since": full.since.isoformat(),
+        "last_error": f"the store {where} is full ({full.reason}): {full.refused} write(s) "
+        f"refused and rolled back so far, nothing stored before is lost; {advice}; the "
+        "writes are tried again by themselves",
+        "next_try_at": None,
+        "serial": None,
+        "disabled": False,
+        "acknowledged": None,
+        "target": None,
+        "client": None,
+        "store": where,
+    }
 
 
 def _alarm(

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from certbroker.domain.errors import CAError, UsageError
+from certbroker.domain.errors import CAError, StoreFull, UsageError
 from certbroker.domain.keys import ExportFormat, RevocationReason
 from certbroker.domain.models import (
     Account,
@@ -171,13 +171,19 @@ class CertificateService:
         leaves (a record that cannot be written stops it); one without is not recorded."""
         if bundle.key_pem is None or not (fmt.needs_key or fmt is ExportFormat.PEM):
             return
-        audit.record(
-            self.ctx,
-            "certificate.export-key",
-            "certificate",
-            cert.id,
-            {"names": list(cert.names), "format": fmt.value, "serial": cert.serial, **more},
-        )
+        try:
+            audit.record(
+                self.ctx,
+                "certificate.export-key",
+                "certificate",
+                cert.id,
+                {"names": list(cert.names), "format": fmt.value, "serial": cert.serial, **more},
+            )
+        except StoreFull as exc:  # the key is kept; what holds no key can still be exported
+            raise exc.doing(
+                f"the private key of certificate {cert.id} was not exported: its export must "
+                "be in the audit log first (fullchain and der hold no key and need no record)"
+            ) from None
 
     def _password(self, cert_id: int, fmt: ExportFormat, given: str | None) -> str | None:
         if given or not fmt.needs_password:

@@ -25,6 +25,7 @@ Clock = Callable[[], datetime]
 CAFactory = Callable[[str, "PrivateKey", str | None, str | None], CertificateAuthority]
 
 FAULT_ENV = "CERTBROKER_FAULT_KILL_AFTER"  # test hook: SIGKILL this process after a step
+PAUSE_ENV = "CERTBROKER_FAULT_STOP_AT"  # test hook: SIGSTOP it there (the test SIGCONTs it)
 _EMAIL = re.compile(r"^[^@\s:]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$")
 
 
@@ -44,9 +45,13 @@ def no_progress(_message: str) -> None:
 
 def fault(step: str) -> None:
     """Crash testing: SIGKILL this process right after `step` is recorded, when
-    CERTBROKER_FAULT_KILL_AFTER names it (tests/integration/test_crash_recovery.py)."""
+    CERTBROKER_FAULT_KILL_AFTER names it (tests/integration/test_crash_recovery.py); or
+    stop it there (SIGSTOP) when CERTBROKER_FAULT_STOP_AT names it, so a test can change
+    the world (crash the database) before it goes on (tests/integration/test_store_outage.py)."""
     if os.environ.get(FAULT_ENV) == step:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(PAUSE_ENV) == step:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 @dataclass

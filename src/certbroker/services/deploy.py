@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from certbroker.domain.audit import SECRET
-from certbroker.domain.errors import CertbrokerError, LeaseLost, UsageError
+from certbroker.domain.errors import CertbrokerError, LeaseLost, StoreUnavailable, UsageError
 from certbroker.domain.keys import ExportFormat, KeyPolicy
 from certbroker.domain.models import Certificate
 from certbroker.domain.targets import (
@@ -335,6 +335,8 @@ class DeployService:
         try:
             cert = self.repo.get_certificate(deployment.certificate_id)
             message, tail = self._deploy(target, cert)
+        except StoreUnavailable:
+            raise  # not the target's failure: the deployment is taken again after the outage
         except (CertbrokerError, OSError) as exc:
             error = str(exc)
             result = getattr(exc, "result", None)

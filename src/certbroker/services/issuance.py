@@ -26,6 +26,7 @@ from certbroker.domain.errors import (
     LeaseLost,
     NotFoundError,
     PermanentError,
+    StoreUnavailable,
     TransientError,
     UsageError,
 )
@@ -138,6 +139,8 @@ class IssuanceService:
             cert = self.repo.get_certificate(result.order.certificate_id)
             try:
                 self.solvers[cert.challenge].cleanup(result.order.id)
+            except StoreUnavailable:
+                raise  # the outcome is recorded; serve's sweep cleans up after the outage
             except Exception:  # never turns an outcome around; serve's sweep retries it
                 log.exception("order %d: cleaning up its challenges failed", result.order.id)
         return result
@@ -185,6 +188,8 @@ class IssuanceService:
         account = self.repo.get_account(order.account_id or cert.account_id)
         try:
             self.budgets.rate_limited(account, cert, exc.problem, exc.retry_after)
+        except StoreUnavailable:
+            raise  # nor can the order's retry be recorded: the worker waits the outage out
         except Exception:  # the order's own retry waits for the CA either way
             log.exception("order %d: recording the CA's rate limit failed", order.id)
 

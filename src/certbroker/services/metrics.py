@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from certbroker.domain.errors import StoreUnavailable
 from certbroker.domain.models import CertificateStatus
 from certbroker.services.common import ServiceContext
+from certbroker.services.outage import store_outage
 
 if TYPE_CHECKING:
     from certbroker.store.repository import Repository
@@ -79,7 +81,8 @@ class MetricsService:
             orders=self.repo.metric_orders(),
             failures=self.repo.metric_failures(),
             queue_depth=self.repo.metric_queue_depth(),
-            alarms=self.repo.metric_alarms(),
+            # A full store's alarm lives in the process (services/browsing.py alarms).
+            alarms=self.repo.metric_alarms() + (self.repo.space.full is not None),
             notifications=self.notifications(),
             acme_requests=self.repo.acme_request_stats(),
         )
@@ -99,16 +102,25 @@ class MetricsService:
         return found
 
     def store_problems(self) -> list[str]:
-        """What keeps the store from serving: unreachable, or a schema other than this
-        code's (empty: ready)."""
+        """What keeps the store from serving: unreachable, a schema other than this
+        code's, or writes refused for lack of space (empty: ready)."""
         from certbroker.store.db import HEAD_REVISION, current_revision
 
         try:
             revision = current_revision(self.repo.engine)
+        except StoreUnavailable as exc:  # serve waits it out (services/outage.py)
+            return [f"database unreachable at {exc.where} ({exc.reason})"]
         except Exception as exc:  # any failure to read it means not ready
             return [f"the store cannot be read: {exc}"]
         if revision != HEAD_REVISION:
             return [f"the store's schema is {revision}, this code's {HEAD_REVISION}"]
+        self.repo.space.settle()  # room again? (a probe, while writes are being refused)
+        full = self.repo.space.full
+        if full is not None:  # reads go on, but nothing new can be stored
+            return [
+                f"disk full: the store {self.repo.space.where} refuses writes for lack of "
+                f"space since {full.since:%Y-%m-%d %H:%M:%S} UTC ({full.reason})"
+            ]
         return []
 
 
@@ -149,5 +161,7 @@ class RequestDurations:
             return
         try:
             self.repo.add_acme_request_stats(pending)
-        except Exception:  # the store is away: these figures are lost, the requests are not
+        except StoreUnavailable as exc:  # these figures are lost, the requests are not
+            store_outage.lost(exc)
+        except Exception:  # these figures are lost, the requests are not
             log.warning("could not add %d ACME request timings to the store", len(pending))

@@ -1,6 +1,7 @@
 """A look at the store every few seconds, in a thread of `serve` of its own, until
 stopped: what the push-target deployments, the webhook outbox and the mail outbox share.
-A look that fails is logged and the next one comes as usual."""
+A look that fails is logged and the next one comes as usual; a store that cannot be
+reached is waited out (services/outage.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import logging
 import threading
 from collections.abc import Callable
 
+from certbroker.domain.errors import StoreUnavailable
 from certbroker.services.leases import make_owner
+from certbroker.services.outage import store_outage
 
 
 class Periodic:
@@ -43,6 +46,9 @@ class Periodic:
         while not self._stop.is_set():
             try:
                 self.look(self.owner)
+                store_outage.answered()
+            except StoreUnavailable as exc:
+                store_outage.lost(exc)  # one line for the whole outage, not one a look
             except Exception:
                 self.log.exception("%s: a look at the store failed; trying again", self.name)
             self._stop.wait(self.interval)

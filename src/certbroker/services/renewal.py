@@ -16,13 +16,14 @@ from datetime import datetime
 
 from cryptography import x509
 
-from certbroker.domain.errors import UsageError
+from certbroker.domain.errors import StoreUnavailable, UsageError
 from certbroker.domain.models import Certificate, CertificateStatus, Order
 from certbroker.ports import ChallengeSolver
 from certbroker.services import audit
 from certbroker.services.common import ServiceContext
 from certbroker.services.issuance import IssuanceService
 from certbroker.services.leases import lease
+from certbroker.services.outage import store_outage
 from certbroker.services.planning import ARI_RETRY_AFTER_ERROR, RenewalPlanner
 
 log = logging.getLogger("certbroker.scheduler")
@@ -74,6 +75,8 @@ class RenewalService:
         for cert in due:
             try:
                 self._refresh_one(cert, now)
+            except StoreUnavailable:
+                raise  # not this certificate's fault: the scheduler waits the outage out
             except Exception as exc:  # one bad row must not keep the others from their turn
                 log.warning(
                     "certificate %d: asking for renewal information failed: %s", cert.id, exc
@@ -196,6 +199,9 @@ class Scheduler:
         while not self._stop.is_set():
             try:
                 self.tick()
+                store_outage.answered()
+            except StoreUnavailable as exc:
+                store_outage.lost(exc)  # due renewals are found at the next tick after it
             except Exception:
                 log.exception("scheduler: looking for due renewals failed; trying again")
             self._stop.wait(self.interval)

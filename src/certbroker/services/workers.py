@@ -2,7 +2,8 @@
 
 Workers find claimable orders in the store, not in memory, so several processes (or
 nodes) on one store share the work, and an order left by a killed process is taken
-over when its lease runs out (at once when the dead holder ran on this host).
+over when its lease runs out (at once when the dead holder ran on this host). A store
+that cannot be reached is waited out (services/outage.py).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import logging
 import threading
 import time
 
+from certbroker.domain.errors import StoreUnavailable
 from certbroker.domain.models import Order
 from certbroker.services.issuance import IssuanceService
 from certbroker.services.leases import make_owner
+from certbroker.services.outage import RETRY_EVERY, store_outage
 
 log = logging.getLogger("certbroker.workers")
 
@@ -65,12 +68,19 @@ class WorkerPool:
         while not self._stop.is_set():
             try:
                 order = self._next(owner)
+                store_outage.answered()
                 if order is None:
                     self._wake.wait(self.idle_poll)
                     self._wake.clear()
                     continue
                 result = self.issuance.run(order, owner)
                 log.info("order %d: %s %s", result.order.id, result.outcome.value, result.message)
+            except StoreUnavailable as exc:
+                # The order at hand keeps its last recorded step and this worker's lease;
+                # when the lease runs out, a worker (this one, or another node's) resumes
+                # it from that step, asking the CA where it stands: nothing is ordered twice.
+                store_outage.lost(exc)
+                self._stop.wait(RETRY_EVERY)
             except Exception:
                 # One bad order must not take a worker down; the lease lets another retry it.
                 log.exception("worker %s: unexpected error", owner)

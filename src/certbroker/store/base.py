@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Engine, Table, Update, and_, bindparam, selec
 from certbroker.domain.errors import LeaseLost
 from certbroker.store.db import write_lock
 from certbroker.store.schema import orders
+from certbroker.store.space import watch_space
 
 # Statements on the path of every certificate are built once, here and in the repository:
 # building one (SQLAlchemy's coercions) and computing its cache key cost more than running
@@ -36,15 +37,20 @@ class StoreBase:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._write_lock = write_lock(engine)
+        self.space = watch_space(engine)  # a full disk: StoreFull, and since when
 
     def _read(self) -> Any:
         return self.engine.connect().execution_options(readonly=True)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
-        """A write transaction; threads of this process take turns (see `write_lock`)."""
+        """A write transaction; threads of this process take turns (see `write_lock`).
+        One the store refused for lack of space is rolled back whole and raises
+        StoreFull (store/space.py); while writes are being refused, one that commits
+        has the store looked at for room again (`settle`)."""
         with self._write_lock, self.engine.begin() as conn:
             yield conn
+        self.space.settle()  # the usual case: one look
 
     def _claim_next_due(self, table: Table, due: Any, values: Mapping[str, Any]) -> int | None:
         """Take the next due row of `table` (deployments, webhook deliveries), the one

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, Table, delete, func, insert, inspect,
 from certbroker.domain.errors import UsageError
 from certbroker.store.db import HEAD_REVISION, current_revision, migrate
 from certbroker.store.schema import metadata, runtime_settings
+from certbroker.store.space import watch_space
 
 BATCH = 1000
 
@@ -46,7 +47,9 @@ def copy_store(
     source: Engine, target: Engine, progress: Callable[[str], None] = lambda _: None
 ) -> dict[str, int]:
     """Copy every row of `source` into `target` (brought to this certbroker's schema
-    first; it must hold nothing). Returns the rows copied per table."""
+    first; it must hold nothing). Returns the rows copied per table. A target that runs
+    out of space is StoreFull, its transaction rolled back: it is left as empty as it was."""
+    watch_space(target)
     found = current_revision(source)
     if found != HEAD_REVISION:
         raise UsageError(

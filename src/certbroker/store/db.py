@@ -4,6 +4,10 @@ SQLite runs in WAL mode with a busy timeout, and write transactions start with
 BEGIN IMMEDIATE so concurrent writers queue instead of failing on a lock upgrade.
 Writers queue on a lock before they ask SQLite (`write_lock`): a Python lock between
 threads, an flock between processes.
+
+A database server that cannot be reached, on connecting or mid-statement, is
+`StoreUnavailable` (one line: host, port, the driver's reason; never the password),
+whichever repository method met it (`_unreachable`).
 """
 
 from __future__ import annotations
@@ -11,16 +15,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import threading
 import weakref
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import URL, Engine, create_engine, event, make_url, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 
-from certbroker.domain.errors import ConfigError
+from certbroker.domain.errors import ConfigError, StoreUnavailable
 
 # The newest migration (store/migrations/versions), known without importing Alembic, so
 # that a command on a current store does not (importing Alembic costs more than 0.1 s, on
@@ -57,9 +63,77 @@ def make_engine(url: str) -> Engine:
 
         return engine
     try:
-        return create_engine(url, pool_pre_ping=True, pool_size=16, max_overflow=16)
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=16,
+            max_overflow=16,
+            connect_args=_connect_args(url),
+        )
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise ConfigError(f"cannot use database_url: {exc}") from None
+    event.listen(engine, "handle_error", _unreachable)
+    return engine
+
+
+CONNECT_TIMEOUT = 10  # seconds; a host that drops packets would hold a start for minutes
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    """libpq waits for a connection as long as the kernel does (minutes, when the host
+    drops packets): `serve`'s start and `/readyz` would hang rather than say the database
+    is unreachable. A `connect_timeout` in the URL wins."""
+    if make_url(url).get_backend_name() != "postgresql" or "connect_timeout" in url:
+        return {}
+    return {"connect_timeout": CONNECT_TIMEOUT}
+
+
+def _unreachable(context: ExceptionContext) -> None:
+    """The one place a lost or refused connection becomes `StoreUnavailable`: on
+    connecting (refused, timed out, the server starting up or shutting down) and when a
+    connection breaks mid-statement (the server crashed or was stopped). SQLAlchemy
+    still invalidates the broken connection, so the pool connects anew next time. A
+    pool's pre-ping is left alone: it reconnects by itself when the ping fails. Any other
+    error (a constraint, a serialization failure) stays SQLAlchemy's."""
+    error = context.original_exception
+    dbapi = context.dialect.loaded_dbapi
+    if context.is_pre_ping or not isinstance(error, (dbapi.OperationalError, dbapi.InterfaceError)):
+        return
+    if context.connection is not None and not context.is_disconnect:
+        return
+    url = context.engine.url if context.engine is not None else None
+    raise StoreUnavailable(_address(url), _reason(error, url)) from error
+
+
+def _address(url: URL | None) -> str:
+    """host:port of a database URL (the socket directory when it names one)."""
+    if url is None:
+        return "the configured address"
+    host = url.host or str(url.query.get("host") or "localhost")
+    return f"{host}:{url.port or 5432}"
+
+
+# What libpq puts before its reason: the address the line names already, a severity.
+_PREFIX = re.compile(
+    r'^(?:connection failed: )?(?:connection to server (?:at "[^"]*"(?: \([^)]*\))?, '
+    r'port \d+|on socket "[^"]*") failed: )?(?:FATAL: +)?'
+)
+# libpq's hints: the line says what to check itself.
+_HINTS = ("Is the server running", "This probably means", "before or while processing")
+
+
+def _reason(error: BaseException, url: URL | None) -> str:
+    """The driver's reason in one line: libpq's message without the address it repeats
+    and its hints (one per address it tried, each on a line of its own)."""
+    parts: list[str] = []
+    for line in str(error).splitlines():
+        line = _PREFIX.sub("", line.strip())
+        if line and not line.startswith(_HINTS) and line not in parts:
+            parts.append(line)
+    reason = "; ".join(parts) or type(error).__name__
+    if url is not None and url.password:  # libpq does not repeat it; never print it anyway
+        reason = reason.replace(str(url.password), "***")
+    return reason
 
 
 class _WriteLock:

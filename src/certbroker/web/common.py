@@ -3,6 +3,7 @@ templates, flash messages, and the route class that turns errors into pages."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -32,8 +33,11 @@ from certbroker.domain.errors import (
     AccessDenied,
     CertbrokerError,
     NotAuthenticated,
+    StoreFull,
+    StoreUnavailable,
 )
 from certbroker.services.audit import act_as
+from certbroker.services.outage import store_outage
 from certbroker.wiring import Broker
 
 log = logging.getLogger("certbroker.api")
@@ -259,12 +263,15 @@ PAGE_TITLES = {
 }
 
 
-def error_page(request: Request, status: int, title: str, detail: str) -> HTMLResponse:
-    person: Who | None
-    try:
-        person = who(request)
-    except LoginRequired:
-        person = None
+def error_page(
+    request: Request, status: int, title: str, detail: str, *, anonymous: bool = False
+) -> HTMLResponse:
+    """The error as a page; with `anonymous`, without asking the store who is logged in
+    (it cannot be reached)."""
+    person: Who | None = None
+    if not anonymous:
+        with contextlib.suppress(LoginRequired):
+            person = who(request)
     return render(request, person, "error.html", status_code=status, title=title, detail=detail)
 
 
@@ -295,9 +302,19 @@ class ConsoleRoute(APIRoute):
                         status,
                     )
                 title = PAGE_TITLES.get(status, "Something went wrong")
-                if status >= 500:
+                away = isinstance(exc, StoreUnavailable)
+                if isinstance(exc, StoreUnavailable):
+                    title = (
+                        "The store is full"
+                        if isinstance(exc, StoreFull)
+                        else "The database cannot be reached"
+                    )
+                    store_outage.lost(exc)  # one warning for the outage, not one a page
+                elif status >= 500:
                     log.error("console: %s", exc)
-                response = await run_in_threadpool(error_page, request, status, title, str(exc))
+                response = await run_in_threadpool(
+                    error_page, request, status, title, str(exc), anonymous=away
+                )
             for name, value in SECURITY_HEADERS.items():
                 response.headers.setdefault(name, value)
             return response
