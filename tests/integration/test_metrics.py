@@ -116,7 +116,9 @@ def test_metrics_parse_and_the_expiry_is_the_stored_not_after(site: Site) -> Non
 def test_health_and_readiness(site: Site) -> None:
     assert site.get("/healthz").json() == {"status": "ok"}
     ready = site.get("/readyz")
-    assert ready.status_code == 200 and ready.json() == {"status": "ready", "problems": []}
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "problems": []}, (
+        ready.text
+    )
 
     store = site.cli.data_dir / "certbroker.db"
     with sqlite3.connect(store) as db:  # a node left behind by a newer one's migration

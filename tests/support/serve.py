@@ -56,16 +56,21 @@ def api_url(cli: Cli) -> str:
 
 
 def start_api(cli: Cli, **env: str) -> subprocess.Popen[str]:
-    """`certbroker serve`, once its API answers."""
+    """`certbroker serve`, once its API answers and its workers have started (the API
+    answers first: under load, a test's first look at /readyz found "the workers are
+    starting")."""
     import httpx
 
     serve = start_serve(cli, **env)
-    url = api_url(cli) + "/api/v1/openapi.json"
+    url = api_url(cli)
 
     def answers() -> bool:
         try:
-            return httpx.get(url, timeout=2, trust_env=False).status_code == 200
-        except httpx.HTTPError:
+            if httpx.get(url + "/api/v1/openapi.json", timeout=2, trust_env=False).is_error:
+                return False
+            ready = httpx.get(url + "/readyz", timeout=5, trust_env=False).json()
+            return "the workers are starting" not in ready.get("problems", [])
+        except (httpx.HTTPError, ValueError):
             return False
 
     try:
