@@ -36,7 +36,15 @@ from certbroker.store.rows import (
     new_id,
     queued_order,
 )
-from certbroker.store.schema import certificates, clients, device_requests, events, orders
+from certbroker.store.schema import (
+    certificates,
+    challenge_acks,
+    clients,
+    device_requests,
+    events,
+    installations,
+    orders,
+)
 
 SEEN_TOUCH = timedelta(seconds=60)  # last seen written at most this often
 
@@ -165,7 +173,19 @@ class ClientStore(StoreBase):
             )
 
     def delete_client(self, client_id: int) -> None:
+        """The client and what points at it, in one transaction: its agent's installations,
+        its devices' requests, its acknowledged challenge tokens. Its certificates stay
+        (keys, history, exports) but are no one's and disabled, so nothing renews or
+        delivers them for a client that is gone (`cert enable` takes one back); its id is
+        never given to another (migration 0027)."""
         with self._write() as conn:
+            for table in (installations, device_requests, challenge_acks):
+                conn.execute(delete(table).where(table.c.client_id == client_id))
+            conn.execute(
+                update(certificates)
+                .where(certificates.c.client_id == client_id)
+                .values(client_id=None, disabled=True)
+            )
             conn.execute(delete(clients).where(clients.c.id == client_id))
 
     # -- device requests -----------------------------------------------------------------

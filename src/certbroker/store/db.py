@@ -18,11 +18,12 @@ import os
 import re
 import threading
 import weakref
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import URL, Engine, create_engine, event, make_url, text
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 
@@ -31,7 +32,7 @@ from certbroker.domain.errors import ConfigError, StoreUnavailable
 # The newest migration (store/migrations/versions), known without importing Alembic, so
 # that a command on a current store does not (importing Alembic costs more than 0.1 s, on
 # top of SQLAlchemy). tests/unit/test_migrations.py holds it to Alembic's own head.
-HEAD_REVISION = "0026"
+HEAD_REVISION = "0027"
 MIGRATION_LOCK = 0x63657274  # PostgreSQL advisory lock held while the schema changes
 
 
@@ -286,7 +287,7 @@ def migrate(engine: Engine, *, upgrade: bool | None = None) -> tuple[str | None,
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     os.environ.setdefault("ALEMBIC_SKIP_LOGGING", "1")
     try:
-        with engine.begin() as conn:
+        with engine.connect() as conn, _foreign_keys_off(conn), conn.begin():
             if engine.dialect.name == "postgresql":
                 # Two `db upgrade` at once: the second waits, then finds nothing to do.
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
@@ -295,6 +296,25 @@ def migrate(engine: Engine, *, upgrade: bool | None = None) -> tuple[str | None,
     except CommandError:
         raise ConfigError(_newer(engine, str(revision))) from None
     return revision, HEAD_REVISION
+
+
+@contextlib.contextmanager
+def _foreign_keys_off(conn: Connection) -> Iterator[None]:
+    """SQLite: foreign keys off while migrations run (outside their transaction: SQLite
+    ignores the pragma inside one), as SQLite says to change a table: a migration that
+    rebuilds one (create, copy, drop, rename) would otherwise delete, or cascade to, every
+    row pointing at the table it drops. The migrations check what they rebuilt
+    (`PRAGMA foreign_key_check`); the connection has them on again before it is reused."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys=ON")
 
 
 def _newer(engine: Engine, revision: str) -> str:

@@ -64,7 +64,10 @@ from certbroker.store.schema import (
     certificate_history,
     certificates,
     challenges,
+    device_requests,
     dns_accounts,
+    expiry_warnings,
+    installations,
     orders,
     runtime_settings,
     targets,
@@ -364,6 +367,10 @@ class Repository(
             add_event(conn, now, kind, message, cert_id=cert_id)
 
     def delete_certificate(self, cert_id: int, now: datetime | None = None) -> None:
+        """The certificate and everything that points at it, in one transaction (target
+        attachments and deployments by their foreign keys): an agent's installation, a
+        device's requests, the expiry warnings sent. Its events stay, the last one naming
+        it, and its id is never given to another (migration 0027)."""
         with self._write() as conn:
             if now is not None:
                 names = conn.execute(
@@ -377,6 +384,8 @@ class Repository(
             conn.execute(
                 delete(certificate_history).where(certificate_history.c.certificate_id == cert_id)
             )
+            for table in (installations, device_requests, expiry_warnings):
+                conn.execute(delete(table).where(table.c.certificate_id == cert_id))
             conn.execute(delete(certificates).where(certificates.c.id == cert_id))
 
     # -- orders --------------------------------------------------------------------------

@@ -665,3 +665,11 @@ budget_blocks = Table(
     Column("until", UTCDateTime, nullable=False),
     Column("reason", Text, nullable=False),
 )
+
+
+# Ids are never given to a new object (issue 24): on SQLite an `id` without AUTOINCREMENT
+# is the highest rowid plus one, so the newest row's id came back after it was deleted.
+# PostgreSQL's sequences never hand one out twice. Migration 0027 rebuilt older stores.
+for _table in metadata.tables.values():
+    if "id" in _table.c and _table.c.id.primary_key and _table.c.id.autoincrement is True:
+        _table.dialect_kwargs["sqlite_autoincrement"] = True
