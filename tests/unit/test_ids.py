@@ -16,6 +16,7 @@ from sqlalchemy import Engine, Integer, text
 from certbroker.domain.clients import ClientPolicy
 from certbroker.domain.models import AccountStatus
 from certbroker.domain.targets import TargetFiles
+from certbroker.store.copy import copy_store
 from certbroker.store.db import HEAD_REVISION, current_revision, make_engine, migrate
 from certbroker.store.repository import Repository
 from certbroker.store.schema import metadata
@@ -166,3 +167,17 @@ def indexes_and_triggers(engine: Engine) -> list[tuple[str, str]]:
     )
     with engine.connect() as conn:
         return sorted((str(name), str(sql)) for name, sql in conn.execute(text(query)))
+
+
+def test_a_copy_of_the_store_does_not_give_a_deleted_id_again(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """A backup or `db copy` carries on where the store's ids were, not after the largest
+    id it copied: the newest certificate deleted before the copy stays gone after it."""
+    kept, _ = repo.create_certificate(new_certificate("kept.example.com"), NOW, None, NOW)
+    gone, _ = repo.create_certificate(new_certificate("gone.example.com"), NOW, None, NOW)
+    repo.delete_certificate(gone.id, NOW)
+    copy = make_engine(f"sqlite:///{tmp_path / 'copy.db'}")
+    copy_store(repo.engine, copy)
+    newest, _ = Repository(copy).create_certificate(new_certificate(), NOW, None, NOW)
+    assert newest.id > gone.id > kept.id

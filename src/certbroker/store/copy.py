@@ -11,8 +11,20 @@ failed copy leaves the target as empty as it was.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, delete, func, insert, inspect, select, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Table,
+    delete,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+)
 
 from certbroker.domain.errors import UsageError
 from certbroker.store.db import HEAD_REVISION, current_revision, migrate
@@ -82,25 +94,65 @@ def copy_store(
                     counts[table.name] += len(batch)
                 if counts[table.name]:
                     progress(f"{table.name}: {counts[table.name]} rows")
-            if target.dialect.name == "postgresql":
-                _move_sequences(dst, _tables())
+            _move_sequences(dst, _next_ids(src))
     return counts
 
 
-def _move_sequences(conn: Connection, tables: list[Table]) -> None:
-    """Rows came with their IDs: each table's ID sequence goes on after the largest."""
-    for table in tables:
+def _id_tables() -> list[tuple[Table, Column[Any]]]:
+    """The tables whose integer id the database hands out, with that column."""
+    found = []
+    for table in _tables():
         pk = list(table.primary_key.columns)
-        if len(pk) != 1 or pk[0].autoincrement is False or str(pk[0].type) != "INTEGER":
+        if len(pk) == 1 and pk[0].autoincrement is not False and str(pk[0].type) == "INTEGER":
+            found.append((table, pk[0]))
+    return found
+
+
+def _next_ids(conn: Connection) -> dict[str, int]:
+    """The id each table of a store would hand out next: past its largest row, and past
+    deleted ones (an id is never given again, migration 0027), so a copy carries on there."""
+    if conn.dialect.name == "sqlite":
+        rows = conn.execute(text("SELECT name, seq FROM sqlite_sequence"))
+        return {str(name): int(seq) + 1 for name, seq in rows}
+    found = {}
+    for table, column in _id_tables():
+        sequence = _sequence(conn, table, column)
+        if sequence is not None:
+            last, called = conn.execute(
+                text(f"SELECT last_value, is_called FROM {sequence}")  # noqa: S608 (the catalog's)
+            ).one()
+            found[table.name] = int(last) + 1 if called else int(last)
+    return found
+
+
+def _sequence(conn: Connection, table: Table, column: Column[Any]) -> str | None:
+    name = conn.execute(
+        text("SELECT pg_get_serial_sequence(:table, :column)"),
+        {"table": table.name, "column": column.name},
+    ).scalar_one()
+    return None if name is None else str(name)
+
+
+def _move_sequences(conn: Connection, next_ids: dict[str, int]) -> None:
+    """Rows came with their IDs: each table hands out ids after the largest it holds and
+    after the source's next (rows deleted there stay gone here)."""
+    for table, column in _id_tables():
+        largest = conn.execute(select(func.max(column))).scalar_one() or 0
+        following = max(largest + 1, next_ids.get(table.name, 1))
+        if conn.dialect.name == "sqlite":
+            done = conn.execute(
+                text("UPDATE sqlite_sequence SET seq = :seq WHERE name = :name"),
+                {"seq": following - 1, "name": table.name},
+            )
+            if not done.rowcount:
+                conn.execute(
+                    text("INSERT INTO sqlite_sequence (name, seq) VALUES (:name, :seq)"),
+                    {"seq": following - 1, "name": table.name},
+                )
             continue
-        sequence = conn.execute(
-            text("SELECT pg_get_serial_sequence(:table, :column)"),
-            {"table": table.name, "column": pk[0].name},
-        ).scalar_one()
-        if sequence is None:
-            continue
-        largest = conn.execute(select(func.max(pk[0]))).scalar_one()
-        conn.execute(
-            text("SELECT setval(CAST(:sequence AS regclass), :next, false)"),
-            {"sequence": sequence, "next": (largest or 0) + 1},
-        )
+        sequence = _sequence(conn, table, column)
+        if sequence is not None:
+            conn.execute(
+                text("SELECT setval(CAST(:sequence AS regclass), :next, false)"),
+                {"sequence": sequence, "next": following},
+            )
