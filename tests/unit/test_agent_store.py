@@ -4,13 +4,15 @@ installed, and the drift alarm of an agent still on a replaced serial near its e
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from certbroker.config import Settings
 from certbroker.crypto.sealing import Sealer, new_master_key
 from certbroker.domain.agents import AGENT_LIVE, KeyMode, missing_acks
-from certbroker.domain.clients import ClientPolicy
+from certbroker.domain.audit import AuditQuery
+from certbroker.domain.clients import Client, ClientPolicy, connection_refusal
 from certbroker.domain.renewal import RenewalPlan, RenewalReason
 from certbroker.services.common import ServiceContext
 from certbroker.store.repository import Repository
@@ -123,3 +125,45 @@ def test_an_operators_certificate_is_never_handed_out_with_its_key(
     other, _ = broker.clients.add("gw-2", ["*.shop.example.com"])
     (again,) = broker.agents.hello(other, [Wanted(["www.shop.example.com"], KeyMode.BROKER)])
     assert again["certificate_id"] == made.id
+
+
+def test_a_delivery_asks_the_client_as_it_is_now(repo: Repository, tmp_path: Path) -> None:
+    """Issue 24, finding 2: a certificate and its broker-held key go to a client only while
+    it is enabled, on the token it connected with, and allowed every name now. What the
+    connection learned at its start decides nothing; a refusal is an audit record."""
+    broker = broker_at(repo, tmp_path, NOW)
+    connected, _ = broker.clients.add("gw", ["*.shop.example.com", "*.old.example.com"])
+    request = dataclasses.replace(
+        new_certificate("www.old.example.com", key_sealed=broker.ctx.sealer.seal(b"KEY")),
+        client_id=connected.id,
+    )
+    cert, order = repo.create_certificate(request, NOW, "w", NOW + LEASE)
+    plan = RenewalPlan(NOW + timedelta(days=60), RenewalReason.LIFETIME)
+    repo.store_issued(cert.id, order.id, "w", issued("01"), NOW, plan)
+    repo.subscribe(connected.id, cert.id, KeyMode.BROKER, NOW)
+    agents = broker.agents
+
+    def sent(client: Client) -> list[tuple[int, str | None]]:
+        """What the greeting and a long poll send, and what the hub sends (to the client
+        as the store has it now, while the connection may still act)."""
+        now = agents.clients_now([client.id])
+        acting = {i: c for i, c in now.items() if connection_refusal(client, c) is None}
+        by_hub = agents.deliveries_to({cert.id: {client.id}}, acting)
+        return [(m["certificate_id"], m.get("key")) for m in agents.deliveries(client)] + [
+            (m["certificate_id"], m.get("key")) for m in by_hub.get(client.id, [])
+        ]
+
+    assert sent(connected) == [(cert.id, "KEY"), (cert.id, "KEY")]
+    broker.clients.allow("gw", remove=["*.old.example.com"])
+    assert sent(connected) == []  # the connection still holds the old allow-list
+    query = AuditQuery(action="certificate.delivery-refused")
+    refused = repo.audit_entries(query, 10, newest_first=False)
+    assert len(refused) == 2 and "www.old.example.com" in str(refused[0].details)
+
+    broker.clients.allow("gw", add=["*.old.example.com"])
+    assert len(sent(connected)) == 2
+    broker.clients.set_enabled("gw", False)
+    assert sent(connected) == []
+    broker.clients.set_enabled("gw", True)
+    broker_at(repo, tmp_path, NOW + timedelta(seconds=1)).clients.rotate_token("gw")
+    assert sent(connected) == []  # the connection's token is not the client's any more

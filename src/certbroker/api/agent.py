@@ -13,6 +13,7 @@ The store is the source, so an agent may be connected to any node."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from certbroker.api.problems import status_of
 from certbroker.domain.agents import KeyMode
 from certbroker.domain.audit import ActorKind
-from certbroker.domain.clients import Client
+from certbroker.domain.clients import Client, connection_refusal
 from certbroker.domain.errors import CertbrokerError, NotAuthenticated, StoreUnavailable
 from certbroker.services.agents import Wanted
 from certbroker.services.audit import act_as
@@ -128,16 +129,19 @@ class Hub:
         touched = loop.time()
         while self.connections:
             try:
+                connected = await self._still_allowed()
                 changes = await run_in_threadpool(agents.changes, cursor)
                 cursor = changes.cursor
                 deliveries: dict[int, list[dict[str, Any]]] = {}
-                if changes.issued:
-                    connected = {c.client.id for c in self.connections}
+                if changes.issued and connected:
                     deliveries = await run_in_threadpool(
                         agents.deliveries_to, changes.issued, connected
                     )
                 for conn in list(self.connections):
-                    tokens = agents.tokens_for(conn.client, changes.tokens)
+                    client = connected.get(conn.client.id)
+                    if client is None:
+                        continue
+                    tokens = agents.tokens_for(client, changes.tokens)
                     if tokens != conn.tokens:
                         conn.tokens = tokens
                         await conn.send({"type": "tokens", "tokens": tokens})
@@ -154,6 +158,24 @@ class Hub:
             except Exception:  # the store may be away for a moment; keep looking
                 log.exception("agent hub: looking at the store failed")
             await asyncio.sleep(HUB_TICK)
+
+    async def _still_allowed(self) -> dict[int, Client]:
+        """The connected clients as they are now; a connection whose client was deleted,
+        disabled or given a new token since it authenticated is closed (1008, policy),
+        whichever node changed the client: the store says so at the next look."""
+        conns = list(self.connections)
+        now = await run_in_threadpool(self.broker.agents.clients_now, [c.client.id for c in conns])
+        allowed: dict[int, Client] = {}
+        for conn in conns:
+            why = connection_refusal(conn.client, now.get(conn.client.id))
+            if why is None:
+                allowed[conn.client.id] = now[conn.client.id]
+                continue
+            self.leave(conn)
+            log.info("agent of %s: closing its connection: %s", conn.client.name, why)
+            with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+                await conn.websocket.close(code=1008, reason=why[:120])
+        return allowed
 
 
 def _hub(websocket: WebSocket) -> Hub:

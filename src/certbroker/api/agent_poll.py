@@ -21,7 +21,8 @@ from certbroker.api.auth import BrokerDep
 from certbroker.api.devices import ClientDep
 from certbroker.api.problems import ERRORS
 from certbroker.domain.agents import KeyMode
-from certbroker.domain.clients import Client
+from certbroker.domain.clients import Client, connection_refusal
+from certbroker.domain.errors import NotAuthenticated
 from certbroker.services.agents import Wanted
 from certbroker.wiring import Broker
 
@@ -45,15 +46,22 @@ class Poll(BaseModel):
 
 
 def _news(broker: Broker, client: Client, held: set[str], seen: set[str]) -> list[dict[str, Any]]:
+    """What the agent has not seen, for its client as the store has it now: a client
+    deleted, disabled or given a new token while the poll waits ends it (401), and the
+    tokens and certificates follow its allow-list as it is now (issue 24)."""
     agents = broker.agents
+    current = agents.clients_now([client.id]).get(client.id)
+    why = connection_refusal(client, current)
+    if why is not None or current is None:
+        raise NotAuthenticated(f"{why or 'the client is gone'}: the poll ends")
     found: list[dict[str, Any]] = []
-    tokens = agents.tokens_for(client, agents.tokens_out())
+    tokens = agents.tokens_for(current, agents.tokens_out())
     if set(tokens) != held:
         found.append({"type": "tokens", "tokens": tokens})
     for message in agents.deliveries(client):
         if f"certificate:{message['certificate_id']}:{message['serial']}" not in seen:
             found.append(message)
-    for due in broker.devices.due_renewals(client):
+    for due in broker.devices.due_renewals(current):
         if f"renew:{due['certificate_id']}:{due['renew_at']}" not in seen:
             found.append({"type": "renew", **due})
     return found

@@ -82,6 +82,33 @@ def off_the_list(allow: Sequence[str], wildcard: bool, names: Iterable[str]) -> 
     return refused
 
 
+def connection_refusal(connected: Client, current: Client | None) -> str | None:
+    """Why a connection that authenticated as `connected` may no longer act for its client,
+    now that the client is `current` (None: deleted); None while it may. Asked at every
+    delivery, not only when the connection opened (issue 24)."""
+    if current is None:
+        return f"client {connected.name!r} was deleted"
+    if not current.enabled:
+        return f"client {current.name!r} is disabled"
+    if current.token_rotated_at != connected.token_rotated_at:
+        return f"client {current.name!r} has a new token"
+    return None
+
+
+def delivery_refusal(
+    client: Client, names: Iterable[str], *, with_key: bool, made_for_a_client: bool
+) -> str | None:
+    """Why a certificate for `names` (and its key, `with_key`) may not go to `client` as
+    it is now; None when it may. A key goes only with a certificate made for clients: an
+    operator's own certificates keep their keys where the operator put them."""
+    refused = client.off_the_list(names)
+    if refused:
+        return f"{', '.join(refused)} not on client {client.name!r}'s allow-list"
+    if with_key and not made_for_a_client:
+        return "its key is an operator's, never sent to an agent"
+    return None
+
+
 @dataclass(frozen=True)
 class Client:
     id: int

@@ -20,8 +20,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from certbroker.domain.agents import AGENT_LIVE, DRIFT_DAYS, KeyMode
-from certbroker.domain.audit import SYSTEM, Actor
-from certbroker.domain.clients import Client, DeviceRequest, Renewal
+from certbroker.domain.audit import SYSTEM, Actor, Outcome
+from certbroker.domain.clients import (
+    Client,
+    DeviceRequest,
+    Renewal,
+    connection_refusal,
+    delivery_refusal,
+)
 from certbroker.domain.errors import CertbrokerError, NotFoundError, UsageError
 from certbroker.domain.models import Certificate, ChallengeType
 from certbroker.domain.names import validate_names
@@ -116,9 +122,20 @@ class AgentService:
 
     # -- what to send it ------------------------------------------------------------------
 
+    def clients_now(self, ids: Sequence[int]) -> dict[int, Client]:
+        """The clients with these ids as they are now (a deleted one is missing): what a
+        connection's every delivery is checked against (`connection_refusal`), never what
+        it authenticated as (issue 24)."""
+        return self.repo.clients_by_id(ids)
+
     def deliveries(self, client: Client) -> list[dict[str, Any]]:
-        """On connecting: the certificates the agent installs whose current serial it has
-        not installed, each with its chain, and its key when the broker holds it."""
+        """On connecting, or at a long poll: the certificates the agent installs whose
+        current serial it has not installed, each with its chain, and its key when the
+        broker holds it; only those the client, as it is now, may have."""
+        current = self.clients_now([client.id]).get(client.id)
+        if current is None or connection_refusal(client, current) is not None:
+            return []
+        client = current
         found = []
         for inst in self.repo.installations_of(client.id):
             try:
@@ -126,6 +143,8 @@ class AgentService:
             except NotFoundError:
                 continue
             if cert.cert_pem is None or cert.serial == inst.serial:
+                continue
+            if not self._may_have(client, cert, inst.key_mode):
                 continue
             message = _delivery(cert) | {"key_mode": inst.key_mode.value}
             if inst.key_mode is KeyMode.BROKER:
@@ -138,14 +157,15 @@ class AgentService:
         return found
 
     def deliveries_to(
-        self, issued: dict[int, set[int]], connected: set[int]
+        self, issued: dict[int, set[int]], connected: dict[int, Client]
     ) -> dict[int, list[dict[str, Any]]]:
         """For the hub: the newly issued certificates for each connected client that
-        installs them, each certificate read (and its key unsealed) once, however many
-        gateways it goes to."""
+        installs them and may have them (`connected`: the clients as they are now,
+        `clients_now`, of connections that may still act), each certificate read (and
+        its key unsealed) once, however many gateways it goes to."""
         found: dict[int, list[dict[str, Any]]] = {}
         for cert_id, clients in issued.items():
-            if not clients & connected:
+            if not clients & connected.keys():
                 continue
             try:
                 cert = self.repo.get_certificate(cert_id)
@@ -156,7 +176,10 @@ class AgentService:
             base = _delivery(cert)
             key: str | None = None
             for inst in self.repo.installations_of_certificate(cert_id):
-                if inst.client_id not in connected or inst.serial == cert.serial:
+                client = connected.get(inst.client_id)
+                if client is None or inst.serial == cert.serial:
+                    continue
+                if not self._may_have(client, cert, inst.key_mode, SYSTEM):
                     continue
                 message = base | {"key_mode": inst.key_mode.value}
                 if inst.key_mode is KeyMode.BROKER:
@@ -170,6 +193,30 @@ class AgentService:
                     message["key"] = key
                 found.setdefault(inst.client_id, []).append(message)
         return found
+
+    def _may_have(
+        self, client: Client, cert: Certificate, mode: KeyMode, actor: Actor | None = None
+    ) -> bool:
+        """Whether `cert` (with its key, for a broker-held one) may go to `client` as it is
+        now; a refusal is an audit record, and nothing is sent."""
+        why = delivery_refusal(
+            client,
+            cert.names,
+            with_key=mode is KeyMode.BROKER,
+            made_for_a_client=cert.client_id is not None,
+        )
+        if why is None:
+            return True
+        audit.record(
+            self.ctx,
+            "certificate.delivery-refused",
+            "certificate",
+            cert.id,
+            {"names": list(cert.names), "client": client.name, "reason": why},
+            outcome=Outcome.REFUSED,
+            actor=actor,
+        )
+        return False
 
     @staticmethod
     def tokens_for(client: Client, tokens: Sequence[tuple[str, str, str]]) -> dict[str, str]:

@@ -122,6 +122,14 @@ class ClientStore(StoreBase):
             raise UsageError(f"a client named {name!r} already exists") from None
         return self.get_client(client_id)
 
+    def clients_by_id(self, ids: Sequence[int]) -> dict[int, Client]:
+        """The clients with these ids as they are now (a deleted one is missing)."""
+        if not ids:
+            return {}
+        with self._read() as conn:
+            rows = conn.execute(select(clients).where(clients.c.id.in_(sorted(set(ids)))))
+            return {row.id: client_row(row) for row in rows}
+
     def get_client(self, ref: str | int) -> Client:
         column = clients.c.id if isinstance(ref, int) else clients.c.name
         with self._read() as conn:
