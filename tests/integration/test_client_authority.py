@@ -102,3 +102,15 @@ def test_an_agents_long_poll_ends_when_its_client_is_disabled(site: Site) -> Non
         waiting.join(CLOSED_WITHIN)
     assert answers and answers[0].status_code == 401
     assert "is disabled: the poll ends" in answers[0].text  # ended mid-poll
+
+
+def test_a_devices_socket_is_closed_when_its_client_is_disabled(site: Site) -> None:
+    token = site.add_client("device-1", "*.authority.example.com")
+    url = api_url(site.cli).replace("http://", "ws://") + "/api/v1/csr/ws"
+    headers = {"Authorization": f"Bearer {token}"}
+    with connect(url, additional_headers=headers, open_timeout=10) as socket:
+        socket.send("not json")  # answered: the connection is up and served
+        assert json.loads(socket.recv(timeout=30))["error"]["status"] == 400
+        site.cli("client", "disable", "device-1")
+        code, said = closed_by_the_broker(socket)
+    assert code == 1008 and "is disabled" in said

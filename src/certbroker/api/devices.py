@@ -16,7 +16,13 @@ from starlette.concurrency import run_in_threadpool
 from certbroker.api.auth import Admin, BrokerDep, address_of, broker_of
 from certbroker.api.problems import ERRORS, status_of
 from certbroker.domain.audit import ActorKind
-from certbroker.domain.clients import Client, ClientPolicy, Renewal, RequestState
+from certbroker.domain.clients import (
+    Client,
+    ClientPolicy,
+    Renewal,
+    RequestState,
+    connection_refusal,
+)
 from certbroker.domain.errors import CertbrokerError, NotAuthenticated
 from certbroker.domain.models import ChallengeType
 from certbroker.services.audit import act_as
@@ -180,6 +186,9 @@ def deny(
 WS_POLL = 0.5  # seconds between looks at the store for a connection's pending requests
 APPROVAL_POLL = 5.0  # ... when all it waits for is an admin's decision
 RENEW_LOOK = 60.0  # seconds between looks for the client's certificates due for renewal
+# Seconds between looks at the device's client: deleted, disabled or given a new token
+# (on any node) closes the connection; a changed allow-list applies to what comes next.
+CLIENT_LOOK = 2.0
 FINAL = {"valid", "failed", "denied", "revoked", "expired", "superseded", "deleted"}
 
 
@@ -212,8 +221,18 @@ async def csr_socket(websocket: WebSocket) -> None:
     told: set[tuple[int, str | None]] = set()  # (certificate, renew_at) the device was told
     loop = asyncio.get_running_loop()
     next_look = loop.time()
+    next_client_look = loop.time() + CLIENT_LOOK
+    connected = client
     try:
         while True:
+            if loop.time() >= next_client_look:
+                next_client_look = loop.time() + CLIENT_LOOK
+                now = await run_in_threadpool(broker.agents.clients_now, [client.id])
+                why = connection_refusal(connected, now.get(client.id))
+                if why is not None:
+                    await websocket.close(code=1008, reason=why[:120])
+                    return
+                client = now[client.id]
             if loop.time() >= next_look:
                 next_look = loop.time() + RENEW_LOOK
                 for due in await run_in_threadpool(broker.devices.due_renewals, client):
@@ -228,6 +247,7 @@ async def csr_socket(websocket: WebSocket) -> None:
                 timeout = APPROVAL_POLL
             else:
                 timeout = WS_POLL
+            timeout = min(timeout, next_client_look - loop.time())
             try:
                 message = await asyncio.wait_for(
                     websocket.receive_json(), timeout=max(timeout, 0.05)
