@@ -19,7 +19,7 @@ from certbroker.domain.access import (
 )
 from certbroker.domain.errors import AccessDenied, NotAuthenticated, Throttled, UsageError
 from certbroker.services.access import FAILURES_PER_USER, SESSION_IDLE, AccessService
-from certbroker.services.common import ServiceContext
+from certbroker.services.common import ServiceContext, secret_digest
 from certbroker.services.leases import lease
 from certbroker.store.access import mark_idempotent_work
 from certbroker.store.repository import Repository
@@ -115,6 +115,34 @@ def test_tokens_are_stored_hashed_expire_and_record_their_last_use(
     access.revoke_token(token.id)
     with pytest.raises(NotAuthenticated, match="revoked"):
         access.authenticate_token(secret, "198.51.100.7")
+
+
+def test_no_token_is_broader_than_the_one_that_made_it(
+    access: AccessService, repo: Repository
+) -> None:
+    """Issue 24, finding 4: a token limited to some names could create an unlimited admin
+    token. Admin work (users, tokens, clients, targets, settings) has no names to limit
+    it by, so no admin is name-limited: such a token cannot be made, and one made before
+    acts as an operator within its names; a token is made no broader than its maker."""
+    with pytest.raises(UsageError, match="an admin token cannot be limited to names"):
+        access.create_token("team-admin", Role.ADMIN, ["*.team.example.com"])
+    limited = Principal(name="team-op", role=Role.OPERATOR, names=("*.team.example.com",),
+                        token_id=99)  # fmt: skip
+    with pytest.raises(AccessDenied, match="broader"):
+        access.create_token("wider", Role.ADMIN, by=limited)
+    with pytest.raises(AccessDenied, match="broader"):
+        access.create_token("other", Role.OPERATOR, ["*.example.com"], by=limited)
+    narrower, _ = access.create_token("ok", Role.VIEWER, ["www.team.example.com"], by=limited)
+    assert narrower.role is Role.VIEWER
+
+    secret = "cbt_" + "x" * 43  # one made before this rule, straight into the store
+    repo.add_token(
+        name="old-team-admin", role=Role.ADMIN, token_hash=secret_digest(secret),
+        prefix=secret[:10], names=["*.team.example.com"], created_by=None, expires_at=None,
+        now=NOW,
+    )  # fmt: skip
+    principal = access.authenticate_token(secret, "192.0.2.9")
+    assert principal.role is Role.OPERATOR and principal.names == ("*.team.example.com",)
 
 
 def test_sessions_end_when_idle_disabled_or_the_password_changes(

@@ -288,7 +288,12 @@ def list_tokens(_p: Admin, broker: BrokerDep) -> list[dict[str, Any]]:
 def create_token(body: TokenBody, principal: Admin, broker: BrokerDep) -> JSONResponse:
     """A new token; `token` in the answer is shown this once and stored only hashed."""
     token, secret = broker.access.create_token(
-        body.name, Role(body.role), body.names, body.expires_days, created_by=principal.name
+        body.name,
+        Role(body.role),
+        body.names,
+        body.expires_days,
+        created_by=principal.name,
+        by=principal,
     )
     return JSONResponse({**token.to_json(), "token": secret}, status_code=201)
 

@@ -171,6 +171,30 @@ class ApiToken:
         }
 
 
+def token_role(role: Role, names: Sequence[str]) -> Role:
+    """What a token acts as. Admin work (users, tokens, clients, targets, settings) has no
+    names to limit it by, so no admin is name-limited (issue 24): a token made so before
+    this rule acts as an operator within its names."""
+    return Role.OPERATOR if role is Role.ADMIN and names else role
+
+
+def broader_than(maker: Principal, role: Role, names: Sequence[str]) -> str | None:
+    """Why a token of `role` limited to `names` (none: unlimited) would be broader than
+    the caller making it; None when it is not."""
+    if role.rank > maker.role.rank:
+        return (
+            f"the role {role.value} is broader than {maker.kind} {maker.name!r}'s "
+            f"({maker.role.value})"
+        )
+    if maker.names and (not names or not all(names_allowed(maker.names, [n]) for n in names)):
+        shown = ", ".join(names) or "every name"
+        return (
+            f"{shown} is broader than the names {maker.kind} {maker.name!r} is limited to "
+            f"({', '.join(maker.names)})"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class Principal:
     """The caller of one request: a user (console, or the CLI on the machine) or a token."""

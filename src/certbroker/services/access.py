@@ -20,9 +20,11 @@ from certbroker.domain.access import (
     Principal,
     Role,
     User,
+    broader_than,
     check_password,
     check_user_name,
     parse_name_patterns,
+    token_role,
 )
 from certbroker.domain.audit import ActorKind, Outcome
 from certbroker.domain.errors import (
@@ -213,12 +215,24 @@ class AccessService:
         names: Sequence[str] = (),
         expires_days: float | None = None,
         created_by: str | None = None,
+        by: Principal | None = None,
     ) -> tuple[ApiToken, str]:
-        """A new token and its secret, which is shown once and stored only hashed."""
+        """A new token and its secret, which is shown once and stored only hashed; never
+        broader than `by`, the caller making it (role and names), and never a
+        name-limited admin (`token_role`)."""
         name = name.strip()
         if not name or len(name) > 200:
             raise UsageError("a token needs a --name of 1 to 200 characters, to tell it apart")
         patterns = parse_name_patterns(names)
+        if role is Role.ADMIN and patterns:
+            raise UsageError(
+                "an admin token cannot be limited to names: what only admins do (users, "
+                "tokens, clients, targets, settings) has no names; give an operator or "
+                "viewer token the names"
+            )
+        wider = None if by is None else broader_than(by, role, patterns)
+        if wider is not None:
+            raise AccessDenied(f"a token is made no broader than its maker: {wider}")
         if expires_days is not None and not 0 < expires_days <= 3650:
             raise UsageError("--expires-days takes a number of days from 1 to 3650")
         now = self.ctx.clock()
@@ -274,7 +288,12 @@ class AccessService:
             raise NotAuthenticated(f"API token {token.name!r} expired; create a new one")
         with contextlib.suppress(StoreFull):  # its last use is a note: reading goes on
             self.repo.touch_token(token, now, address)
-        return Principal(name=token.name, role=token.role, names=token.names, token_id=token.id)
+        return Principal(
+            name=token.name,
+            role=token_role(token.role, token.names),
+            names=token.names,
+            token_id=token.id,
+        )
 
     # -- what a caller may do ------------------------------------------------------------
 

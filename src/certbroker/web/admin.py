@@ -574,6 +574,7 @@ def create_token(request: Request, form: Form) -> Response:
                 lines(values["names"]),
                 days,
                 created_by=person.principal.name,
+                by=person.principal,
             )
         except UsageError as exc:
             errors = field_errors(
