@@ -108,7 +108,7 @@ def attach(
 ) -> dict[str, Any]:
     """The certificate goes to this target from now on; its current one at once."""
     visible(broker, principal, body.certificate_id)
-    deployment = broker.deploy.attach(name, body.certificate_id)
+    deployment = broker.deploy.attach(name, body.certificate_id, by=principal)
     return {"target": name, "certificate_id": body.certificate_id,
             "queued": deployment is not None}  # fmt: skip
 
@@ -118,7 +118,7 @@ def detach(
     name: TargetName, body: Attach, principal: Operator, broker: BrokerDep
 ) -> dict[str, Any]:
     visible(broker, principal, body.certificate_id)
-    broker.deploy.detach(name, body.certificate_id)
+    broker.deploy.detach(name, body.certificate_id, by=principal)
     return {"target": name, "certificate_id": body.certificate_id, "detached": True}
 
 

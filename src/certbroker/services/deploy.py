@@ -17,8 +17,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from certbroker.domain.access import Principal
 from certbroker.domain.audit import SECRET
-from certbroker.domain.errors import CertbrokerError, LeaseLost, StoreUnavailable, UsageError
+from certbroker.domain.errors import (
+    AccessDenied,
+    CertbrokerError,
+    Conflict,
+    LeaseLost,
+    StoreUnavailable,
+    UsageError,
+)
 from certbroker.domain.keys import ExportFormat, KeyPolicy
 from certbroker.domain.models import Certificate
 from certbroker.domain.targets import (
@@ -225,10 +233,27 @@ class DeployService:
 
     # -- certificates and their targets ----------------------------------------------------
 
-    def attach(self, name: str, cert_id: int) -> Deployment | None:
-        """The certificate goes to the target from now on; an issued one is queued now."""
+    def attach(self, name: str, cert_id: int, by: Principal | None = None) -> Deployment | None:
+        """The certificate goes to the target from now on; an issued one is queued now.
+        A target holds one certificate (its files have one set of names), and only a
+        caller without a name limit attaches or detaches (`by`; None: the local CLI)."""
+        _may_change_targets(by)
         target = self.repo.get_target(name)
         cert = self.repo.get_certificate(cert_id)
+        others = [i for i in self.repo.certificates_of_target(target.id) if i != cert_id]
+        if others:
+            spec = target.files
+            files = ", ".join(
+                f
+                for f in (spec.cert_file, spec.key_file, spec.combined_file, spec.pkcs12_file)
+                if f
+            )
+            raise Conflict(
+                f"target {name!r} already receives certificate {others[0]} and its files "
+                f"({files} in {target.path}) would be overwritten by certificate {cert_id}'s; "
+                f"add a target with another --path or other file names for it, or detach "
+                f"certificate {others[0]} first"
+            )
         if cert.key_policy is KeyPolicy.CSR or (
             cert.cert_pem is not None and self.repo.certificate_key_sealed(cert_id) is None
         ):
@@ -240,7 +265,8 @@ class DeployService:
         audit.record(self.ctx, "target.attach", "target", target.name, {"certificate_id": cert_id})
         return None if deployment_id is None else self.repo.get_deployment(deployment_id)
 
-    def detach(self, name: str, cert_id: int) -> None:
+    def detach(self, name: str, cert_id: int, by: Principal | None = None) -> None:
+        _may_change_targets(by)
         target = self.repo.get_target(name)
         self.repo.get_certificate(cert_id)
         if not self.repo.detach_target(cert_id, target.id, self.ctx.clock()):
@@ -430,6 +456,17 @@ class DeployService:
             _, data, _ = render_export(bundle, ExportFormat.PKCS12, password)[0]
             files.append(FileSpec(base / spec.pkcs12_file, data, spec.key_mode, owner))
         return files
+
+
+def _may_change_targets(by: Principal | None) -> None:
+    """A push target serves whatever is attached to it and has no names of its own, so a
+    caller limited to names may not change what goes there (issue 24)."""
+    if by is not None and by.names:
+        raise AccessDenied(
+            f"{by.kind} {by.name!r} is limited to {', '.join(by.names)}; a push target has "
+            "no names of its own, so only an operator without a name limit attaches or "
+            "detaches certificates"
+        )
 
 
 class DeployWorker(Periodic):
