@@ -390,6 +390,8 @@ def test_targets_over_the_api_admins_add_operators_deploy(cli: Cli, tmp_path: Pa
         role: last(cli("token", "create", "--name", role, "--role", role).stdout)
         for role in ("admin", "operator", "viewer")
     }
+    limited = ("--role", "operator", "--names", "*.other.example.com")
+    tokens["other-team"] = last(cli("token", "create", "--name", "other-team", *limited).stdout)
     web = tmp_path / "web"
     web.mkdir()
     serve = start_api(cli)
@@ -409,7 +411,14 @@ def test_targets_over_the_api_admins_add_operators_deploy(cli: Cli, tmp_path: Pa
             assert "'9' is not a file mode in octal" in bad_mode.json()["detail"]
             made = admin.post("/api/v1/targets", json=body)
             assert made.status_code == 201, made.text
-            assert [t["name"] for t in viewer.get("/api/v1/targets").json()] == ["web"]
+            # A target's hosts, paths and reload command are configuration: operators and
+            # admins see them; a name-limited operator only targets of its certificates.
+            assert [t["name"] for t in operator.get("/api/v1/targets").json()] == ["web"]
+            assert viewer.get("/api/v1/targets").status_code == 403
+            assert viewer.get("/api/v1/targets/web").status_code == 403
+            with as_("other-team") as other:
+                assert other.get("/api/v1/targets").json() == []
+                assert other.get("/api/v1/targets/web").status_code == 404
             assert viewer.post("/api/v1/certificates/1/deploy", json={}).status_code == 403
             attached = operator.post("/api/v1/targets/web/attach", json={"certificate_id": 1})
             assert attached.status_code == 200 and attached.json()["queued"] is True
@@ -447,7 +456,7 @@ def test_targets_over_the_api_admins_add_operators_deploy(cli: Cli, tmp_path: Pa
             assert admin.delete("/api/v1/targets/broken").status_code == 200
             assert viewer.get("/api/v1/alarms").json() == []  # its alarm goes with it
             assert admin.delete("/api/v1/targets/web").status_code == 200
-            assert viewer.get("/api/v1/targets").json() == []
+            assert operator.get("/api/v1/targets").json() == []
     finally:
         stop_serve(serve)
 

@@ -60,9 +60,10 @@ class DeployBody(BaseModel):
 
 
 @router.get("/targets", response_model=list[dict[str, Any]])
-def list_targets(_p: Reader, broker: BrokerDep) -> list[dict[str, Any]]:
-    """Targets, what they get and how (never their secrets)."""
-    return broker.deploy.list_targets()
+def list_targets(principal: Operator, broker: BrokerDep) -> list[dict[str, Any]]:
+    """Targets, what they get and how (never their secrets): configuration, so operators
+    and admins; a name-limited one sees the targets of its certificates only."""
+    return broker.deploy.list_targets(by=principal)
 
 
 @router.post("/targets", status_code=201, response_model=dict[str, Any])
@@ -91,8 +92,8 @@ def add_target(body: TargetBody, _p: Admin, broker: BrokerDep) -> dict[str, Any]
 
 
 @router.get("/targets/{name}", response_model=dict[str, Any])
-def show_target(name: TargetName, _p: Reader, broker: BrokerDep) -> dict[str, Any]:
-    return broker.deploy.show_target(name)
+def show_target(name: TargetName, principal: Operator, broker: BrokerDep) -> dict[str, Any]:
+    return broker.deploy.show_target(name, by=principal)
 
 
 @router.delete("/targets/{name}", response_model=dict[str, Any])

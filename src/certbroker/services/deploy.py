@@ -24,6 +24,7 @@ from certbroker.domain.errors import (
     CertbrokerError,
     Conflict,
     LeaseLost,
+    NotFoundError,
     StoreUnavailable,
     UsageError,
 )
@@ -212,11 +213,25 @@ class DeployService:
     def get_target(self, name: str) -> Target:
         return self.repo.get_target(name)
 
-    def list_targets(self) -> list[dict[str, Any]]:
-        return [self._describe(t) for t in self.repo.list_targets()]
+    def list_targets(self, by: Principal | None = None) -> list[dict[str, Any]]:
+        """The targets `by` may see (None: the local CLI, every one)."""
+        return [self._describe(t) for t in self.repo.list_targets() if self._may_see(t, by)]
 
-    def show_target(self, name: str) -> dict[str, Any]:
-        return self._describe(self.repo.get_target(name))
+    def show_target(self, name: str, by: Principal | None = None) -> dict[str, Any]:
+        target = self.repo.get_target(name)
+        if not self._may_see(target, by):
+            raise NotFoundError(f"no target named {name!r}; `certbroker target list` shows them")
+        return self._describe(target)
+
+    def _may_see(self, target: Target, by: Principal | None) -> bool:
+        """A name-limited caller sees a target only when it holds certificates, every one
+        within its names: a target's hosts, path and reload command are configuration."""
+        if by is None or not by.names:
+            return True
+        held = self.repo.certificates_of_target(target.id)
+        return bool(held) and all(
+            by.may_see(self.repo.get_certificate(cert_id).names) for cert_id in held
+        )
 
     def _describe(self, target: Target) -> dict[str, Any]:
         data = target.to_json()

@@ -66,7 +66,7 @@ def _page(request: Request, person: Who, values: dict[str, Any], errors: dict[st
 @router.get("/mail")
 def mail(request: Request) -> Response:
     person = who(request)
-    person.require(Action.READ)
+    person.require(Action.MANAGE)  # an admin's settings, as over the API (issue 24)
     return _page(request, person, _values(person), {})
 
 
