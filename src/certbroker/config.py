@@ -5,6 +5,7 @@ Each setting remembers where its value came from, so `certbroker config show` ca
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import tomllib
@@ -48,6 +49,9 @@ class Settings:
     admin_password: str = field(default="", repr=False)
     # A bearer token `/metrics` asks for; empty: it answers anyone who reaches it.
     metrics_token: str = field(default="", repr=False)
+    # `/metrics` without a token on an address other than loopback (it names every
+    # certificate): serve refuses that unless this says so (issue 24).
+    metrics_public: bool = False
     order_timeout: float = 300.0  # seconds one order may take before it counts as failed
     # This node's name in its leases (empty: the host name); nodes need names of their own.
     node_name: str = ""
@@ -99,6 +103,20 @@ class Settings:
         host, _, port = self.listen.rpartition(":")
         return host or "127.0.0.1", int(port)
 
+    def metrics_refusal(self) -> str | None:
+        """Why `serve` must not start as configured: `/metrics` names every certificate,
+        and without metrics_token it answers anyone who reaches it, which on an address
+        other than loopback is more than this machine (issue 24). None: it may."""
+        host, _ = self.listen_address()
+        if self.metrics_token or self.metrics_public or _loopback(host):
+            return None
+        return (
+            f"listen {self.listen} is reachable from other machines, and /metrics (every "
+            "certificate's names) would answer anyone there: set metrics_token "
+            "(CERTBROKER_METRICS_TOKEN) for your scraper to send, or metrics_public = true "
+            "(CERTBROKER_METRICS_PUBLIC=1) to serve it to anyone on purpose"
+        )
+
     def masked(self) -> dict[str, tuple[str, str]]:
         """Every setting as (shown value, source), secrets masked."""
         shown: dict[str, tuple[str, str]] = {}
@@ -143,6 +161,7 @@ _FIELD_TYPES: dict[str, type] = {
     "master_key_next": str,
     "admin_password": str,
     "metrics_token": str,
+    "metrics_public": bool,
     "order_timeout": float,
     "node_name": str,
     "lease_seconds": float,
@@ -192,10 +211,12 @@ _TABLE_KEYS = {
 def _coerce(name: str, value: Any, source: str) -> Any:
     kind = _FIELD_TYPES[name]
     try:
-        if kind is int:
+        if kind is bool:
+            result: Any = _flag(value)
+        elif kind is int:
             if isinstance(value, bool):
                 raise ValueError
-            result: Any = int(value)
+            result = int(value)
         elif kind is float:
             result = float(value)
         elif kind is Path:
@@ -205,6 +226,28 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: {name} must be {kind.__name__}, not {value!r}") from None
     return result
+
+
+def _loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
+
+
+def _flag(value: Any) -> bool:
+    """true/false, yes/no, on/off, 1/0 (any case), or a TOML boolean."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(value)
 
 
 def _upstream_problem(settings: Settings) -> str:

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from certbroker.store.db import HEAD_REVISION
 from tests.conftest import Cli, make_cli
 from tests.support.pebble import PebbleServer
+from tests.support.ports import free_port
 from tests.support.serve import api_url, start_api, stop_serve
 
 TOKEN = "metrics-token-0123456789"
@@ -133,3 +134,15 @@ def test_health_and_readiness(site: Site) -> None:
         with sqlite3.connect(store) as db:
             db.execute("UPDATE alembic_version SET version_num = ?", (HEAD_REVISION,))
     assert site.get("/readyz").status_code == 200
+
+
+def test_serve_refuses_to_offer_metrics_to_other_machines_without_a_token(
+    offline_cli: Cli,
+) -> None:
+    """Before anything starts: one line, exit 2 (issue 24, finding 9)."""
+    refused = offline_cli("serve", check=False, timeout=60,
+                          env={"CERTBROKER_LISTEN": f"0.0.0.0:{free_port()}"})  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.strip().startswith("error: listen 0.0.0.0:")
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "CERTBROKER_METRICS_TOKEN" in refused.stderr

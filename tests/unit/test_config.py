@@ -86,3 +86,36 @@ def test_the_master_key_stays_out_of_the_settings_repr() -> None:
     settings = load_settings(environ={"CERTBROKER_MASTER_KEY": secret})
     assert settings.master_key == secret
     assert secret not in repr(settings) and secret not in str(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "refused"),
+    [
+        ({"CERTBROKER_LISTEN": "127.0.0.1:8080"}, False),
+        ({"CERTBROKER_LISTEN": "127.0.0.5:8080"}, False),
+        ({"CERTBROKER_LISTEN": "[::1]:8080"}, False),
+        ({"CERTBROKER_LISTEN": "localhost:8080"}, False),
+        ({"CERTBROKER_LISTEN": "0.0.0.0:8080"}, True),
+        ({"CERTBROKER_LISTEN": "192.0.2.10:8080"}, True),
+        ({"CERTBROKER_LISTEN": "broker.example.com:8080"}, True),
+        ({"CERTBROKER_LISTEN": "0.0.0.0:8080", "CERTBROKER_METRICS_TOKEN": "s3cret"}, False),
+        ({"CERTBROKER_LISTEN": "0.0.0.0:8080", "CERTBROKER_METRICS_PUBLIC": "true"}, False),
+        ({"CERTBROKER_LISTEN": "0.0.0.0:8080", "CERTBROKER_METRICS_PUBLIC": "0"}, True),
+    ],
+)
+def test_metrics_without_a_token_stay_on_loopback_unless_made_public(
+    tmp_path: Path, env: dict[str, str], refused: bool
+) -> None:
+    """Issue 24, finding 9: /metrics names every certificate; `serve` refuses to offer it
+    to other machines without a token unless told to."""
+    settings = load_settings(environ={"CERTBROKER_DATA_DIR": str(tmp_path), **env})
+    refusal = settings.metrics_refusal()
+    assert (refusal is not None) is refused
+    if refused:
+        assert "metrics_token" in refusal and "metrics_public" in refusal
+
+
+def test_a_flag_setting_takes_true_or_false_only(tmp_path: Path) -> None:
+    env = {"CERTBROKER_DATA_DIR": str(tmp_path), "CERTBROKER_METRICS_PUBLIC": "maybe"}
+    with pytest.raises(ConfigError, match="metrics_public must be bool"):
+        load_settings(environ=env)

@@ -15,6 +15,7 @@ import threading
 from types import FrameType
 
 from certbroker.cli.state import State, say
+from certbroker.domain.errors import ConfigError
 
 log = logging.getLogger("certbroker.serve")
 
@@ -26,6 +27,9 @@ def run_serve(state: State) -> None:
     from certbroker.services.workers import WorkerPool
     from certbroker.worker_processes import WorkerProcesses
 
+    refusal = state.settings.metrics_refusal()
+    if refusal is not None:  # before the store is opened: nothing has started
+        raise ConfigError(refusal)
     # First, so a SIGTERM while the worker processes start still stops us cleanly.
     stop = threading.Event()
 
