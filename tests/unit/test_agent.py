@@ -86,7 +86,19 @@ def _agent(tmp_path: Path) -> Recording:
     return Recording(load_config(write(tmp_path, GOOD)))
 
 
-def _delivery(serial: str, not_before: datetime) -> dict[str, Any]:
+def _delivery(
+    serial: str,
+    not_before: datetime,
+    *,
+    pem_not_before: datetime | None = None,
+    pem_name: str = "gw1.example.com",
+) -> dict[str, Any]:
+    """A delivery as the broker sends it; its PEM says what the certificate is (which
+    `pem_not_before` and `pem_name` make other than the message says)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = _self_signed(key, pem_name, pem_not_before or not_before, int(serial, 16))
     return {
         "type": "certificate",
         "certificate_id": 7,
@@ -94,12 +106,12 @@ def _delivery(serial: str, not_before: datetime) -> dict[str, Any]:
         "serial": serial,
         "not_before": not_before.isoformat(),
         "not_after": (not_before + timedelta(days=90)).isoformat(),
-        "chain": "not looked at before the checks",
+        "chain": pem,
         "key_mode": "local",
     }
 
 
-def _installed(agent: Agent, not_before: datetime, serial: str = "0b") -> None:
+def _installed(agent: Agent, not_before: datetime, serial: str = "b") -> None:
     held = agent.state.of("gw1.example.com")
     held.certificate_id, held.serial = 7, serial
     held.not_before = not_before.isoformat()
@@ -111,31 +123,75 @@ def test_an_older_certificate_than_the_installed_one_is_refused(tmp_path: Path) 
     agent = _agent(tmp_path)
     now = datetime.now(UTC)
     _installed(agent, now - timedelta(days=1))
-    run(agent._on(_delivery("0a", now - timedelta(days=30))))
+    run(agent._on(_delivery("a", now - timedelta(days=30))))
     (report,) = agent.sent
-    assert report["ok"] is False and "older than the installed 0b" in report["error"]
-    assert AgentState.load(agent.config.state_file).of("gw1.example.com").serial == "0b"
+    assert report["ok"] is False and "older than the installed b" in report["error"]
+    assert AgentState.load(agent.config.state_file).of("gw1.example.com").serial == "b"
     assert not (tmp_path / "tls").exists()  # nothing written
+
+
+def test_the_certificates_own_dates_and_names_decide_not_the_message(tmp_path: Path) -> None:
+    """Issue 24, finding 7: the replay check read the message's not_before; a broker (or
+    a man in the middle) could send an old certificate under a new date, or another
+    name's certificate under this entry's names."""
+    agent = _agent(tmp_path)
+    now = datetime.now(UTC)
+    _installed(agent, now - timedelta(days=1))
+    run(agent._on(_delivery("a", now, pem_not_before=now - timedelta(days=30))))
+    run(agent._on(_delivery("c", now, pem_name="evil.example.com")))
+    older, other = agent.sent
+    assert older["ok"] is False and "older than the installed b" in older["error"]
+    assert other["ok"] is False and "evil.example.com" in other["error"]
+    assert "gw1.example.com" in other["error"]
+    assert AgentState.load(agent.config.state_file).of("gw1.example.com").serial == "b"
+    assert not (tmp_path / "tls").exists()  # nothing written
+
+
+def test_without_its_state_file_the_installed_file_says_what_is_older(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    agent = _agent(tmp_path)  # no state: a new gateway, or the state file was lost
+    now = datetime.now(UTC)
+    (tmp_path / "tls").mkdir()
+    installed = _self_signed(ec.generate_private_key(ec.SECP256R1()), "gw1.example.com",
+                             now - timedelta(days=1), 0x0B)  # fmt: skip
+    (tmp_path / "tls/fullchain.pem").write_text(installed)
+    run(agent._on(_delivery("a", now - timedelta(days=30))))
+    (report,) = agent.sent
+    assert report["ok"] is False and "older than the installed b" in report["error"]
+    assert (tmp_path / "tls/fullchain.pem").read_text() == installed
+
+
+def test_a_plain_http_broker_is_refused_unless_the_configuration_says_so(
+    tmp_path: Path,
+) -> None:
+    plain = GOOD.replace("https://broker.example.com", "http://broker.example.com")
+    with pytest.raises(UsageError, match="insecure_http = true"):
+        load_config(write(tmp_path, plain))
+    config = load_config(write(tmp_path, "insecure_http = true\n" + plain))
+    assert config.websocket_url.startswith("ws://") and config.insecure_http
+    local = GOOD.replace("https://broker.example.com", "http://127.0.0.1:8080")
+    assert load_config(write(tmp_path, local)).broker == "http://127.0.0.1:8080"
 
 
 def test_a_renewed_certificate_waits_until_its_install_time(tmp_path: Path) -> None:
     agent = _agent(tmp_path)
     now = datetime.now(UTC)
     _installed(agent, now - timedelta(days=1))  # 89 days left, more than 30
-    run(agent._on(_delivery("0c", now)))
+    run(agent._on(_delivery("c", now)))
     assert agent.sent == []  # nothing to report yet
     held = json.loads(agent.config.state_file.read_text())["certificates"]["gw1.example.com"]
-    assert held["waiting"]["serial"] == "0c" and held["serial"] == "0b"  # kept for later
+    assert held["waiting"]["serial"] == "c" and held["serial"] == "b"  # kept for later
     assert stat_mode(agent.config.state_file) == 0o600
 
 
 def test_what_is_installed_already_is_reported_not_installed_again(tmp_path: Path) -> None:
     agent = _agent(tmp_path)
     now = datetime.now(UTC)
-    _installed(agent, now, serial="0d")
-    run(agent._on(_delivery("0d", now)))
+    _installed(agent, now, serial="d")
+    run(agent._on(_delivery("d", now)))
     (report,) = agent.sent
-    assert report["ok"] is True and report["serial"] == "0d"
+    assert report["ok"] is True and report["serial"] == "d"
     assert not (tmp_path / "tls").exists()
 
 
@@ -150,7 +206,7 @@ def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
 
-def _self_signed(key: Any, name: str, not_before: datetime) -> str:
+def _self_signed(key: Any, name: str, not_before: datetime, serial: int = 0x0E) -> str:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import NameOID
@@ -161,7 +217,7 @@ def _self_signed(key: Any, name: str, not_before: datetime) -> str:
         .subject_name(subject)
         .issuer_name(subject)
         .public_key(key.public_key())
-        .serial_number(0x0E)
+        .serial_number(serial)
         .not_valid_before(not_before)
         .not_valid_after(not_before + timedelta(days=90))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
@@ -183,7 +239,7 @@ def test_a_failed_install_is_tried_again_later_from_the_state_file(tmp_path: Pat
     (tmp_path / "tls").mkdir()
     (tmp_path / "tls/privkey.pem.next").write_bytes(private_key_to_pem(key))  # its CSR's key
     now = datetime.now(UTC)
-    message = _delivery("0e", now) | {"chain": _self_signed(key, "gw1.example.com", now)}
+    message = _delivery("e", now) | {"chain": _self_signed(key, "gw1.example.com", now)}
 
     run(agent._on(message))  # the reload fails: the files are put back
     (report,) = agent.sent
@@ -198,9 +254,9 @@ def test_a_failed_install_is_tried_again_later_from_the_state_file(tmp_path: Pat
     restarted = Recording(load_config(write(tmp_path, text)))  # the agent restarted, too
     run(restarted.install_waiting(now + timedelta(minutes=2)))
     assert (tmp_path / "tls/fullchain.pem").read_text() == message["chain"]
-    assert restarted.sent[-1]["ok"] is True and restarted.sent[-1]["serial"] == "0e"
+    assert restarted.sent[-1]["ok"] is True and restarted.sent[-1]["serial"] == "e"
     held = AgentState.load(agent.config.state_file).of("gw1.example.com")
-    assert held.serial == "0e" and held.waiting is None and held.failures == 0
+    assert held.serial == "e" and held.waiting is None and held.failures == 0
     assert not (tmp_path / "tls/privkey.pem.next").exists()  # the new key is in place
 
 
@@ -236,7 +292,7 @@ def test_a_held_certificate_is_installed_once_its_time_comes(
     (tmp_path / "tls/privkey.pem.next").write_bytes(private_key_to_pem(key))  # its CSR's key
     now = datetime.now(UTC)
     _installed(agent, now - timedelta(days=1))  # 89 days left
-    message = _delivery("0f", now) | {"chain": _self_signed(key, "gw1.example.com", now)}
+    message = _delivery("f", now) | {"chain": _self_signed(key, "gw1.example.com", now, 0x0F)}
     run(agent._on(message))
     run(agent.install_waiting(now))  # its time has not come: still held
     assert agent.sent == [] and not (tmp_path / "tls/fullchain.pem").exists()
@@ -254,9 +310,9 @@ def test_a_held_certificate_is_installed_once_its_time_comes(
     assert (tmp_path / "tls/fullchain.pem").read_text() == message["chain"]
     assert stat_mode(tmp_path / "tls/privkey.pem") == 0o600
     (report,) = restarted.sent
-    assert report["ok"] is True and report["serial"] == "0f"
+    assert report["ok"] is True and report["serial"] == "f"
     held = AgentState.load(agent.config.state_file).of("gw1.example.com")
-    assert held.serial == "0f" and held.waiting is None
+    assert held.serial == "f" and held.waiting is None
 
 
 def test_the_edge_answers_only_the_tokens_it_was_given(tmp_path: Path) -> None:

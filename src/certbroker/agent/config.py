@@ -36,7 +36,8 @@ from certbroker.domain.errors import UsageError
 
 log = logging.getLogger("certbroker.agent")
 TOP_KEYS = {"broker", "token", "token_file", "http01_listen", "state_file", "ca_bundle",
-            "transport", "certificate"}  # fmt: skip
+            "transport", "insecure_http", "certificate"}  # fmt: skip
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 TRANSPORTS = ("auto", "websocket", "long-poll")
 CERT_KEYS = {"names", "cert_path", "key_path", "combined_path", "pkcs12_path",
              "pkcs12_password", "owner", "mode", "reload", "install_days_before_expiry",
@@ -73,6 +74,14 @@ class AgentConfig:
     certificates: tuple[CertificateConfig, ...]
     ca_bundle: Path | None = None
     transport: str = "auto"
+    # A plain http:// broker other than this machine: the token (and broker-held keys)
+    # cross the network unencrypted; refused unless the configuration says so.
+    insecure_http: bool = False
+
+    @property
+    def plain_http_elsewhere(self) -> bool:
+        parts = urlsplit(self.broker)
+        return parts.scheme == "http" and (parts.hostname or "") not in LOOPBACK_HOSTS
 
     @property
     def websocket_url(self) -> str:
@@ -197,7 +206,18 @@ def load_config(path: Path) -> AgentConfig:
     transport = _text(data, "transport", where, required=False) or "auto"
     if transport not in TRANSPORTS:
         raise UsageError(f"{where}: transport {transport!r}: choose {', '.join(TRANSPORTS)}")
+    insecure = data.get("insecure_http", False)
+    if not isinstance(insecure, bool):
+        raise UsageError(f"{where}: `insecure_http` must be true or false")
+    parts = urlsplit(broker)
+    if parts.scheme == "http" and (parts.hostname or "") not in LOOPBACK_HOSTS and not insecure:
+        raise UsageError(
+            f"{where}: broker {broker} is plain http://: the client's token, and the keys the "
+            "broker holds, would cross the network unencrypted; use https://, or set "
+            "insecure_http = true to accept that"
+        )
     return AgentConfig(
+        insecure_http=insecure,
         transport=transport,
         broker=broker.rstrip("/"),
         token=token,

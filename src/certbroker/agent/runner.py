@@ -18,7 +18,6 @@ import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cryptography import x509
 
@@ -79,9 +78,7 @@ class Agent:
             self.config.broker,
             len(self.config.certificates),
         )
-        plain = self.config.websocket_url.startswith("ws:")
-        host = urlsplit(self.config.broker).hostname or ""
-        if plain and host not in ("127.0.0.1", "::1", "localhost"):
+        if self.config.plain_http_elsewhere:  # insecure_http = true: said at every start
             held = [c.ref for c in self.config.certificates if c.key is KeyMode.BROKER]
             log.warning(
                 "agent: the broker is reached over plain HTTP; its token%s travel%s "
@@ -334,11 +331,10 @@ class Agent:
         if held.serial == serial:  # installed before a restart: say so again
             await self._report(message, ok=True, reload_status=None, tail="", error=None)
             return
-        if held.not_before is not None and message["not_before"] < held.not_before:
-            await self._report(message, ok=False, reload_status=None, tail="",
-                               error=f"refused: serial {serial} is older than the "
-                                     f"installed {held.serial} (a replay, or a broker gone "
-                                     "back in time)")  # fmt: skip
+        why, message = self._checked(cert, held, message)
+        if why is not None:
+            log.warning("agent: %s: %s", cert.ref, why)
+            await self._report(message, ok=False, reload_status=None, tail="", error=why)
             return
         if self._held_back(cert, held):
             held.waiting = message
@@ -347,6 +343,41 @@ class Agent:
                      "expires", cert.ref, serial, cert.install_days_before_expiry)  # fmt: skip
             return
         await self._install(cert, held, message)
+
+    def _checked(
+        self, cert: CertificateConfig, held: Held, message: dict[str, Any]
+    ) -> tuple[str | None, dict[str, Any]]:
+        """What the delivered certificate itself says, not the message about it: its
+        names must be this entry's, and it must be no older than the one installed (by
+        the state file, and by the installed file, which outlives a lost state file).
+        (Why it is refused, or None; the message with the certificate's own serial and
+        dates.)"""
+        serial = str(message.get("serial"))
+        try:
+            leaf = x509.load_pem_x509_certificates(str(message.get("chain", "")).encode())[0]
+        except (ValueError, IndexError):
+            return f"refused: serial {serial} is not a PEM certificate", message
+        own_serial = format(leaf.serial_number, "x")
+        checked = message | {
+            "serial": own_serial,
+            "not_before": leaf.not_valid_before_utc.isoformat(),
+            "not_after": leaf.not_valid_after_utc.isoformat(),
+        }
+        names = sorted(_dns_names(leaf))
+        if names != sorted(n.lower() for n in cert.names):
+            return (
+                f"refused: serial {own_serial} is for {', '.join(names) or 'no name'}, not "
+                f"{', '.join(cert.names)} as configured for this entry",
+                checked,
+            )
+        installed = _installed_not_before(cert, held)
+        if installed is not None and leaf.not_valid_before_utc < installed[0]:
+            return (
+                f"refused: serial {own_serial} is older than the installed {installed[1]} "
+                "(a replay, or a broker gone back in time)",
+                checked,
+            )
+        return None, checked
 
     def _held_back(self, cert: CertificateConfig, held: Held) -> bool:
         days = cert.install_days_before_expiry
@@ -472,3 +503,25 @@ class Agent:
                 "error": error,
             }
         )
+
+
+def _dns_names(leaf: x509.Certificate) -> list[str]:
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n).lower() for n in san.get_values_for_type(x509.DNSName)]
+
+
+def _installed_not_before(
+    cert: CertificateConfig, held: Held
+) -> tuple[datetime, str | None] | None:
+    """The newest not-before of what is installed for the entry, and its serial: the
+    state file's and the certificate file's (read when the state file was lost)."""
+    found: list[tuple[datetime, str | None]] = []
+    if held.not_before:
+        found.append((datetime.fromisoformat(held.not_before), held.serial))
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        leaf = x509.load_pem_x509_certificates(cert.cert_path.read_bytes())[0]
+        found.append((leaf.not_valid_before_utc, format(leaf.serial_number, "x")))
+    return max(found, key=lambda item: item[0], default=None)
