@@ -114,3 +114,13 @@ def test_a_devices_socket_is_closed_when_its_client_is_disabled(site: Site) -> N
         site.cli("client", "disable", "device-1")
         code, said = closed_by_the_broker(socket)
     assert code == 1008 and "is disabled" in said
+
+
+def test_a_websocket_message_over_the_cap_closes_the_socket(site: Site) -> None:
+    """Issue 24, finding 6: a message is capped as a request body is (1 MiB), not at
+    uvicorn's 16 MiB."""
+    token = site.add_client("gw-big", "*.authority.example.com")
+    with site.agent(token) as socket:
+        socket.send(json.dumps({"type": "ack", "tokens": ["x" * (2 << 20)]}))
+        code, _ = closed_by_the_broker(socket)
+    assert code == 1009  # message too big

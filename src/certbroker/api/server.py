@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from certbroker.api.limits import MAX_BODY
 from certbroker.domain.errors import CertbrokerError, StoreUnavailable
 from certbroker.services.outage import store_outage
 from certbroker.wiring import Broker
@@ -118,6 +119,9 @@ class WebServer:
             # Compression costs ~49 KiB of zlib state per websocket (1,000 agents: 105 vs
             # 56 KiB each, docs/benchmarks.md); their messages are small and rare.
             ws_per_message_deflate=False,
+            # A websocket message is capped as a request body is (api/limits.py): uvicorn's
+            # default, 16 MiB, let any client token make a node hold that much per socket.
+            ws_max_size=MAX_BODY,
             # X-Forwarded-For and -Proto, from the trusted proxies only.
             proxy_headers=True,
             forwarded_allow_ips=self.broker.settings.trusted_proxies or "",
