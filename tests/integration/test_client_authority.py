@@ -121,6 +121,13 @@ def test_a_websocket_message_over_the_cap_closes_the_socket(site: Site) -> None:
     uvicorn's 16 MiB."""
     token = site.add_client("gw-big", "*.authority.example.com")
     with site.agent(token) as socket:
-        socket.send(json.dumps({"type": "ack", "tokens": ["x" * (2 << 20)]}))
-        code, _ = closed_by_the_broker(socket)
-    assert code == 1009  # message too big
+        try:
+            socket.send(json.dumps({"type": "ack", "tokens": ["x" * (2 << 20)]}))
+        except ConnectionClosed as closed:  # the broker closed it while it was being sent
+            code = closed.rcvd.code if closed.rcvd is not None else None
+        else:
+            code, _ = closed_by_the_broker(socket)
+    # 1009, message too big; or no close frame at all, when the broker's close reset the
+    # connection while the message was still being written. Under the old 16 MiB cap the
+    # message was taken and nothing closed the socket.
+    assert code in (1009, None)
