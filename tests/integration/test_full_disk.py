@@ -332,7 +332,7 @@ def test_serve_on_postgresql_waits_out_a_full_disk_and_loses_nothing(
     # Not under pytest's directories (root's alone): the cluster runs as `nobody`.
     mount = Path(f"/tmp/certbroker-full-{os.getpid()}-{time.monotonic_ns()}")
     with tmpfs(mount, "96m") as disk:
-        server: PostgresServer = start_postgres(parent=disk)
+        server: PostgresServer = start_postgres(parent=disk, own=True)
         try:
             url = server.new_database()
             cli = make_cli(tmp_path / "data", pebble)

@@ -14,7 +14,6 @@ write-ahead log, which loses the last commits in a crash).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -28,7 +27,7 @@ import pytest
 from tests.support.nodes import Cluster, start_cluster
 from tests.support.pebble import PebbleServer, start_pebble
 from tests.support.ports import free_port
-from tests.support.postgres import URL_ENV, PostgresServer, start_postgres
+from tests.support.postgres import PostgresServer, start_postgres
 from tests.support.serve import start_serve
 
 PASSWORD = "pw-never-printed-7f3a"  # the cluster trusts every local login: any password works
@@ -39,9 +38,7 @@ OUTAGE = 6.0  # seconds the database stays down mid-run
 @pytest.fixture(scope="module")
 def crashable() -> Iterator[PostgresServer]:
     """A cluster of this module's own, to crash and start again; stopped by PID."""
-    if os.environ.get(URL_ENV):
-        pytest.skip(f"crashes a PostgreSQL of its own; {URL_ENV} names a shared one")
-    server = start_postgres({"synchronous_commit": "on"})
+    server = start_postgres({"synchronous_commit": "on"}, own=True)  # never URL_ENV's
     try:
         yield server
     finally:

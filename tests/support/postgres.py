@@ -115,15 +115,17 @@ def _as_unprivileged(workdir: Path) -> tuple[Callable[[], None] | None, int | No
 
 
 def start_postgres(
-    settings: Mapping[str, str] | None = None, parent: Path | None = None
+    settings: Mapping[str, str] | None = None, parent: Path | None = None, *, own: bool = False
 ) -> PostgresServer:
     """A new cluster in a directory of its own (in memory, /dev/shm, where there is one:
     nothing it writes must last), answering on 127.0.0.1; or the configured server. The
     directory is removed when it stops. Not under pytest's temporary directories: those
     are root's alone, and the cluster runs as `nobody`. `settings` override the server's
     (`-c name=value`): durability is off unless they turn it on. `parent`: where the
-    directory goes instead (a small disk of the test's own; traversable by `nobody`)."""
-    if os.environ.get(URL_ENV):
+    directory goes instead (a small disk of the test's own; traversable by `nobody`).
+    `own`: a cluster of the caller's even when URL_ENV names a server (a test that crashes
+    it or fills its disk)."""
+    if os.environ.get(URL_ENV) and not own:
         return PostgresServer(os.environ[URL_ENV])
     bindir = postgres_bin()
     if bindir is None:
