@@ -20,6 +20,7 @@ from certbroker.store.db import make_engine
 from certbroker.store.events import failed_attempt
 from certbroker.store.schema import certificates, mail_deliveries, orders
 from tests.conftest import Cli
+from tests.support.ports import free_port
 from tests.support.serve import api_url, start_api, start_serve, stop_serve, wait_until
 from tests.support.smtp import SmtpServer
 
@@ -174,7 +175,7 @@ def test_failure_alarm_acknowledgement_revocation_and_the_daily_digest(
     mcli.env["CERTBROKER_NOTIFY_TO"] = "ops@example.com,lead@example.com"
     # The CA cannot reach the responder: the first failure raises the alarm.
     failed = mcli("cert", "request", "fails.example.com", "--wait",
-                  env={"CERTBROKER_HTTP01_PORT": "1"}, check=False)  # fmt: skip
+                  env={"CERTBROKER_HTTP01_PORT": str(free_port())}, check=False)  # fmt: skip
     assert failed.returncode == 1
     mcli("notify", "run")
     raised = [m for _, m in smtp.mails() if "failing" in str(m["Subject"])]
@@ -251,8 +252,11 @@ def test_the_api_sets_mail_sends_a_test_and_acknowledges_for_operators(
 ) -> None:
     admin = mcli("token", "create", "--name", "boss", "--role", "admin").stdout.split()[-1]
     operator = mcli("token", "create", "--name", "ops", "--role", "operator").stdout.split()[-1]
-    mcli("cert", "request", "api-fails.example.com", "--wait",
-         env={"CERTBROKER_HTTP01_PORT": "1"}, check=False)  # fmt: skip
+    # The CA cannot reach the responder (a port of this test's own, not one a parallel
+    # test binds too): certificate 1 fails and raises its alarm.
+    failed = mcli("cert", "request", "api-fails.example.com", "--wait",
+                  env={"CERTBROKER_HTTP01_PORT": str(free_port())}, check=False)  # fmt: skip
+    assert failed.returncode == 1 and "certificate 1" in failed.stdout + failed.stderr, failed
     serve = start_api(mcli, CERTBROKER_SMTP_HOST="")  # no SMTP configured: the API sets it
     try:
         base = api_url(mcli) + "/api/v1"

@@ -14,6 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 from tests.conftest import Cli, make_cli
 from tests.support.browser import csrf_of, log_in, new_page
 from tests.support.pebble import PebbleServer
+from tests.support.ports import free_port
 from tests.support.serve import api_url, start_api, stop_serve
 from tests.support.smtp import SmtpServer
 
@@ -40,7 +41,7 @@ def site(
     cli = make_cli(tmp_path_factory.mktemp("mail-console") / "data", pebble)
     cli.register()
     failed = cli("cert", "request", "console-fails.example.com", "--wait",
-                 env={"CERTBROKER_HTTP01_PORT": "1"}, check=False)  # fmt: skip
+                 env={"CERTBROKER_HTTP01_PORT": str(free_port())}, check=False)  # fmt: skip
     assert failed.returncode == 1
     serve = start_api(
         cli,
