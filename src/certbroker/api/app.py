@@ -16,6 +16,7 @@ from certbroker.api import (
     agent,
     agent_poll,
     audit,
+    authority,
     budgets,
     certificates,
     devices,
@@ -89,6 +90,7 @@ def create_app(broker: Broker, workers_problems: Callable[[], list[str]] | None 
     from certbroker.web import install as install_console
 
     install_console(app)
+    authority.check(app)  # every route has its rule of who may call it
     return app
 
 

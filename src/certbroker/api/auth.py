@@ -65,12 +65,31 @@ def allowed(action: Action) -> Callable[[Request], Principal]:
         broker_of(request).access.require(principal, action)
         return principal
 
+    check.least_role = action.least_role  # type: ignore[attr-defined]  # api/authority.py
     return check
+
+
+def unlimited(action: Action, why: str) -> Callable[[Request], Principal]:
+    """`allowed(action)`, for a caller without a name limit: a name-limited token is
+    refused at the door (403, saying `why`), before its request is read."""
+    check = allowed(action)
+
+    def door(request: Request) -> Principal:
+        principal = check(request)
+        if principal.names:
+            raise AccessDenied(f"{why}; a name-limited token may not")
+        return principal
+
+    door.least_role = action.least_role  # type: ignore[attr-defined]  # api/authority.py
+    door.names_refused = True  # type: ignore[attr-defined]
+    return door
 
 
 Reader = Annotated[Principal, Depends(allowed(Action.READ))]
 Operator = Annotated[Principal, Depends(allowed(Action.REQUEST))]
 Admin = Annotated[Principal, Depends(allowed(Action.MANAGE))]
+Revoker = Annotated[Principal, Depends(allowed(Action.REVOKE))]
+Deleter = Annotated[Principal, Depends(allowed(Action.DELETE))]
 Caller = Annotated[Principal, Depends(caller)]
 
 

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from certbroker.api.auth import BrokerDep, Caller, Operator, Reader
+from certbroker.api.auth import BrokerDep, Deleter, Operator, Reader, Revoker
 from certbroker.api.idempotency import idempotent
 from certbroker.api.problems import ERRORS
 from certbroker.domain.access import Action, Principal
@@ -239,7 +239,7 @@ def certificate_chain(cert_id: CertId, principal: Reader, broker: BrokerDep) -> 
     },
 )
 def export_certificate(
-    cert_id: CertId, body: ExportBody, principal: Caller, broker: BrokerDep
+    cert_id: CertId, body: ExportBody, principal: Reader, broker: BrokerDep
 ) -> Response:
     """The certificate as a file: pem (a zip of cert, chain, fullchain and key),
     fullchain, combined, der, pkcs12 or jks. Formats holding the key need operator."""
@@ -292,10 +292,9 @@ def renew_certificate(
 
 @router.post("/certificates/{cert_id}/revoke", response_model=dict[str, Any])
 def revoke_certificate(
-    cert_id: CertId, body: RevokeBody, request: Request, principal: Caller, broker: BrokerDep
+    cert_id: CertId, body: RevokeBody, request: Request, principal: Revoker, broker: BrokerDep
 ) -> Response:
     """Revoke at the CA, with a reason (RFC 5280)."""
-    broker.access.require(principal, Action.REVOKE)
 
     def work() -> JSONResponse:
         visible(broker, principal, cert_id)
@@ -306,10 +305,9 @@ def revoke_certificate(
 
 
 @router.delete("/certificates/{cert_id}", response_model=Deleted)
-def delete_certificate(cert_id: CertId, principal: Caller, broker: BrokerDep) -> dict[str, Any]:
+def delete_certificate(cert_id: CertId, principal: Deleter, broker: BrokerDep) -> dict[str, Any]:
     """Forget the certificate and its key here. It stays valid at the CA until it
     expires: revoke it first if it must stop working."""
-    broker.access.require(principal, Action.DELETE)
     visible(broker, principal, cert_id)
     cert = broker.certificates.delete(cert_id)
     note = (

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from certbroker.api.auth import Admin, BrokerDep, Operator, Reader
+from certbroker.api.auth import Admin, BrokerDep, Operator, Reader, unlimited
 from certbroker.api.certificates import CertId, visible
 from certbroker.api.problems import ERRORS
+from certbroker.domain.access import Action, Principal
 
 router = APIRouter(tags=["push targets"], responses=ERRORS)
 TargetName = Annotated[str, Path(min_length=1, max_length=100)]
@@ -103,9 +104,17 @@ def delete_target(name: TargetName, _p: Admin, broker: BrokerDep) -> dict[str, A
     return {"name": target.name, "deleted": True}
 
 
+# A target's files are shared by whatever goes to it: only an operator without a name
+# limit attaches and detaches (services/deploy.py says the same to every entry point).
+TargetChanger = Annotated[
+    Principal,
+    Depends(unlimited(Action.REQUEST, "a target's files are shared by what goes to it")),
+]
+
+
 @router.post("/targets/{name}/attach", response_model=dict[str, Any])
 def attach(
-    name: TargetName, body: Attach, principal: Operator, broker: BrokerDep
+    name: TargetName, body: Attach, principal: TargetChanger, broker: BrokerDep
 ) -> dict[str, Any]:
     """The certificate goes to this target from now on; its current one at once."""
     visible(broker, principal, body.certificate_id)
@@ -116,7 +125,7 @@ def attach(
 
 @router.post("/targets/{name}/detach", response_model=dict[str, Any])
 def detach(
-    name: TargetName, body: Attach, principal: Operator, broker: BrokerDep
+    name: TargetName, body: Attach, principal: TargetChanger, broker: BrokerDep
 ) -> dict[str, Any]:
     visible(broker, principal, body.certificate_id)
     broker.deploy.detach(name, body.certificate_id, by=principal)
