@@ -22,6 +22,12 @@ from certbroker.logs import parse_levels
 DEFAULT_CONFIG_FILE = Path("certbroker.toml")
 ENV_PREFIX = "CERTBROKER_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+CLIENT_LIMITS = (  # per client, each at least 1
+    "client_zone_certificates",
+    "client_connections",
+    "client_pending_requests",
+    "client_approval_requests",
+)
 
 
 @dataclass
@@ -78,6 +84,14 @@ class Settings:
     expiry_thresholds: str = "30,14,7,3,1"  # days left at which an expiry warning is sent
     public_url: str = ""  # the console's address in mails; empty: http://<listen>
     mail_retry_first: float = 60.0  # seconds before a failed mail's first retry
+    # What one client's token may make the broker spend (issue 24, finding 6): the
+    # certificates it may hold besides one per exact name on its allow-list, when it has a
+    # '*.zone' pattern; its websockets and long polls open at once on a node; its orders
+    # under way; its CSR requests waiting for an admin.
+    client_zone_certificates: int = 100
+    client_connections: int = 10
+    client_pending_requests: int = 100
+    client_approval_requests: int = 20
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     SECRET_KEYS = (
@@ -185,6 +199,10 @@ _FIELD_TYPES: dict[str, type] = {
     "expiry_thresholds": str,
     "public_url": str,
     "mail_retry_first": float,
+    "client_zone_certificates": int,
+    "client_connections": int,
+    "client_pending_requests": int,
+    "client_approval_requests": int,
 }
 
 # TOML tables ([renewal], [dns]) a configuration file may group settings in, mapped to the
@@ -382,6 +400,9 @@ def _validate(settings: Settings) -> None:
             f"not {settings.dns_propagation_timeout:g}",
         )
     _validate_mail(settings, refuse)
+    for name in CLIENT_LIMITS:
+        if getattr(settings, name) < 1:
+            raise refuse(name, f"{name} must be at least 1, not {getattr(settings, name)}")
     if settings.database_url and "://" not in settings.database_url:
         raise refuse(
             "database_url",

@@ -296,9 +296,15 @@ class Broker:
 
     @cached_property
     def devices(self) -> DeviceService:
-        from certbroker.services.devices import DeviceService
+        from certbroker.services.devices import ClientLimits, DeviceService
 
-        return DeviceService(self.ctx, self.requests)
+        settings = self.settings
+        limits = ClientLimits(
+            zone_certificates=settings.client_zone_certificates,
+            pending=settings.client_pending_requests,
+            approvals=settings.client_approval_requests,
+        )
+        return DeviceService(self.ctx, self.requests, limits)
 
     @cached_property
     def issuance(self) -> IssuanceService:

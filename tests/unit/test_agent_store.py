@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from certbroker.config import Settings
 from certbroker.crypto.sealing import Sealer, new_master_key
@@ -20,14 +21,14 @@ from certbroker.wiring import Broker
 from tests.unit.conftest import LEASE, NOW, issued, new_certificate
 
 
-def broker_at(repo: Repository, tmp_path: Path, at: datetime) -> Broker:
+def broker_at(repo: Repository, tmp_path: Path, at: datetime, **settings: Any) -> Broker:
     ctx = ServiceContext(
         repo=repo,
         sealer=Sealer(new_master_key()),
         ca_factory=None,  # type: ignore[arg-type]  # nothing here reaches a CA
         clock=lambda: at,
     )
-    return Broker(settings=Settings(data_dir=tmp_path), repo=repo, ctx=ctx)
+    return Broker(settings=Settings(data_dir=tmp_path, **settings), repo=repo, ctx=ctx)
 
 
 def test_an_order_waits_for_every_live_agent_allowed_the_name(
@@ -167,3 +168,59 @@ def test_a_delivery_asks_the_client_as_it_is_now(repo: Repository, tmp_path: Pat
     broker.clients.set_enabled("gw", True)
     broker_at(repo, tmp_path, NOW + timedelta(seconds=1)).clients.rotate_token("gw")
     assert sent(connected) == []  # the connection's token is not the client's any more
+
+
+def every_order(repo: Repository) -> list[int]:
+    """The IDs of every order in the store: what `serve` would send to the CA."""
+    return [o.id for c in repo.list_certificates(now=NOW) for o in repo.orders_of(c.id)]
+
+
+def test_a_hello_creates_no_more_certificates_than_its_allow_list_allows(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """Issue 24, finding 6: one certificate per exact name on the allow-list, and
+    client_zone_certificates more for its '*.zone' patterns; beyond that a hello's entry
+    is answered with an error, the others are answered, and nothing is made or ordered."""
+    from certbroker.services.agents import Wanted
+
+    broker = broker_at(repo, tmp_path, NOW, client_zone_certificates=2)
+    client, _ = broker.clients.add("gw", ["gw.example.com", "*.shop.example.com"])
+    names = ["gw.example.com", "a.shop.example.com", "b.shop.example.com", "c.shop.example.com"]
+    wanted = [Wanted([n], KeyMode.BROKER) for n in names]
+    wanted.append(Wanted(["d.shop.example.com"], KeyMode.LOCAL))  # asks for a CSR: no row
+
+    answers = broker.agents.hello(client, wanted)
+    made = [a.get("certificate_id") for a in answers[:3]]
+    assert all(made) and answers[4]["need_csr"] is True
+    refused = answers[3]["error"]
+    assert "may hold 3 certificates" in refused
+    assert "1 for the exact names" in refused and "2 for its '*.zone' patterns" in refused
+    assert "client_zone_certificates" in refused
+    assert "CERTBROKER_CLIENT_ZONE_CERTIFICATES" in refused
+    assert sorted(c.id for c in repo.client_certificates(client.id)) == sorted(made)
+    assert len(every_order(repo)) == 3  # none for c.shop.example.com
+
+    # The same hello again (the agent reconnects): the same certificates, none counted twice.
+    again = broker.agents.hello(client, wanted)
+    assert [a.get("certificate_id") for a in again[:3]] == made
+    assert "may hold 3 certificates" in again[3]["error"]
+    assert len(repo.client_certificates(client.id)) == 3 and len(every_order(repo)) == 3
+
+    # Exact names only: one certificate per name, whichever names each one carries.
+    exact, _ = broker.clients.add("lb", ["x.example.com", "y.example.com"])
+    sets = [["x.example.com"], ["y.example.com"], ["x.example.com", "y.example.com"]]
+    answers = broker.agents.hello(exact, [Wanted(s, KeyMode.BROKER) for s in sets])
+    assert all(a.get("certificate_id") for a in answers[:2])
+    assert "may hold 2 certificates" in answers[2]["error"]
+    assert "has no '*.zone' pattern" in answers[2]["error"]
+    assert len(repo.client_certificates(exact.id)) == 2
+
+    # Orders under way count too (client_pending_requests): a new one waits for them.
+    busy = broker_at(repo, tmp_path, NOW, client_pending_requests=1)
+    client, _ = busy.clients.add("gw-busy", ["*.busy.example.com"])
+    sets = [["a.busy.example.com"], ["b.busy.example.com"]]
+    answers = busy.agents.hello(client, [Wanted(s, KeyMode.BROKER) for s in sets])
+    assert answers[0].get("certificate_id")
+    assert "1 certificate being obtained" in answers[1]["error"]
+    assert "client_pending_requests" in answers[1]["error"]
+    assert len(repo.client_certificates(client.id)) == 1

@@ -119,3 +119,23 @@ def test_a_flag_setting_takes_true_or_false_only(tmp_path: Path) -> None:
     env = {"CERTBROKER_DATA_DIR": str(tmp_path), "CERTBROKER_METRICS_PUBLIC": "maybe"}
     with pytest.raises(ConfigError, match="metrics_public must be bool"):
         load_settings(environ=env)
+
+
+def test_the_per_client_limits_have_defaults_and_must_be_positive(tmp_path: Path) -> None:
+    """Issue 24, finding 6: what one client's token may make the broker spend."""
+    settings = load_settings(environ={"CERTBROKER_DATA_DIR": str(tmp_path)})
+    assert settings.client_zone_certificates == 100
+    assert settings.client_connections == 10
+    assert settings.client_pending_requests == 100
+    assert settings.client_approval_requests == 20
+    env = {"CERTBROKER_DATA_DIR": str(tmp_path), "CERTBROKER_CLIENT_ZONE_CERTIFICATES": "2"}
+    assert load_settings(environ=env).client_zone_certificates == 2
+    for name in (
+        "client_zone_certificates",
+        "client_connections",
+        "client_pending_requests",
+        "client_approval_requests",
+    ):
+        variable = "CERTBROKER_" + name.upper()
+        with pytest.raises(ConfigError, match=f"env {variable}: {name} must be at least 1, not 0"):
+            load_settings(environ={"CERTBROKER_DATA_DIR": str(tmp_path), variable: "0"})

@@ -23,6 +23,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from certbroker.api.devices import client_connections
 from certbroker.api.problems import status_of
 from certbroker.domain.agents import KeyMode
 from certbroker.domain.audit import ActorKind
@@ -205,12 +206,23 @@ async def _authenticate(websocket: WebSocket, broker: Broker) -> Client | None:
 
 @router.websocket("/agent/ws")
 async def agent_socket(websocket: WebSocket) -> None:
-    """The agent's connection; see the module's description for the messages."""
+    """The agent's connection; see the module's description for the messages. One more
+    than its client may have open (client_connections) is closed at once (1008)."""
     broker: Broker = websocket.app.state.broker
     client = await _authenticate(websocket, broker)
     if client is None:
         return
-    await websocket.accept()
+    connections = client_connections(websocket)
+    with connections.held(client) as refused:
+        await websocket.accept()
+        if refused is not None:  # accepted first, so the agent reads why
+            await websocket.close(code=1008, reason=connections.close_reason())
+            return
+        await _agent_session(websocket, broker, client)
+
+
+async def _agent_session(websocket: WebSocket, broker: Broker, client: Client) -> None:
+    """An agent's connection, accepted: its hello, then what it is sent and says."""
     conn = Connection(client, websocket)
     hub = _hub(websocket)
     try:

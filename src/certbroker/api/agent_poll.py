@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from certbroker.api.agent import Hello, answer
 from certbroker.api.auth import BrokerDep
-from certbroker.api.devices import ClientDep
+from certbroker.api.devices import CONNECTIONS_RETRY, ClientDep, client_connections
 from certbroker.api.problems import ERRORS
 from certbroker.domain.agents import KeyMode
 from certbroker.domain.clients import Client, connection_refusal
-from certbroker.domain.errors import NotAuthenticated
+from certbroker.domain.errors import NotAuthenticated, Throttled
 from certbroker.services.agents import Wanted
 from certbroker.wiring import Broker
 
@@ -68,8 +68,19 @@ def _news(broker: Broker, client: Client, held: set[str], seen: set[str]) -> lis
 
 
 @router.post("/agent/poll", response_model=list[dict[str, Any]])
-async def poll(body: Poll, client: ClientDep, broker: BrokerDep) -> list[dict[str, Any]]:
-    """What the agent has to say, and what it has not seen yet (see the module)."""
+async def poll(
+    body: Poll, client: ClientDep, broker: BrokerDep, request: Request
+) -> list[dict[str, Any]]:
+    """What the agent has to say, and what it has not seen yet (see the module). A poll
+    counts as one of its client's connections while it runs: one more than the client
+    may have open (client_connections) is answered 429 at once."""
+    with client_connections(request).held(client) as refused:
+        if refused is not None:
+            raise Throttled(refused, CONNECTIONS_RETRY)
+        return await _poll(body, client, broker)
+
+
+async def _poll(body: Poll, client: Client, broker: Broker) -> list[dict[str, Any]]:
     replies: list[dict[str, Any]] = []
     # Connected: once per poll (a write), not at every look while it waits.
     await run_in_threadpool(broker.agents.still_connected, [client.id])

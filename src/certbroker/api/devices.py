@@ -5,7 +5,11 @@ with its own token (`certbroker client add`) and sees only its own requests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import threading
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request, WebSocket, WebSocketDisconnect
@@ -28,7 +32,66 @@ from certbroker.domain.models import ChallengeType
 from certbroker.services.audit import act_as
 from certbroker.wiring import Broker
 
+log = logging.getLogger("certbroker.api")
 router = APIRouter(tags=["device CSRs"], responses=ERRORS)
+CONNECTIONS_RETRY = 30  # seconds a poll refused for the client's connections is asked to wait
+
+
+class ClientConnections:
+    """The connections open to this process, per client: agents' and devices' websockets
+    and agents' long polls, at most `limit` of one client at once (client_connections,
+    issue 24). Counted here, not in the store: what it protects is this node's sockets
+    and tasks, and every node applies the limit to its own."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def held(self, client: Client) -> Iterator[str | None]:
+        """One of the client's connections while the block runs: yields None, or (when
+        the client has `limit` open already, and nothing is held) why it may not open."""
+        with self._lock:
+            count = self._open.get(client.id, 0)
+            if count < self.limit:
+                self._open[client.id] = count + 1
+        if count >= self.limit:
+            log.info("client %s: connection refused, %d open already", client.name, count)
+            yield (
+                f"client {client.name!r} has {count} connection{'s' * (count != 1)} open "
+                "to this node (websockets and long polls), the most setting "
+                "client_connections (CERTBROKER_CLIENT_CONNECTIONS) allows; close one, or "
+                "wait for one to end"
+            )
+            return
+        try:
+            yield None
+        finally:
+            with self._lock:
+                left = self._open.pop(client.id) - 1
+                if left:
+                    self._open[client.id] = left
+
+    def close_reason(self) -> str:
+        """A websocket's close reason (at most 123 bytes) when one more was refused."""
+        return f"at most {self.limit} connections per client (client_connections); close one"
+
+
+def client_connections(connection: Request | WebSocket) -> ClientConnections:
+    """This process's count of client connections (made at the first one)."""
+    state = connection.app.state
+    found: ClientConnections | None = getattr(state, "client_connections", None)
+    if found is None:
+        with _made:
+            found = getattr(state, "client_connections", None)
+            if found is None:
+                found = ClientConnections(state.broker.settings.client_connections)
+                state.client_connections = found
+    return found
+
+
+_made = threading.Lock()
 
 
 def client_caller(request: Request) -> Client:
@@ -119,7 +182,11 @@ def submit_csr(body: CsrBody, client: ClientDep, broker: BrokerDep) -> JSONRespo
     the client's allow-list: 403 (or, where its policy is `approve`, the request waits
     for an admin: `awaiting-approval`); a bad CSR: 422; nothing is ordered then. A CSR
     for the names of a certificate the client has renews that certificate (409 while
-    it is being renewed already)."""
+    it is being renewed already). Beyond the client's limits, nothing is stored or
+    ordered: 409 for a certificate more than it may hold (one per exact name on its
+    allow-list, and client_zone_certificates more with a `*.zone`), 429 while
+    client_pending_requests of its certificates are being obtained or
+    client_approval_requests of its requests await an admin."""
     request = broker.devices.request_from_csr(
         client, body.csr, ChallengeType(body.challenge), _renewal(body.renewal)
     )
@@ -200,7 +267,8 @@ async def csr_socket(websocket: WebSocket) -> None:
     or was denied). When a certificate its device renews is due, it is told once per
     connection: `{"renew": {"certificate_id", "names", "renew_at", …}}`; it answers with
     a fresh CSR for those names. A refused CSR gets `{"error": {"status", "detail"}}`;
-    a connection without a valid client token is refused before it opens."""
+    a connection without a valid client token is refused before it opens, and one more
+    than the client may have open (client_connections) is closed at once (1008)."""
     broker: Broker = websocket.app.state.broker
     scheme, _, secret = websocket.headers.get("authorization", "").partition(" ")
     address = websocket.client.host if websocket.client else "unknown"
@@ -215,7 +283,17 @@ async def csr_socket(websocket: WebSocket) -> None:
         await websocket.close(code=1008)  # before accepting: the handshake is refused (403)
         return
     act_as(ActorKind.CLIENT, client.name)
-    await websocket.accept()
+    connections = client_connections(websocket)
+    with connections.held(client) as refused:
+        await websocket.accept()
+        if refused is not None:  # accepted first, so the device reads why (1008)
+            await websocket.close(code=1008, reason=connections.close_reason())
+            return
+        await _device_session(websocket, broker, client)
+
+
+async def _device_session(websocket: WebSocket, broker: Broker, client: Client) -> None:
+    """A device's connection, accepted: its CSRs, their states, its renewals due."""
     watched: dict[int, str] = {}  # request ID -> the state last sent
     waiting: set[int] = set()  # ... of those, the ones awaiting an admin's approval
     told: set[tuple[int, str | None]] = set()  # (certificate, renew_at) the device was told

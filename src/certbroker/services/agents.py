@@ -99,9 +99,15 @@ class AgentService:
         return answers
 
     def _broker_certificate(self, client: Client, names: list[str]) -> Certificate:
+        """The agents' certificate for these names, or a new one for `client` within its
+        limits (one it may not have more of is the entry's error; nothing is ordered).
+        Counted before it is stored, not in the same transaction as a CSR is: hellos of
+        one client at the same moment may each make one past the cap (there are at
+        most client_connections of them on each node)."""
         found = self.repo.broker_certificate_for(names)
         if found is not None:
             return found
+        self.devices.limits.new_certificate(client, self.repo.client_load(client.id))
         account = None
         if client.account_id is not None:
             account = self.repo.get_account(client.account_id).name

@@ -12,7 +12,8 @@ orders nothing."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from certbroker.crypto.device_csr import DeviceCsr, read_device_csr
 from certbroker.domain.clients import (
@@ -23,7 +24,7 @@ from certbroker.domain.clients import (
     Renewing,
     RequestState,
 )
-from certbroker.domain.errors import AccessDenied, Conflict, NotFoundError, UsageError
+from certbroker.domain.errors import AccessDenied, Conflict, NotFoundError, Throttled, UsageError
 from certbroker.domain.keys import KeyPolicy
 from certbroker.domain.models import (
     DEFAULT_CHALLENGE,
@@ -39,14 +40,93 @@ from certbroker.services.common import ServiceContext
 from certbroker.services.leases import lease
 from certbroker.services.requests import RequestService
 
+if TYPE_CHECKING:
+    from certbroker.store.clients import ClientLoad
+
 SHOWN = (CertificateStatus.VALID, CertificateStatus.REVOKED, CertificateStatus.EXPIRED)
+PENDING_RETRY = 60  # seconds a client refused for its orders under way is asked to wait
+APPROVAL_RETRY = 300  # ... for its requests waiting for an admin
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """What one client's token may make the broker spend (issue 24, finding 6); each is
+    a setting (config.py)."""
+
+    zone_certificates: int = 100  # certificates besides one per exact name, with a *.zone
+    pending: int = 100  # of its certificates with an order under way
+    approvals: int = 20  # of its CSR requests waiting for an admin
+
+    def certificate_cap(self, client: Client) -> int:
+        exact, zones = _allowance(client)
+        return exact + (self.zone_certificates if zones else 0)
+
+    def new_certificate(self, client: Client, load: ClientLoad) -> None:
+        """Refuses a certificate more for `client` beyond its cap (Conflict: waiting does
+        not help), or an order more beyond its orders under way (Throttled)."""
+        exact, zones = _allowance(client)
+        cap = self.certificate_cap(client)
+        if load.certificates >= cap:
+            setting = "client_zone_certificates, CERTBROKER_CLIENT_ZONE_CERTIFICATES"
+            why = (
+                f"{exact} for the exact names on its allow-list and {self.zone_certificates} "
+                f"for its '*.zone' patterns (setting {setting})"
+                if zones
+                else f"{exact} for the exact names on its allow-list; it has no '*.zone' "
+                f"pattern, so the setting for those ({setting}) adds none"
+            )
+            raise Conflict(
+                f"client {client.name!r} may hold {_count(cap, 'certificate')} and "
+                f"has {load.certificates}: {why}; nothing was ordered. Ask for the names of "
+                "a certificate it has, or have an admin delete those it no longer needs "
+                "(`certbroker cert delete ID`)"
+                + (" or raise client_zone_certificates" if zones else "")
+            )
+        self.new_order(client, load)
+
+    def new_order(self, client: Client, load: ClientLoad) -> None:
+        """Refuses an order more for `client` while `pending` of its are under way."""
+        if load.obtaining >= self.pending:
+            raise Throttled(
+                f"client {client.name!r} has {_count(load.obtaining, 'certificate')} being "
+                "obtained (orders not yet done), the most setting client_pending_requests "
+                "(CERTBROKER_CLIENT_PENDING_REQUESTS) allows; nothing was ordered: send "
+                "this again once some of them are issued",
+                PENDING_RETRY,
+            )
+
+    def new_approval(self, client: Client, load: ClientLoad) -> None:
+        """Refuses a request more awaiting an admin while `approvals` of its wait."""
+        if load.awaiting >= self.approvals:
+            raise Throttled(
+                f"client {client.name!r} has {_count(load.awaiting, 'CSR request')} awaiting "
+                "an admin's approval, the most setting client_approval_requests "
+                "(CERTBROKER_CLIENT_APPROVAL_REQUESTS) allows; nothing was stored: send "
+                "this again once an admin approves or denies them (`certbroker approvals "
+                "list`)",
+                APPROVAL_RETRY,
+            )
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'s' * (n != 1)}"
+
+
+def _allowance(client: Client) -> tuple[int, bool]:
+    """(the exact names on its allow-list, whether it has a '*.zone' pattern or may have
+    wildcards)."""
+    exact = sum(1 for p in client.allow if "*" not in p)
+    return exact, client.wildcard or any(p.startswith("*.") for p in client.allow)
 
 
 class DeviceService:
-    def __init__(self, ctx: ServiceContext, requests: RequestService) -> None:
+    def __init__(
+        self, ctx: ServiceContext, requests: RequestService, limits: ClientLimits | None = None
+    ) -> None:
         self.ctx = ctx
         self.repo = ctx.repo
         self.requests = requests
+        self.limits = limits or ClientLimits()
 
     # -- a CSR arrives ----------------------------------------------------------------------
 
@@ -58,7 +138,11 @@ class DeviceService:
         renewal: Renewal | None = None,
     ) -> DeviceRequest:
         """Accept, refuse (AccessDenied; nothing is stored or ordered) or keep for an
-        admin a device's CSR. `renewal`: who renews it (None: the client's setting)."""
+        admin a device's CSR. `renewal`: who renews it (None: the client's setting).
+        Beyond the client's limits (`ClientLimits`, counted in the transaction that would
+        store it) it is refused too: Conflict for a certificate more than it may hold,
+        Throttled for an order more while too many are under way, or a request more
+        while too many wait for an admin."""
         device = read_device_csr(csr)
         names = validate_names(device.names, challenge)
         refused = client.off_the_list(names)
@@ -72,6 +156,16 @@ class DeviceService:
         certificate, renewing = None, None
         if not refused:
             certificate, renewing = self._accept(client, device, names, challenge, renewal)
+        limits = self.limits
+
+        def admit(load: ClientLoad) -> None:
+            if certificate is not None:
+                limits.new_certificate(client, load)
+            elif renewing is not None and renewing.csr_pem is not None:
+                limits.new_order(client, load)
+            elif refused:
+                limits.new_approval(client, load)
+
         now = self.ctx.clock()
         return self.repo.add_device_request(
             client_id=client.id,
@@ -83,6 +177,7 @@ class DeviceService:
             lease_until=now + lease(),
             renewing=renewing,
             renewal=renewal,
+            admit=admit,
         )
 
     def _accept(

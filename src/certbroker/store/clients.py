@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, insert, select, update
+from sqlalchemy import Connection, Row, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from certbroker.domain.clients import (
@@ -47,6 +48,32 @@ from certbroker.store.schema import (
 )
 
 SEEN_TOUCH = timedelta(seconds=60)  # last seen written at most this often
+
+
+@dataclass(frozen=True)
+class ClientLoad:
+    """What a client holds and has under way, as its limits count it (issue 24)."""
+
+    certificates: int  # made for it (its client_id), in any state; a deleted one is gone
+    obtaining: int  # of those, the ones with an order under way (a first one or a renewal)
+    awaiting: int  # its CSR requests waiting for an admin's approval
+
+
+def _load(conn: Connection, client_id: int) -> ClientLoad:
+    c, o, r = certificates.c, orders.c, device_requests.c
+    mine = c.client_id == client_id
+    held = conn.execute(select(func.count()).select_from(certificates).where(mine)).scalar()
+    under_way = conn.execute(
+        select(func.count(func.distinct(o.certificate_id)))
+        .select_from(orders.join(certificates, c.id == o.certificate_id))
+        .where(and_(mine, o.state.in_(ACTIVE_ORDER_STATES)))
+    ).scalar()
+    awaiting = conn.execute(
+        select(func.count())
+        .select_from(device_requests)
+        .where(and_(r.client_id == client_id, r.state == RequestState.AWAITING_APPROVAL.value))
+    ).scalar()
+    return ClientLoad(int(held or 0), int(under_way or 0), int(awaiting or 0))
 
 
 def client_row(row: Row[Any]) -> Client:
@@ -166,6 +193,11 @@ class ClientStore(StoreBase):
             raise NotFoundError(f"no client with ID {client_id}")
         return self.get_client(client_id)
 
+    def client_load(self, client_id: int) -> ClientLoad:
+        """What the client holds and has under way now (see ClientLoad)."""
+        with self._read() as conn:
+            return _load(conn, client_id)
+
     def client_seen(self, client: Client, now: datetime, address: str) -> None:
         if (
             client.last_seen_at is not None
@@ -210,11 +242,22 @@ class ClientStore(StoreBase):
         lease_until: datetime,
         renewing: Renewing | None = None,
         renewal: Renewal | None = None,
+        admit: Callable[[ClientLoad], None] | None = None,
     ) -> DeviceRequest:
         """The request, and with `certificate` (accepted at once) the certificate and its
         first order, or with `renewing` the renewal of the client's certificate for
-        these names, in one transaction; with neither it waits for an admin's approval."""
+        these names, in one transaction; with neither it waits for an admin's approval.
+
+        `admit`: given the client's load as it is in this transaction, raises to refuse
+        the request (its limits); nothing is written then. The client's row is locked
+        first (PostgreSQL; SQLite has one writer at a time), so two requests of one
+        client at once are counted one after the other."""
         with self._write() as conn:
+            if admit is not None:
+                conn.execute(
+                    select(clients.c.id).where(clients.c.id == client_id).with_for_update()
+                )
+                admit(_load(conn, client_id))
             cert_id = self._accept(conn, certificate, renewing, now, lease_until)
             request_id = new_id(
                 conn.execute(
