@@ -17,8 +17,16 @@ from certbroker.domain.access import (
     names_allowed,
     parse_name_patterns,
 )
+from certbroker.domain.audit import Outcome
 from certbroker.domain.errors import AccessDenied, NotAuthenticated, Throttled, UsageError
-from certbroker.services.access import FAILURES_PER_USER, SESSION_IDLE, AccessService
+from certbroker.services.access import (
+    FAILURES_PER_ADDRESS,
+    FAILURES_PER_USER,
+    KNOWN_ADDRESS_FOR,
+    SESSION_IDLE,
+    AccessService,
+)
+from certbroker.services.audit import AuditService
 from certbroker.services.common import ServiceContext, secret_digest
 from certbroker.services.leases import lease
 from certbroker.store.access import mark_idempotent_work
@@ -179,7 +187,7 @@ def test_log_ins_are_throttled_per_user_and_per_address(
     for _ in range(FAILURES_PER_USER):
         with pytest.raises(NotAuthenticated):
             access.login("dave", "guess guess guess", "203.0.113.9")
-    # Even the right password waits now, from any address.
+    # Even the right password waits now, from any address dave never logged in from.
     with pytest.raises(Throttled):
         access.login("dave", "dave's password", "192.0.2.50")
     clock.now += timedelta(minutes=16)
@@ -190,6 +198,137 @@ def test_log_ins_are_throttled_per_user_and_per_address(
             access.login(f"user{n}", "guess guess guess", "203.0.113.66")
     with pytest.raises(Throttled):
         access.login("dave", "dave's password", "203.0.113.66")
+
+
+STRANGER = "203.0.113.9"  # an attacker's address: never logged in from
+KNOWN = "192.0.2.10"  # the admin logged in from here before
+OTHER_KNOWN = "192.0.2.11"  # and from here
+NEW = "198.51.100.20"  # the admin's new laptop: never logged in from
+ADMIN_PASSWORD = "the admin password"
+
+
+def _admin_who_logged_in_before(access: AccessService, clock: Clock) -> None:
+    """User `admin`, who logged in from KNOWN and OTHER_KNOWN a minute ago."""
+    access.add_user("admin", Role.ADMIN, ADMIN_PASSWORD)
+    for address in (KNOWN, OTHER_KNOWN):
+        access.logout(access.login("admin", ADMIN_PASSWORD, address).secret)
+    clock.now += timedelta(minutes=1)
+
+
+def _fail(access: AccessService, name: str, address: str, times: int = FAILURES_PER_USER) -> None:
+    for _ in range(times):
+        with pytest.raises(NotAuthenticated):
+            access.login(name, "guess guess guess", address)
+
+
+def _refusals(access: AccessService) -> list[str]:
+    return [
+        str(e.details["reason"])
+        for e in AuditService(access.ctx).entries(action="user.login")
+        if e.outcome is Outcome.REFUSED
+    ]
+
+
+def test_failures_from_a_stranger_do_not_lock_the_admin_out_of_an_address_it_used(
+    access: AccessService, clock: Clock
+) -> None:
+    _admin_who_logged_in_before(access, clock)
+    _fail(access, "admin", STRANGER)
+    session = access.login("admin", ADMIN_PASSWORD, KNOWN)
+    assert access.session(session.secret).principal.name == "admin"
+
+
+def test_failures_from_a_stranger_do_not_lock_the_admin_out_of_the_console_host(
+    access: AccessService, clock: Clock
+) -> None:
+    """Loopback is the broker's own machine: known for every user, never logged in from."""
+    _admin_who_logged_in_before(access, clock)
+    _fail(access, "admin", STRANGER)
+    for loopback in ("127.0.0.1", "127.0.1.1", "::1", "::ffff:127.0.0.1"):
+        access.login("admin", ADMIN_PASSWORD, loopback)
+
+
+def test_the_stranger_is_throttled_for_that_user_even_with_the_right_password(
+    access: AccessService, clock: Clock
+) -> None:
+    _admin_who_logged_in_before(access, clock)
+    _fail(access, "admin", STRANGER)
+    with pytest.raises(Throttled, match="too many failed log-ins"):
+        access.login("admin", ADMIN_PASSWORD, STRANGER)
+    assert _refusals(access)[-1].startswith("throttled: too many failed log-ins")
+    # The admin logging in elsewhere does not give the stranger new guesses.
+    access.login("admin", ADMIN_PASSWORD, KNOWN)
+    with pytest.raises(Throttled):
+        access.login("admin", ADMIN_PASSWORD, STRANGER)
+    # The stranger may still try other names (below the per-address limit).
+    access.add_user("frank", Role.VIEWER, "frank's password")
+    access.login("frank", "frank's password", STRANGER)
+    # And once the window has passed, the admin from there too.
+    clock.now += timedelta(minutes=16)
+    access.login("admin", ADMIN_PASSWORD, STRANGER)
+
+
+def test_a_new_address_is_throttled_for_that_user_after_five_failures_elsewhere(
+    access: AccessService, clock: Clock
+) -> None:
+    _admin_who_logged_in_before(access, clock)
+    _fail(access, "admin", STRANGER)
+    with pytest.raises(Throttled):
+        access.login("admin", ADMIN_PASSWORD, NEW)
+    assert _refusals(access)[-1].startswith("throttled: too many failed log-ins")
+    access.login("admin", ADMIN_PASSWORD, KNOWN)  # only the addresses it knows get in
+
+
+def test_a_known_address_is_throttled_by_its_own_failures(
+    access: AccessService, clock: Clock
+) -> None:
+    _admin_who_logged_in_before(access, clock)
+    _fail(access, "admin", KNOWN)
+    with pytest.raises(Throttled):
+        access.login("admin", ADMIN_PASSWORD, KNOWN)
+    assert _refusals(access)[-1].startswith("throttled: too many failed log-ins")
+    access.login("admin", ADMIN_PASSWORD, OTHER_KNOWN)  # another known address still gets in
+    # Nor is the console host unlimited: five failures of its own, and it waits too,
+    # however its address is spelt (127.0.0.0/8 is millions of addresses, one machine).
+    for loopback in ("127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1", "127.8.9.10"):
+        _fail(access, "admin", loopback, times=1)
+    for loopback in ("127.0.0.1", "127.0.0.3", "::1"):
+        with pytest.raises(Throttled):
+            access.login("admin", ADMIN_PASSWORD, loopback)
+    access.login("admin", ADMIN_PASSWORD, OTHER_KNOWN)
+
+
+def test_an_address_is_known_for_ninety_days_after_the_last_log_in_from_it(
+    access: AccessService, clock: Clock
+) -> None:
+    access.add_user("admin", Role.ADMIN, ADMIN_PASSWORD)
+    access.login("admin", ADMIN_PASSWORD, KNOWN)
+    clock.now += timedelta(days=2)
+    access.login("admin", ADMIN_PASSWORD, OTHER_KNOWN)
+    clock.now += KNOWN_ADDRESS_FOR - timedelta(days=1)  # KNOWN: 91 days ago; OTHER: 89
+    _fail(access, "admin", STRANGER)
+    access.login("admin", ADMIN_PASSWORD, OTHER_KNOWN)
+    with pytest.raises(Throttled):
+        access.login("admin", ADMIN_PASSWORD, KNOWN)
+
+
+def test_the_per_address_limit_holds_across_names_even_for_a_known_address(
+    access: AccessService, clock: Clock
+) -> None:
+    _admin_who_logged_in_before(access, clock)
+    _fail(access, "admin", STRANGER)
+    access.login("admin", ADMIN_PASSWORD, KNOWN)  # the per-user limit does not stop it
+    # Twenty failures from one address, for twenty names: that address waits, for all.
+    for n in range(FAILURES_PER_ADDRESS):
+        _fail(access, f"user{n}", OTHER_KNOWN, times=1)
+    with pytest.raises(Throttled):
+        access.login("admin", ADMIN_PASSWORD, OTHER_KNOWN)
+    assert _refusals(access)[-1] == "throttled: too many failed log-ins from this address"
+    for n in range(FAILURES_PER_ADDRESS):
+        _fail(access, f"user{n}", "127.0.0.1", times=1)
+    with pytest.raises(Throttled):
+        access.login("admin", ADMIN_PASSWORD, "127.0.0.1")
+    access.login("admin", ADMIN_PASSWORD, KNOWN)  # only those addresses
 
 
 def test_the_last_enabled_admin_stays(access: AccessService) -> None:

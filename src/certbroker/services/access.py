@@ -1,16 +1,25 @@
 """People and programs that use the broker: users with roles and passwords, API tokens,
 console sessions, log-in throttling, and the answers kept for Idempotency-Key.
 
+Log-in throttling (docs/operations.md, "Log-in throttling"), failures counted over
+THROTTLE_WINDOW: an address with FAILURES_PER_ADDRESS failures (any user names) waits. A
+user name with FAILURES_PER_USER failures (from anywhere) waits, except at the addresses
+it is known at: one it logged in from within KNOWN_ADDRESS_FOR (the audit log's
+`user.login` records say), or loopback (the broker's own machine). A known address waits
+only after FAILURES_PER_USER failures of its own for that user. So guesses from anywhere
+cannot lock a user out of where they log in from, and every address still has a limit.
+
 Secrets are never stored as given: passwords as argon2id hashes, tokens and session
 secrets as SHA-256 (each is 256 random bits, so a slow hash adds nothing)."""
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -26,7 +35,7 @@ from certbroker.domain.access import (
     parse_name_patterns,
     token_role,
 )
-from certbroker.domain.audit import ActorKind, Outcome
+from certbroker.domain.audit import Actor, ActorKind, Outcome
 from certbroker.domain.errors import (
     AccessDenied,
     NotAuthenticated,
@@ -47,8 +56,13 @@ TOKEN_PREFIX = "cbt_"  # noqa: S105 - recognisable in a leak, as GitHub's ghp_ t
 SESSION_IDLE = timedelta(hours=8)  # a console session ends after this long unused
 SESSION_TOUCH = timedelta(minutes=5)  # its expiry moves on at most this often
 THROTTLE_WINDOW = timedelta(minutes=15)
-FAILURES_PER_USER = 5  # then that user name waits until the window has passed
-FAILURES_PER_ADDRESS = 20  # then that address does
+# Failures within the window (see the module's docstring): a user name waits after
+# FAILURES_PER_USER, except at its known addresses, each of which waits after that many
+# failures of its own; an address waits after FAILURES_PER_ADDRESS, for every user name.
+FAILURES_PER_USER = 5
+FAILURES_PER_ADDRESS = 20
+KNOWN_ADDRESS_FOR = timedelta(days=90)  # a user's address is known this long after a log-in
+LOOPBACK = "loopback"  # known for every user; how its failures are counted (`_throttled_as`)
 IDEMPOTENCY_KEEP = timedelta(hours=24)
 FIRST_ADMIN = "admin"
 
@@ -154,12 +168,11 @@ class AccessService:
         """A console session for `name`; NotAuthenticated for a wrong name or password
         (the same words for both), Throttled after too many failures."""
         now = self.ctx.clock()
-        by_user, by_address = self.repo.login_failures_since(
-            now - THROTTLE_WINDOW, user_name=name, address=address
-        )
-        if by_user >= FAILURES_PER_USER or by_address >= FAILURES_PER_ADDRESS:
+        counted = _throttled_as(address)
+        refused = self._throttled(name, counted, now)
+        if refused:
             minutes = int(THROTTLE_WINDOW.total_seconds() // 60)
-            _login_refused(self.ctx, name, address, "throttled: too many failed log-ins")
+            _login_refused(self.ctx, name, address, f"throttled: too many failed log-ins {refused}")
             raise Throttled(
                 f"too many failed log-ins; try again in {minutes} minutes",
                 int(THROTTLE_WINDOW.total_seconds()),
@@ -173,11 +186,11 @@ class AccessService:
         except (VerificationError, InvalidHashError):
             ok = False
         if not ok or found is None or not found[0].enabled:
-            self.repo.add_login_failure(name, address, now)
+            self.repo.add_login_failure(name, counted, now)
             _login_refused(self.ctx, name, address, "wrong user name or password, or disabled")
             raise NotAuthenticated("wrong user name or password, or the user is disabled")
         user, stored = found
-        self.repo.clear_login_failures(name)
+        self.repo.clear_login_failures(name, counted)
         if self._hasher.check_needs_rehash(stored):
             self.repo.rehash_password(user.id, self._hasher.hash(password))
         secret = secrets.token_urlsafe(32)
@@ -186,8 +199,36 @@ class AccessService:
             secret_digest(secret), user.id, csrf, address, now, now + SESSION_IDLE
         )
         audit.act_as(ActorKind.USER, user.name)  # this request is the user's from now on
-        audit.record(self.ctx, "user.login", "user", user.name, {"address": address})
+        # Named outright (a request's actor is the same): `_throttled` reads this record to
+        # know the address, called inside a request or not.
+        audit.record(
+            self.ctx,
+            "user.login",
+            "user",
+            user.name,
+            {"address": address},
+            actor=Actor(ActorKind.USER, user.name, address),
+        )
         return NewSession(secret=secret, csrf_token=csrf, user=user)
+
+    def _throttled(self, name: str, counted: str, now: datetime) -> str | None:
+        """Why a log-in as `name` from `counted` (`_throttled_as`) waits now (the end of
+        the audit log's reason), or None: see the module's docstring."""
+        failed = self.repo.login_failures_since(
+            now - THROTTLE_WINDOW, user_name=name, address=counted
+        )
+        if failed.by_address >= FAILURES_PER_ADDRESS:
+            return "from this address"
+        if failed.by_user < FAILURES_PER_USER:  # so fewer from this address too
+            return None
+        known = counted == LOOPBACK or self.repo.logged_in_from(
+            name, counted, now - KNOWN_ADDRESS_FOR
+        )
+        if not known:
+            return "for this user"
+        if failed.by_user_at_address >= FAILURES_PER_USER:
+            return "for this user from this address"
+        return None
 
     def session(self, secret: str) -> Session:
         """The session a cookie names; NotAuthenticated when it ended."""
@@ -341,6 +382,19 @@ _WHAT = {
     Action.DELETE: "delete certificates",
     Action.MANAGE: "manage accounts, users, tokens or settings",
 }
+
+
+def _throttled_as(address: str) -> str:
+    """The address failed log-ins are counted under: LOOPBACK for any address of the
+    broker's own machine (127.0.0.0/8, ::1, ::ffff:127.x.y.z), which is one machine, so
+    that cycling through its millions of addresses gives no new guesses; else itself."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:  # "unknown": no client address
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return LOOPBACK if ip.is_loopback else address
 
 
 def _login_refused(ctx: ServiceContext, name: str, address: str, reason: str) -> None:

@@ -1,4 +1,5 @@
-"""Users, API tokens, console sessions, failed log-ins and Idempotency-Key answers."""
+"""Users, API tokens, console sessions, failed log-ins (and the addresses a user logged in
+from) and Idempotency-Key answers."""
 
 from __future__ import annotations
 
@@ -8,14 +9,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from certbroker.domain.access import ApiToken, Role, User
 from certbroker.domain.errors import NotFoundError, UsageError
 from certbroker.store.base import StoreBase
 from certbroker.store.rows import new_id
-from certbroker.store.schema import api_tokens, idempotency_keys, login_failures, sessions, users
+from certbroker.store.schema import (
+    api_tokens,
+    audit_log,
+    idempotency_keys,
+    login_failures,
+    sessions,
+    users,
+)
 
 # A token's last use is written at most this often: a write per API request would make
 # every read a write.
@@ -55,6 +63,15 @@ class StoredSession:
     csrf_token: str
     expires_at: datetime
     last_seen_at: datetime
+
+
+@dataclass(frozen=True)
+class LoginFailures:
+    """Failed log-ins within a window."""
+
+    by_user: int  # for this user name, from any address
+    by_address: int  # from this address, for any user name
+    by_user_at_address: int  # for this user name from this address
 
 
 @dataclass(frozen=True)
@@ -321,21 +338,54 @@ class AccessStore(StoreBase):
 
     def login_failures_since(
         self, since: datetime, *, user_name: str, address: str
-    ) -> tuple[int, int]:
-        """Failed log-ins since `since`: (for this user name, from this address)."""
+    ) -> LoginFailures:
+        """Failed log-ins since `since` for this user name, from this address, and for
+        this user name from this address."""
         f = login_failures.c
+        user_name, address = user_name[:100], address[:100]
+        here = func.coalesce(func.sum(case((f.address == address, 1), else_=0)), 0)
         with self._read() as conn:
-            by_user = conn.execute(
-                select(func.count()).where(and_(f.user_name == user_name[:100], f.at >= since))
-            ).scalar_one()
+            by_user, by_user_here = conn.execute(
+                select(func.count(), here).where(and_(f.user_name == user_name, f.at >= since))
+            ).one()
             by_address = conn.execute(
-                select(func.count()).where(and_(f.address == address[:100], f.at >= since))
+                select(func.count()).where(and_(f.address == address, f.at >= since))
             ).scalar_one()
-        return int(by_user), int(by_address)
+        return LoginFailures(int(by_user), int(by_address), int(by_user_here))
 
-    def clear_login_failures(self, user_name: str) -> None:
+    def clear_login_failures(self, user_name: str, address: str) -> None:
+        """Forget the failures of this user name from this address (only: those from
+        elsewhere, perhaps someone else's guesses, still count)."""
+        f = login_failures.c
         with self._write() as conn:
-            conn.execute(delete(login_failures).where(login_failures.c.user_name == user_name))
+            conn.execute(
+                delete(login_failures).where(
+                    and_(f.user_name == user_name[:100], f.address == address[:100])
+                )
+            )
+
+    def logged_in_from(self, user_name: str, address: str, since: datetime) -> bool:
+        """Whether the user logged in successfully from `address` since `since`, as the
+        audit log says (`AccessService.login` records each log-in with the user as the
+        actor and the address it came from; the log is append-only, so nobody makes an
+        address known but by logging in from it)."""
+        a = audit_log.c
+        with self._read() as conn:
+            found = conn.execute(
+                select(a.id)
+                .where(
+                    and_(
+                        a.actor == user_name[:200],  # ix_audit_log_actor
+                        a.actor_kind == "user",
+                        a.action == "user.login",
+                        a.outcome == "ok",
+                        a.address == address[:100],
+                        a.at >= since,
+                    )
+                )
+                .limit(1)
+            ).first()
+        return found is not None
 
     # -- Idempotency-Key -----------------------------------------------------------------
 
