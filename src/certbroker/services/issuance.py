@@ -44,7 +44,13 @@ from certbroker.ports import ChallengeSolver, Progress
 from certbroker.services.budgets import BudgetService
 from certbroker.services.common import ServiceContext, no_progress
 from certbroker.services.leases import Leases, lease
-from certbroker.services.order_run import HeldBack, OrderRun, RunContext
+from certbroker.services.order_run import (
+    CLIENT_REFUSED,
+    ClientRefused,
+    HeldBack,
+    OrderRun,
+    RunContext,
+)
 from certbroker.services.planning import RenewalPlanner
 
 log = logging.getLogger("certbroker.issuance")
@@ -166,6 +172,15 @@ class IssuanceService:
         except LeaseLost as exc:
             log.info("order %d: %s", order_id, exc)
             return RunResult(Outcome.BUSY, self.repo.get_order(order_id), str(exc))
+        except ClientRefused as exc:
+            # No retry and no CA fallback: the client, not a CA, said no (issue 24).
+            message = str(exc)
+            log.warning("order %d: certificate %d: %s", order_id, order.certificate_id, message)
+            with contextlib.suppress(LeaseLost):
+                self.repo.stop_for_client(
+                    order_id, owner, self.ctx.clock(), message, CLIENT_REFUSED
+                )
+            return RunResult(Outcome.FAILED, self.repo.get_order(order_id), message)
         except HeldBack as exc:
             log.warning("order %d: %s", order_id, exc)
             with contextlib.suppress(LeaseLost):

@@ -70,12 +70,97 @@ log = logging.getLogger("certbroker.issuance")
 ORPHAN_LOOK_BACK = 200
 
 
+# The kind of alarm a certificate gets when its renewal is stopped for its client: an
+# alarm acknowledged for a CA's failure is raised again by it (store/events.py).
+CLIENT_REFUSED = "client-refused"
+
+
 class HeldBack(Exception):
     """Not now: our own cap on failed validations; try again at `until`."""
 
     def __init__(self, until: datetime, message: str) -> None:
         super().__init__(message)
         self.until = until
+
+
+class ClientRefused(Exception):
+    """The clients the certificate was made for may no longer have it: nothing is asked
+    of the CA, and its renewal stops (IssuanceService). The message says why and what to
+    do, for the alarm."""
+
+
+@dataclass(frozen=True)
+class ClientRefusal:
+    """Why the broker may no longer obtain a client's certificate (issue 24)."""
+
+    why: str  # "client 'gw1' no longer allows a.example.com (its allow-list: …)"
+    fix: str | None  # what a person changes first ("allow the names again"); None: nothing
+
+    def stopped(self, cert: Certificate) -> str:
+        """The alarm's message: the renewal (or first issuance) is stopped."""
+        what = "renewal" if cert.cert_pem is not None else "issuance"
+        delete = f"delete the certificate (`certbroker cert delete {cert.id}`)"
+        if self.fix is None:
+            return f"{self.why}; {what} stopped — {delete}"
+        return (
+            f"{self.why}; {what} stopped — {self.fix}, then `certbroker cert enable "
+            f"{cert.id}` (it is tried again at once), or {delete}"
+        )
+
+    def refused(self, cert: Certificate) -> str:
+        """A person's `cert renew ID`, refused before anything is queued."""
+        delete = f"delete the certificate (`certbroker cert delete {cert.id}`)"
+        if self.fix is None:
+            return f"certificate {cert.id} is not renewed: {self.why}; {delete}"
+        # A renewal the broker stopped starts again with `cert enable` (`cert renew`
+        # would renew it once and leave it disabled).
+        then = "enable" if cert.disabled else "renew"
+        return (
+            f"certificate {cert.id} is not renewed: {self.why}; {self.fix}, then "
+            f"`certbroker cert {then} {cert.id}`, or {delete}"
+        )
+
+
+def client_refusal(repo: Repository, cert: Certificate) -> ClientRefusal | None:
+    """Why the broker may no longer obtain `cert` for the clients it was made for, as
+    they are in the store now; None while one of them may have it, or when it is no
+    client's (an operator's own certificate: nothing is read).
+
+    Its clients: the one it was made for (`client_id`) and, for a certificate whose key
+    the broker holds, every other client whose agent installs it (one certificate may go
+    to many gateways). One of them may have it when it exists, is enabled, and every
+    name is on its allow-list as it is now or was let through for this certificate by
+    an admin (a CSR request approved; those names never were on the list)."""
+    if cert.client_id is None:
+        return None
+    installing = {i.client_id for i in repo.installations_of_certificate(cert.id)}
+    ids = [cert.client_id, *sorted(installing - {cert.client_id})]
+    current = repo.clients_by_id(ids)
+    reasons: list[str] = []
+    fixes: list[str] = []
+    for client_id in ids:
+        client = current.get(client_id)
+        if client is None:
+            reasons.append(f"client #{client_id} was deleted")
+            continue
+        if not client.enabled:
+            reasons.append(f"client {client.name!r} is disabled")
+            fixes.append("enable the client again")
+            continue
+        refused = client.off_the_list(cert.names)
+        if refused and client_id == cert.client_id:
+            approved = repo.approved_names(cert.id, client_id)
+            refused = [name for name in refused if name not in approved]
+        if not refused:
+            return None
+        wild = not client.wildcard and any(n.startswith("*.") for n in refused)
+        reasons.append(
+            f"client {client.name!r} no longer allows {', '.join(refused)} (its allow-list: "
+            f"{', '.join(client.allow) or 'empty'}{'; wildcards not allowed' if wild else ''})"
+        )
+        fixes.append("allow the names again")
+    fix = " or ".join(dict.fromkeys(fixes)) or None
+    return ClientRefusal("; ".join(reasons), fix)
 
 
 @dataclass(frozen=True)
@@ -136,6 +221,11 @@ class OrderRun:
         self.progress = progress
         self.confirmed = confirmed  # `cert verify`: a person says the manual records are there
         self.cert: Certificate = self.repo.get_certificate(order.certificate_id)
+        # Every order of a client's certificate (first, renewal, retry, resumed) passes
+        # here before anything is asked of the CA: the client as it is now decides.
+        refusal = client_refusal(self.repo, self.cert)
+        if refusal is not None:
+            raise ClientRefused(refusal.stopped(self.cert))
         self.solver = run.solvers[self.cert.challenge]
         self.deadline = time.monotonic() + run.order_timeout
         self._touched = time.monotonic()

@@ -23,6 +23,7 @@ from certbroker.services import audit
 from certbroker.services.common import ServiceContext
 from certbroker.services.issuance import IssuanceService
 from certbroker.services.leases import lease
+from certbroker.services.order_run import client_refusal
 from certbroker.services.outage import store_outage
 from certbroker.services.planning import ARI_RETRY_AFTER_ERROR, RenewalPlanner
 
@@ -43,9 +44,14 @@ class RenewalService:
     def renew(self, cert_id: int, lease_owner: str | None = None) -> Order:
         """An order that renews the certificate now, due or not (or retries a failed one).
 
-        Returns the certificate's active order when it already has one.
+        Returns the certificate's active order when it already has one. A client's
+        certificate its client may no longer have (issue 24) is refused at once, saying
+        why: its order would be stopped before the CA anyway.
         """
         cert = self.repo.get_certificate(cert_id)
+        refusal = client_refusal(self.repo, cert)
+        if refusal is not None:
+            raise UsageError(refusal.refused(cert))
         active = self.repo.active_order_of(cert_id)
         if active is not None:
             return active

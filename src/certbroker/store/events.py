@@ -53,8 +53,10 @@ def failed_attempt(
     problem: AcmeProblem | None,
     *,
     final: bool,
+    kind: str | None = None,
 ) -> None:
-    """The event for a failed attempt, and the certificate's alarm raised or updated."""
+    """The event for a failed attempt, and the certificate's alarm raised or updated.
+    `kind`: what the alarm is about when no CA problem says it (`failure_kind`)."""
     row = conn.execute(
         select(
             certificates.c.challenge, certificates.c.alarm_since, certificates.c.account_id
@@ -67,8 +69,8 @@ def failed_attempt(
             insert(validation_failures),
             [{"account_id": row.account_id, "name": name, "at": now} for name in failed],
         )
-    kind = EventKind.FAILED if final else EventKind.ATTEMPT_FAILED
-    add_event(conn, now, kind, message, cert_id=cert_id, order_id=order_id, problem=problem)
+    event = EventKind.FAILED if final else EventKind.ATTEMPT_FAILED
+    add_event(conn, now, event, message, cert_id=cert_id, order_id=order_id, problem=problem)
     raise_alarm(
         conn,
         now,
@@ -76,7 +78,7 @@ def failed_attempt(
         order_id,
         message,
         already=row.alarm_since is not None,
-        kind=failure_kind(problem),
+        kind=kind or failure_kind(problem),
         problem=problem,
     )
 

@@ -3,6 +3,7 @@ certificate (which moves the one it replaces into the history)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -22,12 +23,13 @@ from certbroker.domain.models import (
     PastCertificate,
 )
 from certbroker.domain.renewal import RenewalPlan
-from certbroker.store.events import EventStore, succeeded
+from certbroker.store.events import EventStore, add_event, failed_attempt, succeeded
 from certbroker.store.rows import CERT_COLUMNS, certificate_row, new_id, order_row, queued_order
 from certbroker.store.schema import (
     certificate_history,
     certificates,
     challenges,
+    device_requests,
     events,
     orders,
 )
@@ -195,6 +197,74 @@ class RenewalStore(EventStore):
             return order_row(row)
         with self._read() as conn:
             return order_row(conn.execute(select(orders).where(orders.c.id == order_id)).one())
+
+    # -- a client's certificate it may no longer have (issue 24) -------------------------------
+
+    def approved_names(self, cert_id: int, client_id: int) -> set[str]:
+        """The names an admin let through for this certificate of the client: those of
+        its CSR requests that were approved (a decided request with a certificate;
+        accepted, or superseded by a later CSR since)."""
+        r = device_requests.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(r.names).where(
+                    and_(
+                        r.certificate_id == cert_id,
+                        r.client_id == client_id,
+                        r.decided_by.is_not(None),
+                    )
+                )
+            ).all()
+        return {str(name).lower() for row in rows for name in json.loads(row.names)}
+
+    def stop_for_client(
+        self, order_id: int, owner: str, now: datetime, message: str, kind: str
+    ) -> None:
+        """The order ends before the CA is asked: the client the certificate was made for
+        may no longer have it (`message` says why). In one transaction the order fails,
+        the certificate is disabled as by `cert disable` (neither renewed nor retried
+        until `cert enable`; one never issued is `failed`), and the failed attempt raises
+        its alarm (of `kind`) with the events mail and webhooks are sent for."""
+        with self._write() as conn:
+            self._check_lease(conn, order_id, owner)
+            cert_id = conn.execute(
+                select(orders.c.certificate_id).where(orders.c.id == order_id)
+            ).scalar_one()
+            conn.execute(
+                update(orders)
+                .where(orders.c.id == order_id)
+                .values(
+                    state=OrderState.FAILED.value,
+                    error=None,
+                    error_message=message,
+                    lease_owner=None,
+                    lease_until=None,
+                    updated_at=now,
+                    finished_at=now,
+                )
+            )
+            conn.execute(delete(challenges).where(challenges.c.order_id == order_id))
+            c = certificates.c
+            conn.execute(
+                update(certificates)
+                .where(c.id == cert_id)
+                .values(disabled=True, next_try_at=None, updated_at=now)
+            )
+            conn.execute(
+                update(certificates)
+                .where(and_(c.id == cert_id, c.status == CertificateStatus.PENDING.value))
+                .values(status=CertificateStatus.FAILED.value)
+            )
+            failed_attempt(conn, now, cert_id, order_id, message, None, final=True, kind=kind)
+            add_event(
+                conn,
+                now,
+                EventKind.DISABLED,
+                "disabled by the broker: its client may no longer have it; no retry or "
+                "renewal until `certbroker cert enable`",
+                cert_id=cert_id,
+                order_id=order_id,
+            )
 
     # -- keys of renewal orders ---------------------------------------------------------------
 
