@@ -13,7 +13,7 @@ from certbroker.config import Settings
 from certbroker.crypto.sealing import Sealer, new_master_key
 from certbroker.domain.agents import AGENT_LIVE, KeyMode, missing_acks
 from certbroker.domain.audit import AuditQuery
-from certbroker.domain.clients import Client, ClientPolicy, connection_refusal
+from certbroker.domain.clients import Client, ClientPolicy, RequestState, connection_refusal
 from certbroker.domain.renewal import RenewalPlan, RenewalReason
 from certbroker.services.common import ServiceContext
 from certbroker.store.repository import Repository
@@ -224,3 +224,33 @@ def test_a_hello_creates_no_more_certificates_than_its_allow_list_allows(
     assert "1 certificate being obtained" in answers[1]["error"]
     assert "client_pending_requests" in answers[1]["error"]
     assert len(repo.client_certificates(client.id)) == 1
+
+
+def test_a_certificate_an_admin_approved_reaches_the_agent_it_was_approved_for(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """A local-key agent's CSR for a name off its allow-list, let through by an admin
+    (policy approve), is delivered to that agent: the approval is its authority for that
+    certificate. Another client's agent, or a name the approval did not cover, is not."""
+    from tests.unit.test_clients import csr
+
+    broker = broker_at(repo, tmp_path, NOW)
+    client, _ = broker.clients.add("gw", ["*.shop.example.com"], policy=ClientPolicy.APPROVE)
+    waiting = broker.agents.submit_csr(client, csr(["legacy.example.org"]))
+    assert waiting.state is RequestState.AWAITING_APPROVAL
+    approved = broker.devices.approve(waiting.id, "admin")
+    assert approved.certificate_id is not None
+    cert = repo.get_certificate(approved.certificate_id)
+    (order,) = repo.orders_of(cert.id)
+    plan = RenewalPlan(NOW + timedelta(days=60), RenewalReason.LIFETIME)
+    repo.store_issued(cert.id, order.id, order.lease_owner, issued("0a"), NOW, plan)
+    repo.subscribe(client.id, cert.id, KeyMode.LOCAL, NOW)
+
+    delivered = [m["certificate_id"] for m in broker.agents.deliveries(client)]
+    assert delivered == [cert.id]
+    by_hub = broker.agents.deliveries_to({cert.id: {client.id}}, {client.id: client})
+    assert [m["certificate_id"] for m in by_hub[client.id]] == [cert.id]
+
+    other, _ = broker.clients.add("gw-2", ["*.shop.example.com"])
+    repo.subscribe(other.id, cert.id, KeyMode.LOCAL, NOW)
+    assert broker.agents.deliveries(other) == []  # approved for gw, not for gw-2

@@ -6,7 +6,7 @@ Pure: what a client may obtain is decided here, and nowhere else."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -96,12 +96,22 @@ def connection_refusal(connected: Client, current: Client | None) -> str | None:
 
 
 def delivery_refusal(
-    client: Client, names: Iterable[str], *, with_key: bool, made_for_a_client: bool
+    client: Client,
+    names: Iterable[str],
+    *,
+    with_key: bool,
+    made_for_a_client: bool,
+    approved: Callable[[], Collection[str]] = tuple,
 ) -> str | None:
     """Why a certificate for `names` (and its key, `with_key`) may not go to `client` as
     it is now; None when it may. A key goes only with a certificate made for clients: an
-    operator's own certificates keep their keys where the operator put them."""
+    operator's own certificates keep their keys where the operator put them. `approved`:
+    the names off its list an admin let through for this certificate of this client
+    (asked only when some name is off the list)."""
     refused = client.off_the_list(names)
+    if refused:
+        allowed = approved()
+        refused = [name for name in refused if name not in allowed]
     if refused:
         return f"{', '.join(refused)} not on client {client.name!r}'s allow-list"
     if with_key and not made_for_a_client:

@@ -210,6 +210,9 @@ class AgentService:
             cert.names,
             with_key=mode is KeyMode.BROKER,
             made_for_a_client=cert.client_id is not None,
+            approved=lambda: (
+                self.repo.approved_names(cert.id, client.id) if cert.client_id == client.id else ()
+            ),
         )
         if why is None:
             return True
