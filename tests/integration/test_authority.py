@@ -212,8 +212,9 @@ def _call(site: Site, caller: Caller, method: str, path: str, console: bool) -> 
         if path.endswith("/progress/stream"):  # a stream: its status is what is checked
             with http.stream(method, path, headers=headers) as streamed:
                 return httpx.Response(streamed.status_code)
+        body = {"wait": 0} if path.endswith("/agent/poll") else {}  # not a long one
         return http.request(method, path, headers=headers,
-                            json={} if method != "GET" else None)  # fmt: skip
+                            json=body if method != "GET" else None)  # fmt: skip
 
 
 def _http_routes() -> list[tuple[str, str]]:
