@@ -256,6 +256,17 @@ class AccountService:
                 f"account {account.name!r} still has {count} certificate(s) here; "
                 "delete them first (`certbroker cert delete ID`)"
             )
+        # A certificate keeps its fallback accounts by ID: one deleted from under it
+        # breaks `cert show` and its CA fallback ("no account N"), even once another
+        # account of the same name is registered (issue 24, "deleted means gone").
+        falling_back = self.repo.certificates_falling_back_to(account.id)
+        if falling_back:
+            shown = ", ".join(str(i) for i in falling_back[:10])
+            more = f" and {len(falling_back) - 10} more" if len(falling_back) > 10 else ""
+            raise UsageError(
+                f"account {account.name!r} is the CA fallback of certificate(s) {shown}{more}; "
+                "delete them first (`certbroker cert delete ID`)"
+            )
         users = [c.name for c in self.repo.list_clients() if c.account_id == account.id]
         if users:
             raise UsageError(

@@ -111,15 +111,15 @@ class DnsStore(StoreBase):
         )
 
     def get_dns_account(self, ref: str | int) -> DnsAccount:
+        """By ID (an int: what the store points at it with) or by name (a str: what people
+        give), as clients, users and targets are; never a name taken for an ID. Digits
+        were both: an account named "7" and another whose ID is 7 were both found, and
+        whichever the database returned first was shown, deleted, or had its settings
+        paired with the other's secrets; and once "7" was deleted, what named it reached
+        account 7 (issue 24, "deleted means gone")."""
+        column = dns_accounts.c.id if isinstance(ref, int) else dns_accounts.c.name
         with self._read() as conn:
-            query = select(dns_accounts)
-            if isinstance(ref, int) or str(ref).isdigit():
-                query = query.where(
-                    or_(dns_accounts.c.id == int(ref), dns_accounts.c.name == str(ref))
-                )
-            else:
-                query = query.where(dns_accounts.c.name == ref)
-            row = conn.execute(query).first()
+            row = conn.execute(select(dns_accounts).where(column == ref)).first()
             if row is None:
                 raise NotFoundError(
                     f"no DNS account {ref!r}; see `certbroker dns list`, or add one with "

@@ -267,6 +267,18 @@ class Repository(
                 ).scalar_one()
             )
 
+    def certificates_falling_back_to(self, account_id: int) -> list[int]:
+        """The certificates that name this account as one to fall back to when their own
+        account's CA fails (CA fallback), by ID."""
+        c = certificates.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(c.id, c.fallback_account_ids)
+                .where(c.fallback_account_ids.is_not(None))
+                .order_by(c.id)
+            ).all()
+        return [int(r.id) for r in rows if account_id in json.loads(r.fallback_account_ids)]
+
     def delete_account(self, account_id: int) -> None:
         with self._write() as conn:
             conn.execute(delete(accounts).where(accounts.c.id == account_id))
