@@ -65,7 +65,7 @@ class Site:
     callers: list[Caller]
     ids: dict[str, str]  # a path parameter -> the value the matrix uses
     outside: dict[str, str]  # ... and for the name-limited probe
-    sessions: list[httpx.Client] = field(default_factory=list)
+    http: httpx.Client = field(default_factory=httpx.Client)  # cookieless, for tokens
 
 
 def _csrf(session: httpx.Client) -> str:
@@ -75,7 +75,9 @@ def _csrf(session: httpx.Client) -> str:
     return found.group(1)
 
 
-@pytest.fixture(scope="module")
+# Session-wide (its own worker, by the group above): built once, not again each time
+# the worker comes back to this module between others' tests.
+@pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleServer) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("who-may")
     cli = make_cli(root / "data", pebble)
@@ -154,6 +156,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleServer) -> Iter
                     "request_id": "999999",
                 },
                 outside={"cert_id": str(outside), "order_id": str(orders[outside])},
+                http=stack.enter_context(httpx.Client(base_url=base, trust_env=False, timeout=60)),
             )
         finally:
             stop_serve(serve)
@@ -193,28 +196,29 @@ def _expected(rule: Rule, caller: Caller, console: bool) -> str:
 
 def _call(site: Site, caller: Caller, method: str, path: str, console: bool) -> httpx.Response:
     if console:
-        http = caller.session or httpx.Client(base_url=site.base, trust_env=False)
+        http = caller.session or site.http
         data = {"csrf_token": caller.csrf} if method == "POST" else None
         # (a token sent to the console is not a session: the console ignores it)
         headers = caller.api_headers() if caller.session is None else {}
         try:
-            return http.request(method, path, data=data, headers=headers, timeout=60)
+            return http.request(method, path, data=data, headers=headers)
         finally:
-            if caller.session is None:
-                http.close()
+            site.http.cookies.clear()
     headers = caller.api_headers()
     if caller.session is not None and caller.token is None:  # the disabled user's session
-        with contextlib.suppress(KeyError):
-            headers["X-CSRF-Token"] = caller.csrf
-        return caller.session.request(method, path, headers=headers, timeout=60,
+        headers["X-CSRF-Token"] = caller.csrf
+        return caller.session.request(method, path, headers=headers,
                                       json={} if method != "GET" else None)  # fmt: skip
-    with httpx.Client(base_url=site.base, trust_env=False, timeout=60) as http:
-        if path.endswith("/progress/stream"):  # a stream: its status is what is checked
-            with http.stream(method, path, headers=headers) as streamed:
-                return httpx.Response(streamed.status_code)
-        body = {"wait": 0} if path.endswith("/agent/poll") else {}  # not a long one
+    http = site.http
+    if path.endswith("/progress/stream"):  # a stream: its status is what is checked
+        with http.stream(method, path, headers=headers) as streamed:
+            return httpx.Response(streamed.status_code)
+    body = {"wait": 0} if path.endswith("/agent/poll") else {}  # not a long one
+    try:
         return http.request(method, path, headers=headers,
                             json=body if method != "GET" else None)  # fmt: skip
+    finally:
+        http.cookies.clear()
 
 
 def _http_routes() -> list[tuple[str, str]]:

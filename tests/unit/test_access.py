@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from certbroker.crypto.sealing import Sealer, new_master_key
@@ -48,6 +49,12 @@ def clock() -> Clock:
     return Clock()
 
 
+# The rules are what these tests check, not argon2's cost: the library's parameters took
+# most of this module's minute on a loaded machine (still argon2id; production's in
+# wiring.py).
+CHEAP = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
 @pytest.fixture
 def access(repo: Repository, clock: Clock) -> AccessService:
     ctx = ServiceContext(
@@ -56,7 +63,7 @@ def access(repo: Repository, clock: Clock) -> AccessService:
         ca_factory=lambda *a: None,  # type: ignore[arg-type, return-value]
         clock=clock,
     )
-    return AccessService(ctx)
+    return AccessService(ctx, CHEAP)
 
 
 def test_name_patterns_match_exact_names_and_names_below_a_zone() -> None:
@@ -349,7 +356,7 @@ def test_the_last_enabled_admin_stays(access: AccessService) -> None:
 
 def test_a_generated_first_password_is_returned_once(repo: Repository, clock: Clock) -> None:
     ctx = ServiceContext(repo=repo, sealer=Sealer(new_master_key()), ca_factory=None, clock=clock)  # type: ignore[arg-type]
-    service = AccessService(ctx)
+    service = AccessService(ctx, CHEAP)
     password = service.ensure_first_admin(None)
     assert password and len(password) >= 20
     service.login("admin", password, "127.0.0.1")

@@ -81,15 +81,17 @@ class NewSession:
 
 
 class AccessService:
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, hasher: PasswordHasher | None = None) -> None:
         self.ctx = ctx
         self.repo = ctx.repo
+        self._given_hasher = hasher  # tests of the rules: cheaper parameters
 
     @cached_property
     def _hasher(self) -> PasswordHasher:
         from argon2 import PasswordHasher
 
-        return PasswordHasher()  # argon2id, the library's (RFC 9106) parameters
+        # argon2id, the library's (RFC 9106) parameters
+        return self._given_hasher or PasswordHasher()
 
     @cached_property
     def _nobody(self) -> str:
