@@ -56,7 +56,7 @@ class Settings:
     # A bearer token `/metrics` asks for; empty: it answers anyone who reaches it.
     metrics_token: str = field(default="", repr=False)
     # `/metrics` without a token on an address other than loopback (it names every
-    # certificate): serve refuses that unless this says so (issue 24).
+    # certificate): serve refuses that unless this says so.
     metrics_public: bool = False
     order_timeout: float = 300.0  # seconds one order may take before it counts as failed
     # This node's name in its leases (empty: the host name); nodes need names of their own.
@@ -84,7 +84,7 @@ class Settings:
     expiry_thresholds: str = "30,14,7,3,1"  # days left at which an expiry warning is sent
     public_url: str = ""  # the console's address in mails; empty: http://<listen>
     mail_retry_first: float = 60.0  # seconds before a failed mail's first retry
-    # What one client's token may make the broker spend (issue 24, finding 6): the
+    # What one client's token may make the broker spend: the
     # certificates it may hold besides one per exact name on its allow-list, when it has a
     # '*.zone' pattern; its websockets and long polls open at once on a node; its orders
     # under way; its CSR requests waiting for an admin.
@@ -120,7 +120,7 @@ class Settings:
     def metrics_refusal(self) -> str | None:
         """Why `serve` must not start as configured: `/metrics` names every certificate,
         and without metrics_token it answers anyone who reaches it, which on an address
-        other than loopback is more than this machine (issue 24). None: it may."""
+        other than loopback is more than this machine. None: it may."""
         host, _ = self.listen_address()
         if self.metrics_token or self.metrics_public or _loopback(host):
             return None

@@ -1,1 +1,1 @@
-"""`certbroker agent`: the program on a gateway, load balancer or server (issue 15)."""
+"""`certbroker agent`: the program on a gateway, load balancer or server."""

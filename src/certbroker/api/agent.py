@@ -1,4 +1,4 @@
-"""`/api/v1/agent/ws`: the gateway agents' one connection (issue 15).
+"""`/api/v1/agent/ws`: the gateway agents' one connection.
 
 The agent authenticates with its client's token and says `hello` with the certificates
 it wants; from then on it is sent, as they change, the HTTP-01 tokens of the names it

@@ -1,5 +1,5 @@
 """`POST /api/v1/agent/poll`: the gateway agent's long-poll fallback, for networks whose
-proxies break websockets (issue 15). The same messages as `/api/v1/agent/ws`, carried
+proxies break websockets. The same messages as `/api/v1/agent/ws`, carried
 by one request at a time: the agent sends what it has to say (`hello` once, then `ack`,
 `csr`, `installed`) and is answered, as soon as there is anything or after `wait`
 seconds, with what it has not seen yet: the tokens of its names when they differ from
@@ -48,7 +48,7 @@ class Poll(BaseModel):
 def _news(broker: Broker, client: Client, held: set[str], seen: set[str]) -> list[dict[str, Any]]:
     """What the agent has not seen, for its client as the store has it now: a client
     deleted, disabled or given a new token while the poll waits ends it (401), and the
-    tokens and certificates follow its allow-list as it is now (issue 24)."""
+    tokens and certificates follow its allow-list as it is now."""
     agents = broker.agents
     current = agents.clients_now([client.id]).get(client.id)
     why = connection_refusal(client, current)

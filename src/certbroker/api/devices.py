@@ -39,8 +39,8 @@ CONNECTIONS_RETRY = 30  # seconds a poll refused for the client's connections is
 
 class ClientConnections:
     """The connections open to this process, per client: agents' and devices' websockets
-    and agents' long polls, at most `limit` of one client at once (client_connections,
-    issue 24). Counted here, not in the store: what it protects is this node's sockets
+    and agents' long polls, at most `limit` of one client at once (the setting
+    client_connections). Counted here, not in the store: what it protects is this node's sockets
     and tasks, and every node applies the limit to its own."""
 
     def __init__(self, limit: int) -> None:

@@ -1,4 +1,4 @@
-"""`/healthz`, `/readyz` and `/metrics` (issue 16), for load balancers, orchestrators and
+"""`/healthz`, `/readyz` and `/metrics`, for load balancers, orchestrators and
 Prometheus. `/metrics` is in Prometheus's text format, its names after cert-manager's;
 every figure is read from the store at the scrape, so every node reports the same."""
 

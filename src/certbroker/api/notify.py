@@ -1,4 +1,4 @@
-"""Mail over the API (issue 16): the same service as `certbroker notify` and
+"""Mail over the API: the same service as `certbroker notify` and
 `certbroker alarms ack`. The SMTP settings, test mails and the mail log are an admin's;
 acknowledging a certificate's alarm and choosing who gets its mails are an operator's,
 for the certificates the operator's token may see."""

@@ -1,4 +1,4 @@
-"""Push targets over the API (issue 15): the same service as `certbroker target` and
+"""Push targets over the API: the same service as `certbroker target` and
 `certbroker deploy`. Adding or deleting a target is an admin's: a target writes files
 and runs a command on a host. Attaching, detaching and "deploy now" are an operator's,
 for the certificates the operator's token may see."""

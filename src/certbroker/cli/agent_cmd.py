@@ -1,4 +1,4 @@
-"""`certbroker agent --config FILE`: the gateway agent (issue 15)."""
+"""`certbroker agent --config FILE`: the gateway agent."""
 
 from __future__ import annotations
 

@@ -173,7 +173,7 @@ class ApiToken:
 
 def token_role(role: Role, names: Sequence[str]) -> Role:
     """What a token acts as. Admin work (users, tokens, clients, targets, settings) has no
-    names to limit it by, so no admin is name-limited (issue 24): a token made so before
+    names to limit it by, so no admin is name-limited: a token made so before
     this rule acts as an operator within its names."""
     return Role.OPERATOR if role is Role.ADMIN and names else role
 

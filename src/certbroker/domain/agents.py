@@ -1,4 +1,4 @@
-"""Gateway agents (issue 15): a client's program on a gateway, load balancer or server
+"""Gateway agents: a client's program on a gateway, load balancer or server
 that answers HTTP-01 at the edge and installs the certificates it is given.
 
 Pure: which live agents must hold a token before the CA is told to validate, and

@@ -85,7 +85,7 @@ def off_the_list(allow: Sequence[str], wildcard: bool, names: Iterable[str]) -> 
 def connection_refusal(connected: Client, current: Client | None) -> str | None:
     """Why a connection that authenticated as `connected` may no longer act for its client,
     now that the client is `current` (None: deleted); None while it may. Asked at every
-    delivery, not only when the connection opened (issue 24)."""
+    delivery, not only when the connection opened."""
     if current is None:
         return f"client {connected.name!r} was deleted"
     if not current.enabled:

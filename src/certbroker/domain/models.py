@@ -29,7 +29,7 @@ class ChallengeType(StrEnum):
 
     HTTP_01 = "http-01"
     DNS_01 = "dns-01"
-    # HTTP-01 answered at the edge by the gateway agents allowed the names (issue 15):
+    # HTTP-01 answered at the edge by the gateway agents allowed the names:
     # the broker need not be reachable from the CA.
     AGENT_HTTP_01 = "agent-http-01"
 

@@ -258,7 +258,7 @@ class AccountService:
             )
         # A certificate keeps its fallback accounts by ID: one deleted from under it
         # breaks `cert show` and its CA fallback ("no account N"), even once another
-        # account of the same name is registered (issue 24, "deleted means gone").
+        # account of the same name is registered.
         falling_back = self.repo.certificates_falling_back_to(account.id)
         if falling_back:
             shown = ", ".join(str(i) for i in falling_back[:10])

@@ -1,4 +1,4 @@
-"""HTTP-01 answered at the edge by gateway agents (issue 15): an order's tokens go into
+"""HTTP-01 answered at the edge by gateway agents: an order's tokens go into
 the store as for HTTP-01; every node pushes them to the agents connected to it that are
 allowed the names, and each agent answers them on its own port 80. The CA is told to
 validate only once every connected agent allowed a name holds its token (the CA may

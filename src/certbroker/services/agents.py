@@ -1,4 +1,4 @@
-"""Gateway agents (issue 15): `certbroker agent` on a gateway, load balancer or server,
+"""Gateway agents: `certbroker agent` on a gateway, load balancer or server,
 connected to the broker as one of its clients. It says which certificates it wants
 (`hello`), answers the HTTP-01 tokens of the names it is allowed at the edge, installs
 what it is sent, and reports what it installed.
@@ -131,7 +131,7 @@ class AgentService:
     def clients_now(self, ids: Sequence[int]) -> dict[int, Client]:
         """The clients with these ids as they are now (a deleted one is missing): what a
         connection's every delivery is checked against (`connection_refusal`), never what
-        it authenticated as (issue 24)."""
+        it authenticated as."""
         return self.repo.clients_by_id(ids)
 
     def deliveries(self, client: Client) -> list[dict[str, Any]]:

@@ -475,7 +475,7 @@ class DeployService:
 
 def _may_change_targets(by: Principal | None) -> None:
     """A push target serves whatever is attached to it and has no names of its own, so a
-    caller limited to names may not change what goes there (issue 24)."""
+    caller limited to names may not change what goes there."""
     if by is not None and by.names:
         raise AccessDenied(
             f"{by.kind} {by.name!r} is limited to {', '.join(by.names)}; a push target has "

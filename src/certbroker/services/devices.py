@@ -1,4 +1,4 @@
-"""Devices' CSRs (issue 14): a client sends a CSR, its key never leaves it; only the
+"""Devices' CSRs: a client sends a CSR, its key never leaves it; only the
 names and the public key are taken. With every name on the client's allow-list the
 certificate is queued for `serve` at once; otherwise the request is refused, or, where
 the client's policy is `approve`, kept for an admin to decide.
@@ -50,7 +50,7 @@ APPROVAL_RETRY = 300  # ... for its requests waiting for an admin
 
 @dataclass(frozen=True)
 class ClientLimits:
-    """What one client's token may make the broker spend (issue 24, finding 6); each is
+    """What one client's token may make the broker spend; each is
     a setting (config.py)."""
 
     zone_certificates: int = 100  # certificates besides one per exact name, with a *.zone

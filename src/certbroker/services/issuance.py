@@ -173,7 +173,7 @@ class IssuanceService:
             log.info("order %d: %s", order_id, exc)
             return RunResult(Outcome.BUSY, self.repo.get_order(order_id), str(exc))
         except ClientRefused as exc:
-            # No retry and no CA fallback: the client, not a CA, said no (issue 24).
+            # No retry and no CA fallback: the client, not a CA, said no.
             message = str(exc)
             log.warning("order %d: certificate %d: %s", order_id, order.certificate_id, message)
             with contextlib.suppress(LeaseLost):

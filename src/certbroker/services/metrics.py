@@ -1,4 +1,4 @@
-"""`/metrics` and `/readyz` (issue 16): what a scrape reports, from the store, so every
+"""`/metrics` and `/readyz`: what a scrape reports, from the store, so every
 node reports the same values; and whether this process can serve."""
 
 from __future__ import annotations

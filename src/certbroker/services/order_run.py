@@ -91,7 +91,7 @@ class ClientRefused(Exception):
 
 @dataclass(frozen=True)
 class ClientRefusal:
-    """Why the broker may no longer obtain a client's certificate (issue 24)."""
+    """Why the broker may no longer obtain a client's certificate."""
 
     why: str  # "client 'gw1' no longer allows a.example.com (its allow-list: …)"
     fix: str | None  # what a person changes first ("allow the names again"); None: nothing

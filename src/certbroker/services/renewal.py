@@ -45,7 +45,7 @@ class RenewalService:
         """An order that renews the certificate now, due or not (or retries a failed one).
 
         Returns the certificate's active order when it already has one. A client's
-        certificate its client may no longer have (issue 24) is refused at once, saying
+        certificate its client may no longer have is refused at once, saying
         why: its order would be stopped before the CA anyway.
         """
         cert = self.repo.get_certificate(cert_id)

@@ -52,7 +52,7 @@ SEEN_TOUCH = timedelta(seconds=60)  # last seen written at most this often
 
 @dataclass(frozen=True)
 class ClientLoad:
-    """What a client holds and has under way, as its limits count it (issue 24)."""
+    """What a client holds and has under way, as its limits count it."""
 
     certificates: int  # made for it (its client_id), in any state; a deleted one is gone
     obtaining: int  # of those, the ones with an order under way (a first one or a renewal)

@@ -116,7 +116,7 @@ class DnsStore(StoreBase):
         were both: an account named "7" and another whose ID is 7 were both found, and
         whichever the database returned first was shown, deleted, or had its settings
         paired with the other's secrets; and once "7" was deleted, what named it reached
-        account 7 (issue 24, "deleted means gone")."""
+        account 7."""
         column = dns_accounts.c.id if isinstance(ref, int) else dns_accounts.c.name
         with self._read() as conn:
             row = conn.execute(select(dns_accounts).where(column == ref)).first()

@@ -1,5 +1,5 @@
 """What `/metrics` reports, read from the store at each scrape, so every node reports the
-same values (issue 16)."""
+same values."""
 
 from __future__ import annotations
 

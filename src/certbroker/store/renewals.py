@@ -198,7 +198,7 @@ class RenewalStore(EventStore):
         with self._read() as conn:
             return order_row(conn.execute(select(orders).where(orders.c.id == order_id)).one())
 
-    # -- a client's certificate it may no longer have (issue 24) -------------------------------
+    # -- a client's certificate it may no longer have -------------------------------
 
     def approved_names(self, cert_id: int, client_id: int) -> set[str]:
         """The names an admin let through for this certificate of the client: those of

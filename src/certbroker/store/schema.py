@@ -132,7 +132,7 @@ certificates = Table(
     # The keystore downloads default to, and its password, sealed (Key Manager Plus).
     Column("keystore_type", String(20), nullable=True),
     Column("keystore_password_sealed", LargeBinary, nullable=True),
-    # A client's certificate (issue 14): the client it belongs to, and for a device that
+    # A client's certificate: the client it belongs to, and for a device that
     # keeps its key, the CSR it sent (sent to the CA as it is; no key is held here).
     Column("client_id", Integer, nullable=True),
     Column("csr_pem", Text, nullable=True),
@@ -496,7 +496,7 @@ deployments = Table(
 )
 
 
-# Gateway agents (issue 15, migration 0020). Which client's agent answers which
+# Gateway agents (migration 0020). Which client's agent answers which
 # agent-http-01 token now: the order answers the CA once every live agent allowed the
 # name has it.
 challenge_acks = Table(
@@ -573,7 +573,7 @@ acme_request_stats = Table(
     Column("buckets", Text, nullable=False),  # JSON: counts per bucket, not cumulative
 )
 
-# The audit log (issue 16, migration 0021): who did what, when, from where. Append-only:
+# The audit log (migration 0021): who did what, when, from where. Append-only:
 # the repository has no update or delete for it, and triggers refuse both.
 audit_log = Table(
     "audit_log",
@@ -592,7 +592,7 @@ audit_log = Table(
     Index("ix_audit_log_actor", "actor", "id"),
 )
 
-# Webhooks (issue 16, migration 0022): endpoints with their signing secret sealed, the
+# Webhooks (migration 0022): endpoints with their signing secret sealed, the
 # event groups they get, and whether private addresses are allowed. `after_event_id`: a
 # webhook gets only the events after it was added. The outbox's cursor over events.id is
 # `runtime_settings` row `webhook-cursor`, advanced in the transaction that queues the
@@ -667,7 +667,7 @@ budget_blocks = Table(
 )
 
 
-# Ids are never given to a new object (issue 24): on SQLite an `id` without AUTOINCREMENT
+# Ids are never given to a new object: on SQLite an `id` without AUTOINCREMENT
 # is the highest rowid plus one, so the newest row's id came back after it was deleted.
 # PostgreSQL's sequences never hand one out twice. Migration 0027 rebuilt older stores.
 for _table in metadata.tables.values():

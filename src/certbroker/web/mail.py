@@ -1,4 +1,4 @@
-"""Console pages for mail (issue 16): the SMTP settings and a test mail (an admin's), the
+"""Console pages for mail: the SMTP settings and a test mail (an admin's), the
 mail log, and acknowledging an alarm (an operator's), through the same service as
 `certbroker notify` and `certbroker alarms ack`."""
 
@@ -66,7 +66,7 @@ def _page(request: Request, person: Who, values: dict[str, Any], errors: dict[st
 @router.get("/mail")
 def mail(request: Request) -> Response:
     person = who(request)
-    person.require(Action.MANAGE)  # an admin's settings, as over the API (issue 24)
+    person.require(Action.MANAGE)  # an admin's settings, as over the API
     return _page(request, person, _values(person), {})
 
 
