@@ -14,9 +14,8 @@ from certbroker.domain.models import Certificate, ChallengeType, Order
 if TYPE_CHECKING:
     from email.message import EmailMessage
 
-    from certbroker.deploy.files import FileSpec, InstallResult
     from certbroker.domain.notify import MailConfig
-    from certbroker.domain.targets import Target
+    from certbroker.domain.targets import FileSpec, InstallResult, Target
 
 Progress = Callable[[str], None]  # one line for the person waiting (cert request --wait)
 

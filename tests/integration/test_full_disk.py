@@ -28,7 +28,8 @@ from cryptography import x509
 
 from certbroker.agent.state import AgentState, Held
 from certbroker.crypto.keys import key_matches_certificate, load_private_key
-from certbroker.deploy.files import FileSpec, InstallFailed, install_files
+from certbroker.deploy.files import InstallFailed, install_files
+from certbroker.domain.targets import FileSpec
 from tests.conftest import Cli, make_cli
 from tests.support.pebble import PebbleServer
 from tests.support.postgres import PostgresServer, start_postgres

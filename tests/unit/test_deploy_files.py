@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from certbroker.deploy.files import FileSpec, InstallFailed, install_files
+from certbroker.deploy.files import InstallFailed, install_files
+from certbroker.domain.targets import FileSpec
 from certbroker.domain.errors import UsageError
 from certbroker.domain.targets import deploy_retry_delay, parse_host_port, parse_ssh_host
 

@@ -32,10 +32,11 @@ from certbroker.crypto.keys import (
     load_private_key,
     private_key_to_pem,
 )
-from certbroker.deploy.files import FileSpec, InstallFailed, install_files
+from certbroker.deploy.files import InstallFailed, install_files
 from certbroker.domain.agents import KeyMode
 from certbroker.domain.errors import CertbrokerError
 from certbroker.domain.keys import KeyType
+from certbroker.domain.targets import FileSpec
 
 log = logging.getLogger("certbroker.agent")
 

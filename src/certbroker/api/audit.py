@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from certbroker.api.auth import Admin, BrokerDep
 from certbroker.api.problems import ERRORS
-from certbroker.domain.errors import UsageError
+from certbroker.domain.when import parse_since
 from certbroker.services.audit import PAGE_LIMIT, begin_request, end_request
 from certbroker.wiring import Broker
 
@@ -43,12 +43,7 @@ def parse_since_param(text: str | None, broker: Broker) -> datetime | None:
     `certbroker events --since` and `certbroker audit --since` read it."""
     if not text:
         return None
-    from certbroker.cli.events_cmd import parse_since  # serve runs in the CLI: loaded
-
-    try:
-        return parse_since(text, broker.ctx.clock())
-    except UsageError as exc:
-        raise UsageError(str(exc).replace("--since", "since")) from None
+    return parse_since(text, broker.ctx.clock())
 
 
 @router.get("/audit", tags=["audit"], response_model=dict[str, Any])

@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 
 from certbroker.cli.params import CERT_ID_HELP, CertId, number
 from certbroker.cli.state import State, console, escape, print_json
-from certbroker.domain.errors import UsageError
-
-_RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+from certbroker.domain import when
 
 
 def parse_since(text: str, now: datetime) -> datetime:
     """`--since`: an ISO 8601 date or time (UTC unless it says otherwise), or an age
     such as 30m, 12h, 7d, 2w."""
-    value = text.strip()
-    match = _RELATIVE.match(value.lower())
-    if match:
-        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise UsageError(
-            f"--since {text!r} is neither a date/time (2026-11-22, 2026-11-22T08:00) nor an "
-            "age (30m, 12h, 7d, 2w)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=now.tzinfo)
+    return when.parse_since(text, now, "--since")
 
 
 alarms_app = typer.Typer(invoke_without_command=True)
@@ -127,17 +112,7 @@ def ack(
 
 def parse_until(text: str, now: datetime) -> datetime:
     """`--until`: a date/time, or a duration from now (30m, 12h, 3d, 2w)."""
-    match = _RELATIVE.match(text.strip().lower())
-    if match:
-        return now + timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise UsageError(
-            f"--until {text!r} is neither a date/time (2026-12-24, 2026-12-24T08:00) nor a "
-            "duration (30m, 12h, 3d, 2w)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=now.tzinfo)
+    return when.parse_until(text, now, "--until")
 
 
 def events(

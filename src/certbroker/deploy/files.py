@@ -22,27 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certbroker.domain.errors import CertbrokerError
+from certbroker.domain.targets import FileSpec, InstallResult
 
 OUTPUT_TAIL = 2000  # characters of the reload's output kept
-
-
-@dataclass(frozen=True)
-class FileSpec:
-    """One file to install: where, what, its mode, and its owner ("user" or "user:group";
-    None: whoever installs it)."""
-
-    path: Path
-    content: bytes
-    mode: int
-    owner: str | None = None
-
-
-@dataclass(frozen=True)
-class InstallResult:
-    paths: list[Path]
-    reload_status: int | None  # None: no reload command, or it did not finish
-    output_tail: str
-    rolled_back: bool
 
 
 class InstallFailed(CertbrokerError):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from certbroker.deploy.files import FileSpec, InstallResult, install_files
+from certbroker.deploy.files import install_files
 from certbroker.domain.errors import UsageError
-from certbroker.domain.targets import Target
+from certbroker.domain.targets import FileSpec, InstallResult, Target
 from certbroker.ports import DeploySecrets
 
 

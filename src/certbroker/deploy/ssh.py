@@ -20,9 +20,9 @@ from typing import Any
 
 import asyncssh
 
-from certbroker.deploy.files import OUTPUT_TAIL, FileSpec, InstallFailed, InstallResult
+from certbroker.deploy.files import OUTPUT_TAIL, InstallFailed
 from certbroker.domain.errors import UsageError
-from certbroker.domain.targets import DeployFailed, SshHost, Target
+from certbroker.domain.targets import DeployFailed, FileSpec, InstallResult, SshHost, Target
 from certbroker.ports import DeploySecrets
 
 CONNECT_TIMEOUT = 20.0

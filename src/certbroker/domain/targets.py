@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from certbroker.domain.errors import CertbrokerError, UsageError
@@ -268,3 +269,22 @@ def deploy_retry_delay(
 
 class DeployFailed(CertbrokerError):
     """A push target could not be reached, refused us, or serves another certificate."""
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One file to install: where, what, its mode, and its owner ("user" or "user:group";
+    None: whoever installs it)."""
+
+    path: Path
+    content: bytes
+    mode: int
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    paths: list[Path]
+    reload_status: int | None  # None: no reload command, or it did not finish
+    output_tail: str
+    rolled_back: bool

@@ -443,7 +443,7 @@ class DeployService:
 
     def _files(self, target: Target, cert: Certificate, password: str | None) -> list[Any]:
         from certbroker.crypto.export import ExportBundle, render_export
-        from certbroker.deploy.files import FileSpec
+        from certbroker.domain.targets import FileSpec
 
         sealed = self.repo.certificate_key_sealed(cert.id)
         if sealed is None:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from certbroker.domain.access import Action
 from certbroker.domain.errors import UsageError
+from certbroker.domain.when import parse_since
 from certbroker.web.common import ConsoleRoute, query, render, who
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
@@ -21,16 +22,14 @@ def audit(
     action: str = Query("", max_length=100),
     cursor: str = Query("", max_length=200),
 ) -> Response:
-    from certbroker.cli.events_cmd import parse_since  # serve runs in the CLI: loaded
-
     person = who(request)
     person.require(Action.MANAGE)
     broker = person.broker
     error = None
     try:
-        start = parse_since(since, broker.ctx.clock()) if since else None
+        start = parse_since(since, broker.ctx.clock(), "Since") if since else None
     except UsageError as exc:
-        error, start = str(exc).replace("--since", "Since"), None
+        error, start = str(exc), None
     page = broker.audit.page(
         since=start, actor=actor.strip(), action=action.strip(), cursor=cursor or None, limit=100
     )
