@@ -75,9 +75,9 @@ def _csrf(session: httpx.Client) -> str:
     return found.group(1)
 
 
-# Session-wide (its own worker, by the group above): built once, not again each time
-# the worker comes back to this module between others' tests.
-@pytest.fixture(scope="session")
+# Per module, as every serve of the suite: a serve left running holds its worker's
+# HTTP-01 port, which the next module's requests need (a session-wide one failed them).
+@pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleServer) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("who-may")
     cli = make_cli(root / "data", pebble)
