@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from certbroker.deploy.files import InstallFailed, install_files
-from certbroker.domain.targets import FileSpec
 from certbroker.domain.errors import UsageError
-from certbroker.domain.targets import deploy_retry_delay, parse_host_port, parse_ssh_host
+from certbroker.domain.targets import FileSpec, deploy_retry_delay, parse_host_port, parse_ssh_host
 
 
 def _mode(path: Path) -> int:
