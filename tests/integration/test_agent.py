@@ -464,7 +464,16 @@ key_path = "tls/other/privkey.pem"
     ours = [c for c in site.cli.json("cert", "list") if c["names"] == ["other.b.example.com"]]
     assert len(ours) == 1, ours
     shown = site.cli.json("cert", "show", str(ours[0]["id"]))
-    assert len(shown["attempts"]) == 1  # ordered once
+    attempts = shown["attempts"]
+    # Ordered once, resumed after the crash. Unless the kill fell between the broker's
+    # answer to the challenge and the CA's look at it: the agent that serves the token was
+    # dead too, the CA marked that order invalid, and one more order is right (seen once
+    # on a loaded machine). Never a second order for any other reason.
+    assert len(attempts) == 1 or (
+        len(attempts) == 2
+        and attempts[0]["state"] == "failed"
+        and any(word in (attempts[0]["error"] or "") for word in ("invalid", "acme:error"))
+    ), attempts
     leaf = _leaf(gw.path("tls/other/fullchain.pem"))
     key = load_private_key(gw.path("tls/other/privkey.pem").read_bytes())
     assert key_matches_certificate(key, leaf)

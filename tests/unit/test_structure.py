@@ -189,14 +189,12 @@ def test_the_code_says_why_not_which_ticket() -> None:
 
 # Entry points do not import each other: each calls the services, and what two of them
 # share lives below them (domain/, services/). The edges left, to go with the store
-# split: the console borrows the API's session check, problem mapping and
-# download, the API builds the console into its app, and `serve` starts the API and the
-# worker processes.
+# split: the console borrows the API's session check and problem mapping, the API
+# builds the console into its app, and `serve` starts the API and the worker processes.
 ENTRY_POINT_EDGES_LEFT = {
     ("certbroker.web.common", "certbroker.api.auth"),
     ("certbroker.web.common", "certbroker.api.problems"),
     ("certbroker.web.console", "certbroker.api.auth"),
-    ("certbroker.web.certificates", "certbroker.api.certificates"),
     ("certbroker.api.app", "certbroker.web"),
     ("certbroker.cli.serve", "certbroker.api.server"),
     ("certbroker.cli.serve", "certbroker.worker_processes"),

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from certbroker.api.auth import BrokerDep, Deleter, Operator, Reader, Revoker
 from certbroker.api.idempotency import idempotent
 from certbroker.api.problems import ERRORS
-from certbroker.domain.access import Action, Principal
+from certbroker.domain.access import Principal
 from certbroker.domain.errors import NotFoundError, StoreUnavailable
 from certbroker.domain.keys import ExportFormat, KeyPolicy, KeyType, RevocationReason
 from certbroker.domain.models import CertificateStatus, ChallengeType
@@ -247,20 +247,12 @@ def export_certificate(
 
 
 def download(
-    broker: Broker,
-    principal: Principal,
-    cert_id: int,
-    fmt: str | None,
-    password: str | None,
+    broker: Broker, principal: Principal, cert_id: int, fmt: str | None, password: str | None
 ) -> Response:
-    """One download, for the API and the console: a format holding the key needs a role
-    that may have keys; a name-limited caller gets only its own certificates."""
-    broker.access.require(principal, Action.READ)
-    visible(broker, principal, cert_id)
-    chosen = broker.certificates.download_format(cert_id, ExportFormat.parse(fmt) if fmt else None)
-    if broker.certificates.export_holds_key(cert_id, chosen):
-        broker.access.require(principal, Action.READ_KEY)
-    file = broker.certificates.export_file(cert_id, chosen, password)
+    """The file of one download, as an attachment nobody caches."""
+    file = broker.certificates.download(
+        principal, cert_id, ExportFormat.parse(fmt) if fmt else None, password
+    )
     return Response(
         file.data,
         media_type=file.media_type,

@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from certbroker.domain.errors import UsageError
+from certbroker.domain.errors import AccessDenied, NotFoundError, UsageError
 
 
 class Role(StrEnum):
@@ -219,3 +219,29 @@ class Principal:
     def key(self) -> str:
         """Who owns an Idempotency-Key: keys of different callers never meet."""
         return f"token:{self.token_id}" if self.token_id is not None else f"user:{self.user_id}"
+
+
+_WHAT = {
+    Action.READ: "read this",
+    Action.READ_KEY: "receive private keys",
+    Action.REQUEST: "request or renew certificates",
+    Action.REVOKE: "revoke certificates",
+    Action.DELETE: "delete certificates",
+    Action.MANAGE: "manage accounts, users, tokens or settings",
+}
+
+
+def require(principal: Principal, action: Action) -> None:
+    """AccessDenied unless the principal's role may `action`."""
+    if not principal.may(action):
+        raise AccessDenied(
+            f"{principal.kind} {principal.name!r} ({principal.role.value}) may not "
+            f"{_WHAT[action]}; that needs the role {action.least_role.value}"
+        )
+
+
+def require_visible(principal: Principal, names: Iterable[str], cert_id: int) -> None:
+    """A name-limited caller sees only its own certificates: another one does not exist
+    for it (NotFoundError, the words of a certificate that is not there)."""
+    if principal.names and not principal.may_see(names):
+        raise NotFoundError(f"no certificate with ID {cert_id}; see `certbroker cert list`")

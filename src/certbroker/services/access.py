@@ -33,6 +33,7 @@ from certbroker.domain.access import (
     check_password,
     check_user_name,
     parse_name_patterns,
+    require,
     token_role,
 )
 from certbroker.domain.audit import Actor, ActorKind, Outcome
@@ -342,11 +343,7 @@ class AccessService:
 
     @staticmethod
     def require(principal: Principal, action: Action) -> None:
-        if not principal.may(action):
-            raise AccessDenied(
-                f"{principal.kind} {principal.name!r} ({principal.role.value}) may not "
-                f"{_WHAT[action]}; that needs the role {action.least_role.value}"
-            )
+        require(principal, action)
 
     @staticmethod
     def require_names(principal: Principal, names: Sequence[str]) -> None:
@@ -374,16 +371,6 @@ class AccessService:
 
     def release_idempotency_key(self, principal: Principal, key: str) -> None:
         self.repo.release_idempotency_key(principal.key, key)
-
-
-_WHAT = {
-    Action.READ: "read this",
-    Action.READ_KEY: "receive private keys",
-    Action.REQUEST: "request or renew certificates",
-    Action.REVOKE: "revoke certificates",
-    Action.DELETE: "delete certificates",
-    Action.MANAGE: "manage accounts, users, tokens or settings",
-}
 
 
 def _throttled_as(address: str) -> str:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from certbroker.domain.access import Action, Principal, require, require_visible
 from certbroker.domain.errors import CAError, StoreFull, UsageError
 from certbroker.domain.keys import ExportFormat, RevocationReason
 from certbroker.domain.models import (
@@ -208,6 +209,19 @@ class CertificateService:
             key_pem=self.ctx.sealer.unseal(sealed) if sealed is not None else None,
             alias=cert.common_name,
         )
+
+    def download(
+        self, by: Principal, cert_id: int, fmt: ExportFormat | None, password: str | None
+    ) -> ExportedFile:
+        """One download, for every entry point: a caller that may read; a name-limited
+        one only its own certificates (another does not exist for it); a format holding
+        the key only a role that may have keys."""
+        require(by, Action.READ)
+        require_visible(by, self.repo.get_certificate(cert_id).names, cert_id)
+        chosen = self.download_format(cert_id, fmt)
+        if self.export_holds_key(cert_id, chosen):
+            require(by, Action.READ_KEY)
+        return self.export_file(cert_id, chosen, password)
 
     def download_format(self, cert_id: int, fmt: ExportFormat | None) -> ExportFormat:
         """The format asked for, else the keystore type kept with the certificate, else

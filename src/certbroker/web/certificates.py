@@ -10,7 +10,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 from starlette.datastructures import FormData
 
-from certbroker.api.certificates import download as api_download
 from certbroker.domain.access import Action
 from certbroker.domain.errors import CAError, UsageError
 from certbroker.domain.keys import ExportFormat, KeyPolicy, KeyType, RevocationReason
@@ -400,7 +399,15 @@ def enable(request: Request, cert_id: CertId, form: Form) -> Response:
 def download(request: Request, cert_id: CertId, form: Form) -> Response:
     person = acting(request, form, Action.READ)
     password = str(form.get("password") or "") or None
-    return api_download(person.broker, person.principal, cert_id, text(form, "format"), password)
+    chosen = text(form, "format")
+    file = person.broker.certificates.download(
+        person.principal, cert_id, ExportFormat.parse(chosen) if chosen else None, password
+    )
+    headers = {
+        "Content-Disposition": f'attachment; filename="{file.filename}"',
+        "Cache-Control": "no-store",
+    }
+    return Response(file.data, media_type=file.media_type, headers=headers)
 
 
 @router.post("/certificates/{cert_id}/verify")
