@@ -61,6 +61,8 @@ OPERATOR = Rule(Who.OPERATOR)
 ADMIN = Rule(Who.ADMIN)
 VIEWER_NAMES = Rule(Who.VIEWER, Names.OWN)
 OPERATOR_NAMES = Rule(Who.OPERATOR, Names.OWN)
+# What goes to a push target: its files are shared by whatever is attached to it.
+SHARED_TARGET = Rule(Who.OPERATOR, Names.REFUSED, note="a target's files are everyone's")
 
 API = "/api/v1"
 
@@ -98,12 +100,8 @@ RULES: Mapping[str, Rule] = {
     f"POST {API}/targets": ADMIN,
     f"GET {API}/targets/{{name}}": OPERATOR_NAMES,
     f"DELETE {API}/targets/{{name}}": ADMIN,
-    f"POST {API}/targets/{{name}}/attach": Rule(
-        Who.OPERATOR, Names.REFUSED, note="a target is shared: its files are every one's"
-    ),
-    f"POST {API}/targets/{{name}}/detach": Rule(
-        Who.OPERATOR, Names.REFUSED, note="a target is shared: its files are every one's"
-    ),
+    f"POST {API}/targets/{{name}}/attach": SHARED_TARGET,
+    f"POST {API}/targets/{{name}}/detach": SHARED_TARGET,
     f"POST {API}/certificates/{{cert_id}}/deploy": OPERATOR_NAMES,
     f"GET {API}/certificates/{{cert_id}}/targets": VIEWER_NAMES,
     # -- ACME and DNS accounts, users, tokens, settings --------------------------------
